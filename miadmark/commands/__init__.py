@@ -1,0 +1,1 @@
+"""Subcommands of the `miadmark` CLI, one module each."""

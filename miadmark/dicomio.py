@@ -1,0 +1,85 @@
+"""Reading and durably writing DICOM files.
+
+Writes go to a temporary name in the target folder, are fsynced, renamed, and the folder is
+fsynced: a crash leaves either the old state or the complete file, never half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from .errors import InvalidInputError
+
+
+def read_dicom(path: str | os.PathLike) -> Dataset:
+    """Read a DICOM file fully (pixel data included) or raise InvalidInputError with the reason."""
+    try:
+        ds = pydicom.dcmread(path)
+        # Force every element to parse now, so a truncated file fails here and not later.
+        for _ in ds.iterall():
+            pass
+    except InvalidDicomError:
+        raise InvalidInputError("not a DICOM file (no DICM preamble or valid header)") from None
+    except (EOFError, ValueError, OSError, TypeError, KeyError, NotImplementedError) as exc:
+        raise InvalidInputError(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
+    if "PixelData" in ds and len(ds.PixelData or b"") == 0:
+        raise InvalidInputError("truncated file: Pixel Data is empty")
+    return ds
+
+
+def dataset_from_bytes(data: bytes) -> Dataset:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        for _ in ds.iterall():
+            pass
+        return ds
+    except Exception as exc:  # noqa: BLE001 - any parse failure is invalid input
+        raise InvalidInputError(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
+
+
+def dataset_to_bytes(ds: Dataset) -> bytes:
+    """Encode as a DICOM file (preamble + file meta + dataset) in the dataset's own transfer syntax."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write bytes durably: temp file in the same folder, fsync, rename, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def write_dicom_atomic(ds: Dataset, path: str | os.PathLike) -> Path:
+    return write_atomic(dataset_to_bytes(ds), path)
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,75 @@
+"""The engine interface: model-domain images in, watermarked images and their parameters out.
+
+An engine sees what a third-party model would see: images scaled to [0, 1] after the modality
+LUT and VOI window (see miadmark.pixels). It never sees DICOM. The core maps its output back
+to stored values and enforces the lesion invariant a second time.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How to watermark. Engines read the fields they need and ignore the rest."""
+
+    name: str = "plain"
+    max_area_fraction: float = 1 / 9  # the logo's bounding box covers at most this much of the image
+    alpha_max: float = 0.6  # transparency cap (Adv-watermark caps it too)
+    logo: str | None = None  # PNG path (alpha channel = shape); None renders the default logo
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImageContext:
+    """What the engine may know about one image besides its pixels (no patient data)."""
+
+    modality: str = ""
+    photometric: str = ""
+    sop_instance_uid: str = ""
+
+
+@dataclass
+class WatermarkBatch:
+    images: torch.Tensor  # (N, C, H, W) in [0, 1], same shape and device as the input
+    params: list[dict[str, Any]]  # one JSON-serialisable dict per image; must hold "box": [y0, x0, y1, x1]
+
+
+class Engine(ABC):
+    """One watermarking method. Subclasses implement `watermark` (cf. torchattacks' `forward`)."""
+
+    name: str = "abstract"
+
+    def __init__(self, profile: Profile, device: torch.device):
+        self.profile = profile
+        self.device = device
+
+    @abstractmethod
+    def watermark(
+        self,
+        images: torch.Tensor,
+        lesion: torch.Tensor | None,
+        contexts: list[ImageContext],
+    ) -> WatermarkBatch:
+        """Watermark a batch.
+
+        images: (N, C, H, W) float32 in [0, 1], C = 1 or 3, on self.device.
+        lesion: (N, H, W) bool, True = never change; None = no mask known (an engine may
+            derive one, e.g. Grad-CAM). Pixels inside the mask must come back unchanged.
+        """
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(device)
