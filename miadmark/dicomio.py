@@ -51,12 +51,13 @@ def dataset_to_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
+def write_atomic(data: bytes, path: str | os.PathLike, mode: int = 0o644) -> Path:
     """Write bytes durably: temp file in the same folder, fsync, rename, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

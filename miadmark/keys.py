@@ -67,12 +67,7 @@ def new_identity(name: str, out_dir: str | os.PathLike, passphrase: bytes | None
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     key_path, cert_path = out / f"{name}.key.pem", out / f"{name}.cert.pem"
     out.mkdir(parents=True, exist_ok=True)
-    old_umask = os.umask(0o077)  # the temp file is created 0600 before anything is written into it
-    try:
-        write_atomic(key_pem, key_path)
-    finally:
-        os.umask(old_umask)
-    os.chmod(key_path, 0o600)
+    write_atomic(key_pem, key_path, mode=0o600)  # 0600 before a byte of the key is written
     write_atomic(cert.public_bytes(serialization.Encoding.PEM), cert_path)
     return key_path, cert_path
 
