@@ -1,0 +1,373 @@
+"""The one configuration file (YAML) shared by the dicom_node services and the Orthanc plugin.
+
+API (stable; the Orthanc plugin imports it):
+
+    from miadmark.config import load_config, parse_config, Config, ConfigError
+    cfg = load_config("site.yaml")        # -> Config; raises ConfigError("site.yaml:14: reason")
+    cfg.path                              # the file it came from (None for parse_config without path)
+    cfg.identity.key / .cert              # absolute Paths (relative ones resolved against the file's folder)
+    cfg.gateway                           # GatewayConfig (defaults when the section is absent)
+    cfg.destinations["research"].kind     # "dimse" | "stow" | "orthanc_modality" | "orthanc_peer" | "orthanc_dicomweb"
+    cfg.rules[i].when / .send_to / .action / .recipients / .profile / .line
+    cfg.receiver                          # ReceiverConfig or None
+    cfg.orthanc                           # free-form dict for plugin-only settings
+
+ConfigError has `.line` (1-based, or None) and `.reason`; str() is "FILE:LINE: reason".
+Rule matching lives in miadmark.rules.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+from pydicom.datadict import tag_for_keyword
+
+# Keys of `when` that are not DICOM keywords.
+SPECIAL_KEYS = ("called_ae", "calling_ae", "destination")
+DESTINATION_KINDS = ("dimse", "stow", "orthanc_modality", "orthanc_peer", "orthanc_dicomweb")
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used. str() = 'FILE:LINE: reason'."""
+
+    def __init__(self, reason: str, *, path: str | os.PathLike | None = None, line: int | None = None):
+        self.reason = reason
+        self.path = str(path) if path is not None else None
+        self.line = line
+        where = self.path or "<config>"
+        super().__init__(f"{where}:{line}: {reason}" if line else f"{where}: {reason}")
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    if value is None:
+        return None
+    value = Path(os.path.expanduser(str(value)))
+    base = (info.context or {}).get("base")
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeyPair(_Model):
+    key: ConfigPath
+    cert: ConfigPath
+    passphrase_file: ConfigPath | None = None
+
+
+class RetryConfig(_Model):
+    max_attempts: int = Field(20, ge=1)  # then the item goes to the dead-letter state
+    base_s: float = Field(2.0, gt=0)  # first wait; doubles each attempt, with +-50 % jitter
+    max_s: float = Field(600.0, gt=0)  # cap on one wait
+
+
+class GatewayConfig(_Model):
+    ae_title: AETitle = "MIADMARK"
+    bind: str = "0.0.0.0"
+    port: Port = 11112
+    allow_calling: list[AETitle] | None = None  # None = any calling AE
+    spool: ConfigPath = Path("spool")
+    quarantine: ConfigPath | None = None  # default <spool>/quarantine
+    audit: ConfigPath | None = None  # default <spool>/audit.jsonl (JSON lines, one per instance)
+    device: str = "auto"  # protect on "auto" | "cpu" | "cuda"
+    batch_size: int = Field(64, ge=1)  # instances per outgoing association
+    retry: RetryConfig = RetryConfig()
+    reload_interval_s: float = Field(2.0, gt=0)  # how often the config file is checked for changes
+    max_pdu: int = Field(0, ge=0)  # 0 = unlimited
+
+    @model_validator(mode="after")
+    def _defaults(self):
+        if self.quarantine is None:
+            object.__setattr__(self, "quarantine", self.spool / "quarantine")
+        if self.audit is None:
+            object.__setattr__(self, "audit", self.spool / "audit.jsonl")
+        return self
+
+
+class Destination(_Model):
+    """Exactly one of: ae_title+host+port (DIMSE C-STORE), stow_url (DICOMweb STOW-RS),
+    orthanc_modality / orthanc_peer / orthanc_dicomweb (a target known to Orthanc, plugin only)."""
+
+    ae_title: AETitle | None = None
+    host: str | None = None
+    port: Port | None = None
+    calling_ae: AETitle | None = None  # our AE title on the association (default: gateway.ae_title)
+    stow_url: str | None = None
+    headers: dict[str, str] = {}
+    timeout_s: float = Field(60.0, gt=0)
+    verify: bool | str = True  # TLS verification for stow_url (or a CA bundle path)
+    orthanc_modality: str | None = None
+    orthanc_peer: str | None = None
+    orthanc_dicomweb: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in DESTINATION_KINDS if self._has(k)]
+        if len(kinds) != 1:
+            raise ValueError("a destination needs exactly one of: {ae_title, host, port}, stow_url, "
+                             "orthanc_modality, orthanc_peer, orthanc_dicomweb"
+                             + (f" (found {', '.join(kinds)})" if kinds else ""))
+        if kinds[0] == "dimse":
+            missing = [f for f in ("ae_title", "host", "port") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"a DICOM destination needs ae_title, host and port (missing {', '.join(missing)})")
+        if kinds[0] == "stow" and not re.match(r"^https?://", self.stow_url or ""):
+            raise ValueError("stow_url must start with http:// or https://")
+        return self
+
+    def _has(self, kind: str) -> bool:
+        if kind == "dimse":
+            return any(getattr(self, f) is not None for f in ("ae_title", "host", "port"))
+        if kind == "stow":
+            return self.stow_url is not None
+        return getattr(self, kind) is not None
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DESTINATION_KINDS if self._has(k))
+
+    @property
+    def target(self) -> str:
+        """The Orthanc target name for orthanc_* kinds, the URL for stow, AE@host:port for dimse."""
+        kind = self.kind
+        if kind == "dimse":
+            return f"{self.ae_title}@{self.host}:{self.port}"
+        if kind == "stow":
+            return str(self.stow_url)
+        return str(getattr(self, kind))
+
+
+Scalar = str | int | float
+Pattern = Scalar | list[Scalar]
+
+
+class Rule(_Model):
+    when: dict[str, Pattern] = {}
+    send_to: list[str] | None = None  # None = any destination (only allowed for block)
+    action: Literal["protect", "pass", "block"]
+    recipients: list[ConfigPath] = []
+    profile: str | None = None  # watermark profile (protect only); None = the core's default
+    name: str | None = None
+    line: int | None = None  # filled by the loader: where the rule starts in the file
+
+    @field_validator("when")
+    @classmethod
+    def _keys(cls, when: dict[str, Pattern]) -> dict[str, Pattern]:
+        for key, pattern in when.items():
+            if key not in SPECIAL_KEYS and key != "modality" and tag_for_keyword(key) is None:
+                raise ValueError(f"unknown match key {key!r}: use called_ae, calling_ae, destination, "
+                                 "modality or a DICOM keyword (e.g. StudyDescription)")
+            for p in pattern if isinstance(pattern, list) else [pattern]:
+                text = str(p)
+                if len(text) >= 2 and text.startswith("/") and text.endswith("/"):
+                    try:
+                        re.compile(text[1:-1])
+                    except re.error as exc:
+                        raise ValueError(f"bad regular expression {text} for {key}: {exc}") from None
+        return when
+
+    @model_validator(mode="after")
+    def _action(self):
+        if self.action == "protect" and not self.recipients:
+            raise ValueError("action protect needs recipients (certificate files of who may strip)")
+        if self.action != "protect" and self.recipients:
+            raise ValueError(f"recipients are only for action protect, not {self.action}")
+        if self.action != "protect" and self.profile is not None:
+            raise ValueError(f"profile is only for action protect, not {self.action}")
+        if self.action in ("protect", "pass") and not self.send_to:
+            raise ValueError(f"action {self.action} needs send_to (a list of destination names)")
+        return self
+
+
+class ReceiverConfig(_Model):
+    ae_title: AETitle = "MIADMARK_RX"
+    bind: str = "0.0.0.0"
+    port: Port = 11113
+    allow_calling: list[AETitle] | None = None
+    store: ConfigPath | None = None  # required by `miadmark receive`; the Orthanc plugin stores in Orthanc
+    quarantine: ConfigPath
+    keys: list[KeyPair] = []
+    trust: list[ConfigPath] | None = None  # signer certificates accepted; None = any signer (not advised)
+    plain: Literal["store", "refuse"] = "store"  # what to do with instances that carry no record
+    audit: ConfigPath | None = None  # default <quarantine>/../receiver-audit.jsonl
+    max_pdu: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _defaults(self):
+        if self.audit is None:
+            object.__setattr__(self, "audit", self.quarantine.parent / "receiver-audit.jsonl")
+        return self
+
+
+class Config(_Model):
+    identity: KeyPair | None = None
+    gateway: GatewayConfig = GatewayConfig()
+    destinations: dict[str, Destination] = {}
+    rules: list[Rule] = []
+    receiver: ReceiverConfig | None = None
+    orthanc: dict[str, Any] = {}  # plugin-only settings, not validated here
+    path: Path | None = None  # filled by the loader
+
+    @model_validator(mode="after")
+    def _cross(self):
+        for i, rule in enumerate(self.rules):
+            for name in rule.send_to or []:
+                if name not in self.destinations:
+                    raise _Located(("rules", i, "send_to"), f"unknown destination {name!r} in send_to "
+                                   f"(known: {', '.join(self.destinations) or 'none'})")
+        if self.identity is None and any(r.action == "protect" for r in self.rules):
+            raise _Located(("rules",), "rules with action protect need an identity: {key, cert} to sign with")
+        return self
+
+
+class _Located(ValueError):
+    def __init__(self, loc: tuple, reason: str):
+        super().__init__(reason)
+        self.loc = loc
+        self.reason = reason
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def load_config(path: str | os.PathLike, *, check_files: bool = True) -> Config:
+    """Read and validate a configuration file. check_files: every referenced key/cert must exist."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", path=path) from None
+    return parse_config(text, path=path, check_files=check_files)
+
+
+def parse_config(text: str, *, path: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
+                 check_files: bool = True) -> Config:
+    """Validate configuration text. Relative paths resolve against base (default: path's folder, else cwd)."""
+    where = Path(path) if path is not None else None
+    if base is None:
+        base = where.resolve().parent if where is not None else Path.cwd()
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = f"YAML syntax: {exc.problem or exc.context}"
+        raise ConfigError(reason, path=where, line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML: {exc}", path=where) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the file must be a mapping (identity, gateway, destinations, rules, receiver)",
+                          path=where, line=1)
+    rules = data.get("rules")
+    if isinstance(rules, list):
+        rule_nodes = _child(node, "rules")
+        for i, rule in enumerate(rules):
+            if isinstance(rule, dict) and "line" not in rule:
+                rule["line"] = _line(_child(rule_nodes, i)) if rule_nodes is not None else None
+    data["path"] = str(where.resolve()) if where is not None else None
+    try:
+        cfg = Config.model_validate(data, context={"base": Path(base)})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _Located):
+            loc, reason = ctx_error.loc, ctx_error.reason
+        else:
+            reason = _reason(err)
+        raise ConfigError(f"{_dotted(loc)}: {reason}" if loc else reason, path=where,
+                          line=_line(_locate(node, loc))) from None
+    if check_files:
+        _check_files(cfg, node, where)
+    return cfg
+
+
+def _check_files(cfg: Config, node, where) -> None:
+    checks: list[tuple[tuple, Path]] = []
+    if cfg.identity is not None:
+        checks += [(("identity", "key"), cfg.identity.key), (("identity", "cert"), cfg.identity.cert)]
+    for i, rule in enumerate(cfg.rules):
+        checks += [(("rules", i, "recipients", j), p) for j, p in enumerate(rule.recipients)]
+    if cfg.receiver is not None:
+        for i, kp in enumerate(cfg.receiver.keys):
+            checks += [(("receiver", "keys", i, "key"), kp.key), (("receiver", "keys", i, "cert"), kp.cert)]
+        checks += [(("receiver", "trust", i), p) for i, p in enumerate(cfg.receiver.trust or [])]
+    for loc, p in checks:
+        if not p.is_file():
+            raise ConfigError(f"{_dotted(loc)}: file not found: {p}", path=where, line=_line(_locate(node, loc)))
+
+
+def _reason(err: dict) -> str:
+    msg = err.get("msg", "invalid")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown setting (check the spelling)"
+    return msg
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and not re.match(r"^[a-z_]+$", part) and not part[:1].isupper():
+            continue  # pydantic union branch names such as 'list[union[str,int,float]]'
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _child(node, key):
+    if isinstance(node, yaml.MappingNode) and isinstance(key, str):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v
+        return None
+    if isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+        return node.value[key] if 0 <= key < len(node.value) else None
+    return None
+
+
+def _locate(node, loc: tuple):
+    """The deepest YAML node along a pydantic error location (the key node for a missing/extra key)."""
+    best = node
+    for part in loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == part:
+                    best, node = v, v
+                    break
+            else:
+                continue  # a missing key or a union branch name: stay on the parent
+            if isinstance(node, yaml.ScalarNode):
+                best = node
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if 0 <= part < len(node.value):
+                best = node = node.value[part]
+            else:
+                break
+    return best
+
+
+def _line(node) -> int | None:
+    return node.start_mark.line + 1 if node is not None and getattr(node, "start_mark", None) else None
