@@ -10,6 +10,8 @@ from importlib import import_module
 # Modules under miadmark.commands; each defines register(subparsers) and sets args.func.
 COMMAND_MODULES = [
     "keys",
+    "train",
+    "evaluate",
 ]
 
 

@@ -1,0 +1,106 @@
+"""Train a surrogate (or black-box evaluation) classifier from scratch on CPU or GPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .augment import augment_batch
+from .data import load_dataset, to_model_input
+from .models import build
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch: int = 256) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i:i + batch].to(device)).argmax(1).cpu() == y[i:i + batch]).sum())
+    return correct / max(1, len(x))
+
+
+def train(data: str, arch: str, out: str, *, epochs: int = 12, device: str = "cpu", seed: int = 0,
+          logo_augment: bool = False, size: int = 64, batch: int = 64, lr: float = 3e-3,
+          split_seed: int = 0, progress: bool = True, command: str | None = None) -> dict:
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    ds = load_dataset(data, seed=split_seed)
+    in_ch = ds.images.shape[1]
+    xtr_u8, ytr = ds.split(val=False)
+    xva_u8, yva = ds.split(val=True)
+    xtr = to_model_input(xtr_u8, size, in_ch)
+    xva = to_model_input(xva_u8, size, in_ch)
+    model = build(arch, in_ch, len(ds.classes), size).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    steps = epochs * math.ceil(len(xtr) / batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(ytr, minlength=len(ds.classes)).float()
+    weight = (counts.sum() / counts / len(counts)).to(dev)
+    t0 = time.time()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    best = (-1.0, None)
+    for ep in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xtr), generator=gen)
+        it = range(0, len(xtr), batch)
+        if progress and tqdm is not None:
+            it = tqdm(it, desc=f"{arch} epoch {ep + 1}/{epochs}", leave=False, file=sys.stderr)
+        tot = 0.0
+        for i in it:
+            idx = perm[i:i + batch]
+            xb = augment_batch(xtr[idx], gen, logo=logo_augment).to(dev)
+            yb = ytr[idx].to(dev)
+            loss = F.cross_entropy(model(xb), yb, weight=weight, label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss) * len(idx)
+        acc = evaluate_accuracy(model, xva, yva, dev)
+        log.info("%s epoch %d/%d loss %.4f val_acc %.4f (%.0fs)", arch, ep + 1, epochs, tot / len(xtr), acc,
+                 time.time() - t0)
+        if acc >= best[0] and ep >= epochs // 2:
+            best = (acc, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    acc = evaluate_accuracy(model, xva, yva, dev)
+    meta = {"arch": arch, "in_ch": in_ch, "in_size": size, "classes": ds.classes, "dataset": ds.name,
+            "val_accuracy": round(acc, 4), "n_train": len(xtr), "n_val": len(xva), "epochs": epochs,
+            "seed": seed, "split_seed": split_seed, "logo_augment": logo_augment,
+            "train_seconds": round(time.time() - t0, 1), "device": str(dev),
+            "command": command or " ".join(sys.argv)}
+    save(model, meta, out)
+    return meta
+
+
+def save(model, meta: dict, out: str | Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    torch.save({"meta": meta, "state_dict": sd}, out)
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load(path: str | Path, device: torch.device | str = "cpu"):
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    meta = blob["meta"]
+    model = build(meta["arch"], meta["in_ch"], len(meta["classes"]), meta["in_size"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+    model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.meta = meta
+    return model
