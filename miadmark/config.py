@@ -162,6 +162,7 @@ class Rule(_Model):
     recipients: list[ConfigPath] = []
     profile: str | None = None  # watermark profile (protect only); None = the core's default
     name: str | None = None
+    auto: bool = False  # Orthanc plugin: send each stable study to send_to without being asked
     line: int | None = None  # filled by the loader: where the rule starts in the file
 
     @field_validator("when")
