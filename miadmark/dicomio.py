@@ -51,6 +51,17 @@ def dataset_to_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def canonical_bytes(ds: Dataset) -> bytes:
+    """The dataset as pydicom writes it in its own transfer syntax, file meta as it is.
+
+    This is what "bit-exact" is measured on: a stripped original encodes to exactly these bytes.
+    (Retired group-length elements are not written by pydicom, nor by network encoders.)
+    """
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    return buf.getvalue()
+
+
 def write_atomic(data: bytes, path: str | os.PathLike, mode: int = 0o644) -> Path:
     """Write bytes durably: temp file in the same folder, fsync, rename, fsync the folder."""
     path = Path(path)

@@ -1,28 +1,300 @@
-"""The two verbs: protect(dataset) and strip(dataset). Everything else calls these."""
+"""The two verbs: protect(dataset) and strip(dataset). Everything else calls these.
+
+protect: decode pixels exactly, map them to the model domain, let the engine watermark them,
+map the changed pixels back to stored values, and attach a signed, encrypted restoration record
+(miadmark.record) holding everything needed to rebuild the original bit for bit. The result has
+a new SOP Instance UID, ImageType DERIVED, and is encoded Explicit VR Little Endian.
+
+strip: open the record with a recipient key, verify the signer, rebuild the original and check
+it against the SHA-256 of the original's canonical encoding. Nothing is returned unless it is
+exactly the original.
+
+An already protected object given to protect is refused (AlreadyProtectedError): nesting would
+make the outer site's key necessary to reach the inner record, and no route needs it.
+"""
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import lzma
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filewriter import correct_ambiguous_vr_element
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from .engine import DEFAULT_PROFILE, Engine, Profile
-from .keys import Identity
+from . import __version__
+from .dicomio import canonical_bytes
+from .engine import DEFAULT_PROFILE, Engine, ImageContext, Profile, get_engine
+from .errors import (AlreadyProtectedError, IntegrityError, MiadmarkError, NotProtectedError,
+                     RecordCorruptError, UntrustedSignerError)
+from .keys import Identity, subject_name
+from .pixels import Pixels, decode, from_model, native_pixel_bytes, to_model
+from .record import (RECORD_CREATOR, Record, decode_file_meta, decrypt, encode_file_meta, encrypt,
+                     recipients_of, sign_record, verify_record)
 
+PIXEL_DATA = 0x7FE00010
+NATIVE_ONLY_DROP = (0x7FE00001, 0x7FE00002)  # extended offset table: meaningless once native
+MARKER_CREATOR = "MIADMARK 1.0"
+
+
+def is_protected(ds: Dataset) -> bool:
+    return "EncryptedAttributesSequence" in ds and any(
+        "EncryptedContent" in item for item in ds.EncryptedAttributesSequence)
+
+
+# ---- protect ------------------------------------------------------------------------------------
 
 def protect(ds: Dataset, *, recipients: Sequence[x509.Certificate], signer: Identity,
             profile: str | Profile = DEFAULT_PROFILE, device: str = "auto",
             lesion_mask: np.ndarray | None = None, engine: Engine | None = None) -> Dataset:
-    """Return a protected copy of ds (ds itself is not modified). See protect_many."""
-    raise NotImplementedError("core protect is being written (issue 3)")
+    """A protected copy of ds (ds is not modified). Raises MiadmarkError with the reason."""
+    result = protect_many([ds], recipients=recipients, signer=signer, profile=profile, device=device,
+                          lesion_masks=None if lesion_mask is None else [lesion_mask], engine=engine)[0]
+    if isinstance(result, MiadmarkError):
+        raise result
+    return result
+
+
+def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certificate], signer: Identity,
+                 profile: str | Profile = DEFAULT_PROFILE, device: str = "auto",
+                 lesion_masks: Sequence[np.ndarray | None] | None = None,
+                 engine: Engine | None = None) -> list[Dataset | MiadmarkError]:
+    """Protect several datasets through one engine; each result is a Dataset or the error for that input.
+
+    Frames of the same size go through the engine together (a series is one batch).
+    """
+    if not recipients:
+        raise ValueError("protect needs at least one recipient certificate")
+    engine = engine or get_engine(profile, device)
+    results: list[Dataset | MiadmarkError | None] = [None] * len(datasets)
+    prepared = []
+    for i, ds in enumerate(datasets):
+        try:
+            prepared.append((i, _prepare(ds, None if lesion_masks is None else lesion_masks[i])))
+        except MiadmarkError as exc:
+            results[i] = exc
+    # group by frame geometry so that a series of equal slices is one engine batch
+    groups: dict[tuple, list] = {}
+    for i, prep in prepared:
+        groups.setdefault(prep["x"].shape[1:], []).append((i, prep))
+    for items in groups.values():
+        x = np.concatenate([p["x"] for _, p in items])
+        lesion = np.concatenate([p["lesion"] for _, p in items])
+        contexts = [ctx for _, p in items for ctx in p["contexts"]]
+        x_t = torch.from_numpy(x).to(engine.device)
+        lesion_t = torch.from_numpy(lesion).to(engine.device) if lesion.any() else None
+        out = engine.watermark(x_t, lesion_t, contexts)
+        x_new = out.images.detach().to("cpu", torch.float32).numpy()
+        offset = 0
+        for i, prep in items:
+            n = prep["x"].shape[0]
+            try:
+                results[i] = _finish(datasets[i], prep, x_new[offset:offset + n], out.params[offset:offset + n],
+                                     recipients, signer, engine)
+            except MiadmarkError as exc:
+                results[i] = exc
+            offset += n
+    return results  # type: ignore[return-value]
+
+
+def _prepare(ds: Dataset, lesion_mask: np.ndarray | None) -> dict:
+    if is_protected(ds):
+        raise AlreadyProtectedError("already protected (carries a restoration record); strip it first")
+    px = decode(ds)
+    x, mapping = to_model(ds, px)
+    frames, _, h, w = x.shape
+    if lesion_mask is None:
+        lesion = np.zeros((frames, h, w), dtype=bool)
+    else:
+        lesion = np.asarray(lesion_mask, dtype=bool).reshape(-1, h, w)
+        if lesion.shape[0] == 1 and frames > 1:
+            lesion = np.repeat(lesion, frames, axis=0)
+        if lesion.shape[0] != frames:
+            raise MiadmarkError(f"lesion mask has {lesion.shape[0]} frames, image has {frames}")
+    ctx = ImageContext(modality=str(ds.get("Modality", "")), photometric=px.photometric,
+                       sop_instance_uid=str(ds.get("SOPInstanceUID", "")))
+    return {"px": px, "x": x, "mapping": mapping, "lesion": lesion, "contexts": [ctx] * frames}
+
+
+def _finish(ds: Dataset, prep: dict, x_new: np.ndarray, params: list[dict], recipients, signer: Identity,
+            engine: Engine) -> Dataset:
+    px: Pixels = prep["px"]
+    new_stored = from_model(px, prep["mapping"], prep["x"], x_new, prep["lesion"])
+    lesion = prep["lesion"]
+    if lesion.any() and not np.array_equal(new_stored[lesion], px.stored[lesion]):
+        raise MiadmarkError("internal error: a lesion pixel changed; refusing to emit")  # never expected
+
+    original_pixels = ds[PIXEL_DATA]
+    prot = copy.deepcopy(ds)
+    _drop_group_lengths(prot)
+    new_bytes = native_pixel_bytes(ds, px, new_stored)
+    if px.native:
+        dtype = np.dtype(f"<u{px.bits_allocated // 8}")
+        if len(new_bytes) % dtype.itemsize:
+            dtype = np.dtype("<u1")
+        residual = np.frombuffer(original_pixels.value, dtype) - np.frombuffer(new_bytes, dtype)
+        payload_kind, payload, residual_dtype = "RESIDUAL", residual.tobytes(), dtype.str
+        prot[PIXEL_DATA].value = new_bytes
+    else:
+        payload_kind, payload, residual_dtype = "ORIGINAL", bytes(original_pixels.value), ""
+        vr = "OB" if px.bits_allocated <= 8 else "OW"
+        prot[PIXEL_DATA] = DataElement(PIXEL_DATA, vr, new_bytes)
+        for tag in NATIVE_ONLY_DROP:
+            if tag in prot:
+                del prot[tag]
+        if px.stored.shape[-1] == 3:
+            prot.PhotometricInterpretation = px.photometric
+            prot.PlanarConfiguration = 0
+        prot.PixelRepresentation = 1 if px.signed else 0
+
+    new_uid = generate_uid()
+    prot.SOPInstanceUID = new_uid
+    prot.file_meta.MediaStorageSOPInstanceUID = new_uid
+    prot.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    image_type = list(ds.get("ImageType", [])) or ["DERIVED", "SECONDARY"]
+    image_type[0] = "DERIVED"
+    prot.ImageType = image_type
+    profile_name = engine.profile.name
+    prot.DerivationDescription = (f"MIAD-MARK visible adversarial watermark, profile {profile_name}; "
+                                  "the original is recoverable only with an authorized key")[:1024]
+    marker = prot.private_block(0x0011, MARKER_CREATOR, create=True)
+    marker.add_new(0x01, "LO", subject_name(signer.cert)[:64])  # who protected it, readable without a key
+    marker.add_new(0x02, "LO", f"miadmark {__version__} {profile_name}"[:64])
+
+    modified, added = _diff(ds, prot)
+    record = Record(
+        modified=modified,
+        params={"engine_version": __version__, "profile": profile_name, "device": str(engine.device),
+                "frames": params},
+        payload_kind=payload_kind,
+        payload=lzma.compress(payload, preset=6),
+        added_tags=added + [0x04000500],
+        file_meta=encode_file_meta(ds.file_meta),
+        original_sha256=hashlib.sha256(canonical_bytes(ds)).hexdigest(),
+        protected_uid=new_uid,
+        pixel_vr=str(original_pixels.VR),
+        residual_dtype=residual_dtype,
+    )
+    cms = encrypt(sign_record(record, signer), list(recipients))
+    item = Dataset()
+    item.EncryptedContentTransferSyntaxUID = ExplicitVRLittleEndian
+    item.EncryptedContent = cms
+    prot.EncryptedAttributesSequence = DicomSequence([item])
+    prot.is_implicit_VR, prot.is_little_endian = False, True  # tell the writer what we are now
+    return prot
+
+
+def _drop_group_lengths(ds: Dataset) -> None:
+    """Retired group lengths (gggg,0000): every writer drops them, so they are not part of the contract."""
+    for tag in [t for t in ds.keys() if t.element == 0 and t.group > 6]:
+        del ds[tag]
+
+
+def _diff(original: Dataset, protected: Dataset) -> tuple[Dataset, list[int]]:
+    """Original values of top-level attributes that protect changed or removed; tags it added."""
+    modified = Dataset()
+    for tag in original.keys():
+        if tag == PIXEL_DATA or (tag.element == 0 and tag.group > 6):
+            continue
+        if tag not in protected or protected[tag].value != original[tag].value:
+            elem = copy.deepcopy(original[tag])
+            if elem.VR in ("US or SS", "OB or OW", "US or OW", "US or SS or OW"):
+                elem = correct_ambiguous_vr_element(elem, original, True)
+            modified.add(elem)
+    added = [int(tag) for tag in protected.keys() if tag not in original]
+    return modified, added
+
+
+# ---- strip --------------------------------------------------------------------------------------
+
+def open_record(ds: Dataset, keyring: Sequence[Identity]) -> Record:
+    """Decrypt and verify the record of a protected dataset (signer trust not checked here)."""
+    if not is_protected(ds):
+        raise NotProtectedError("not protected: no restoration record (Encrypted Attributes Sequence)")
+    item = ds.EncryptedAttributesSequence[0]
+    if item.get("EncryptedContentTransferSyntaxUID") != ExplicitVRLittleEndian:
+        raise RecordCorruptError("record content transfer syntax is not Explicit VR Little Endian")
+    record = verify_record(decrypt(bytes(item.EncryptedContent), list(keyring)))
+    if record.protected_uid != str(ds.get("SOPInstanceUID", "")):
+        raise RecordCorruptError("record belongs to another object (SOP Instance UID differs)")
+    return record
 
 
 def strip(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x509.Certificate] | None) -> Dataset:
-    """Return the bit-exact original of a protected ds. trust=None accepts any signer."""
-    raise NotImplementedError("core strip is being written (issue 3)")
+    """The bit-exact original of a protected ds. trust=None accepts any signer (--any-signer)."""
+    record = open_record(ds, keyring)
+    if trust is not None and not any(_same_cert(record.signer, t) for t in trust):
+        raise UntrustedSignerError(f"signer {subject_name(record.signer)!r} is not in the trust list")
+    original = _rebuild(ds, record)
+    if hashlib.sha256(canonical_bytes(original)).hexdigest() != record.original_sha256:
+        raise IntegrityError("rebuilt original does not match the record's hash (pixels or attributes changed)")
+    return original
 
 
-def is_protected(ds: Dataset) -> bool:
-    return "EncryptedAttributesSequence" in ds
+def _rebuild(ds: Dataset, record: Record) -> Dataset:
+    out = copy.deepcopy(ds)
+    for tag in record.added_tags:
+        if tag in out:
+            del out[tag]
+    for elem in record.modified:
+        out[elem.tag] = copy.deepcopy(elem)
+    try:
+        payload = lzma.LZMADecompressor().decompress(record.payload)  # stops at the stream's end
+    except lzma.LZMAError:
+        raise RecordCorruptError("pixel payload does not decompress") from None
+    if record.payload_kind == "RESIDUAL":
+        dtype = np.dtype(record.residual_dtype)
+        protected_bytes = bytes(ds.PixelData)
+        if len(protected_bytes) != len(payload):
+            raise IntegrityError("Pixel Data length differs from the protected object's")
+        original = np.frombuffer(protected_bytes, dtype) + np.frombuffer(payload, dtype)
+        out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, original.tobytes())
+    elif record.payload_kind == "ORIGINAL":
+        encapsulated = decode_file_meta(record.file_meta).TransferSyntaxUID.is_encapsulated
+        out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, payload, is_undefined_length=encapsulated)
+    else:
+        raise RecordCorruptError(f"unknown pixel payload kind {record.payload_kind!r}")
+    out.file_meta = decode_file_meta(record.file_meta)
+    ts = out.file_meta.TransferSyntaxUID
+    out.is_implicit_VR, out.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
+    return out
+
+
+def _same_cert(a: x509.Certificate | None, b: x509.Certificate) -> bool:
+    return a is not None and a.fingerprint(hashes.SHA256()) == b.fingerprint(hashes.SHA256())
+
+
+def inspect_record(ds: Dataset, keyring: Sequence[Identity] | None = None) -> dict:
+    """What a protected object says about itself; with a recipient key, also the watermark parameters."""
+    if not is_protected(ds):
+        return {"protected": False}
+    item = ds.EncryptedAttributesSequence[0]
+    info: dict = {"protected": True, "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+                  "recipients": [{"issuer": issuer, "serial": f"{serial:x}"}
+                                 for issuer, serial in recipients_of(bytes(item.EncryptedContent))]}
+    try:
+        marker = ds.private_block(0x0011, MARKER_CREATOR)
+        info["signer_claimed"] = str(marker[0x01].value)
+        info["engine"] = str(marker[0x02].value)
+    except KeyError:
+        pass
+    if keyring:
+        record = open_record(ds, keyring)
+        info["signer"] = {"subject": record.signer.subject.rfc4514_string(),
+                          "issuer": record.signer.issuer.rfc4514_string(),
+                          "serial": f"{record.signer.serial_number:x}", "signature": "valid"}
+        info["watermark"] = record.params
+        info["original_sha256"] = record.original_sha256
+        info["restores_attributes"] = [elem.keyword or str(elem.tag) for elem in record.modified]
+    return info
+
+__all__ = ["protect", "protect_many", "strip", "is_protected", "open_record", "inspect_record",
+           "RECORD_CREATOR"]
