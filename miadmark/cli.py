@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "keys",
     "train",
     "evaluate",
+    "gateway", "receive", "rules", "queue",
 ]
 
 

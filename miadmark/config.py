@@ -57,6 +57,7 @@ def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
 ConfigPath = Annotated[Path, AfterValidator(_resolve)]
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+ListenPort = Annotated[int, Field(ge=0, le=65535)]  # 0 = any free port (tests)
 
 
 class _Model(BaseModel):
@@ -78,7 +79,7 @@ class RetryConfig(_Model):
 class GatewayConfig(_Model):
     ae_title: AETitle = "MIADMARK"
     bind: str = "0.0.0.0"
-    port: Port = 11112
+    port: ListenPort = 11112
     allow_calling: list[AETitle] | None = None  # None = any calling AE
     spool: ConfigPath = Path("spool")
     quarantine: ConfigPath | None = None  # default <spool>/quarantine
@@ -197,7 +198,7 @@ class Rule(_Model):
 class ReceiverConfig(_Model):
     ae_title: AETitle = "MIADMARK_RX"
     bind: str = "0.0.0.0"
-    port: Port = 11113
+    port: ListenPort = 11113
     allow_calling: list[AETitle] | None = None
     store: ConfigPath | None = None  # required by `miadmark receive`; the Orthanc plugin stores in Orthanc
     quarantine: ConfigPath

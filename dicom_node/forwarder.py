@@ -1,0 +1,290 @@
+"""Forwarding, off the receive path: one thread per destination.
+
+Each round takes up to gateway.batch_size due jobs, protects those whose rule says so (batched,
+once), then delivers them over ONE association (or one STOW-RS request). Success marks a job
+done; a failure counts an attempt and schedules the next one with exponential backoff and jitter;
+after retry.max_attempts the job is dead (dead letter). A destination that cannot be reached
+makes the thread itself back off, so a long outage costs one connection attempt per wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from miadmark.config import Destination
+
+from .protection import Protected
+from .transport import NODELAY_HANDLERS, scu_ae, status_ok, status_text
+from .workqueue import Job, backoff_delay
+
+log = logging.getLogger("dicom_node.forward")
+
+
+@dataclass
+class Outgoing:
+    job: Job
+    path: Path
+    sop_uid: str
+    sop_class: str
+    transfer_syntax: str
+
+
+@dataclass
+class Result:
+    ok: bool
+    error: str = ""
+
+
+class DeliveryError(Exception):
+    """The destination could not be reached at all (nothing in the batch was delivered)."""
+
+
+# ------------------------------------------------------------------------------------------ senders
+
+def send_dimse(dest: Destination, calling_ae: str, items: list[Outgoing], *, max_pdu: int = 0) -> list[Result]:
+    """C-STORE every item over one association. Raises DeliveryError when none could be tried."""
+    ae = scu_ae(dest.calling_ae or calling_ae, [(i.sop_class, i.transfer_syntax) for i in items][:128],
+                max_pdu=max_pdu)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=NODELAY_HANDLERS,
+                         max_pdu=max_pdu)
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "could not connect"
+        raise DeliveryError(f"association to {dest.target} {why}")
+    results: list[Result] = []
+    try:
+        for item in items:
+            if not assoc.is_established:
+                results.append(Result(False, "association lost"))
+                continue
+            try:
+                status = assoc.send_c_store(item.path)
+            except (ValueError, AttributeError, OSError) as exc:
+                results.append(Result(False, f"not sent: {exc}"))
+                continue
+            results.append(Result(True) if status_ok(status) else Result(False, status_text(status)))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results
+
+
+def send_stow(dest: Destination, items: list[Outgoing]) -> list[Result]:
+    """One STOW-RS POST (multipart/related; type="application/dicom") for the whole batch."""
+    import uuid
+
+    import requests
+
+    boundary = uuid.uuid4().hex
+    parts = []
+    for item in items:
+        parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+        parts.append(item.path.read_bytes())
+        parts.append(b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+               "Accept": "application/dicom+json", **dest.headers}
+    try:
+        resp = requests.post(dest.stow_url, data=b"".join(parts), headers=headers, timeout=dest.timeout_s,
+                             verify=dest.verify)
+    except requests.RequestException as exc:
+        raise DeliveryError(f"STOW-RS to {dest.stow_url}: {type(exc).__name__}") from None
+    if resp.status_code == 200:
+        return [Result(True) for _ in items]
+    if resp.status_code == 202:
+        failed = _stow_failed_uids(resp)
+        return [Result(False, "refused by the STOW-RS server") if i.sop_uid in failed or "*all*" in failed else Result(True)
+                for i in items]
+    if resp.status_code >= 500 or resp.status_code in (401, 403, 404, 408, 429):
+        raise DeliveryError(f"STOW-RS to {dest.stow_url}: HTTP {resp.status_code}")
+    return [Result(False, f"HTTP {resp.status_code}") for _ in items]
+
+
+def _stow_failed_uids(resp) -> set[str]:
+    try:
+        body = resp.json()
+        seq = body.get("00081198", {}).get("Value", [])
+        return {item["00081155"]["Value"][0] for item in seq}
+    except Exception:  # noqa: BLE001 - unreadable body: treat every item as failed
+        return {"*all*"}
+
+
+# ---------------------------------------------------------------------------------------- forwarder
+
+@dataclass
+class StudyTally:
+    action: str
+    rule: str
+    sent: int = 0
+    quarantined: int = 0
+    dead: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Forwarder(threading.Thread):
+    """Delivers one destination's queue. `gateway` provides config, queue, spool, protector, audit."""
+
+    def __init__(self, gateway, destination: str):
+        super().__init__(name=f"forward-{destination}", daemon=True)
+        self.gateway = gateway
+        self.destination = destination
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self._down_since: float | None = None
+        self._failures = 0
+        self._studies: dict[str, StudyTally] = {}
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        queue = self.gateway.queue
+        while not self.stopping.is_set():
+            cfg = self.gateway.config
+            try:
+                jobs = queue.due(self.destination, cfg.gateway.batch_size)
+                if not jobs:
+                    nxt = queue.next_due_time(self.destination)
+                    wait = 1.0 if nxt is None else min(1.0, max(0.0, nxt - time.time()))
+                    self.wake.wait(wait)
+                    self.wake.clear()
+                    continue
+                self.deliver(jobs)
+            except Exception:  # noqa: BLE001 - the thread must survive anything and retry
+                log.exception("forwarder %s: unexpected error; retrying in 2 s", self.destination)
+                self.stopping.wait(2.0)
+        queue.close()
+
+    # ------------------------------------------------------------------------------------ one batch
+    def deliver(self, jobs: list[Job]) -> None:
+        gw, cfg = self.gateway, self.gateway.config
+        retry = cfg.gateway.retry
+        dest = cfg.destinations.get(self.destination)
+        outgoing = self.prepare(jobs)
+        if not outgoing:
+            self._log_finished_studies()
+            return
+        try:
+            if dest is None or dest.kind not in ("dimse", "stow"):
+                raise DeliveryError(f"destination {self.destination!r} is not a DICOM or STOW-RS destination "
+                                    "in the running configuration")
+            if dest.kind == "dimse":
+                results = send_dimse(dest, cfg.gateway.ae_title, outgoing, max_pdu=cfg.gateway.max_pdu)
+            else:
+                results = send_stow(dest, outgoing)
+        except DeliveryError as exc:
+            self._failures += 1
+            states = [gw.queue.mark_failed(o.job, str(exc), max_attempts=retry.max_attempts, base_s=retry.base_s,
+                                           max_s=retry.max_s) for o in outgoing]
+            for o, state in zip(outgoing, states):
+                if state == "dead":
+                    self._finish(o, "dead", str(exc))
+            if self._down_since is None:
+                self._down_since = time.time()
+            waiting = gw.queue.counts().get(self.destination, {}).get("pending", 0)
+            delay = backoff_delay(self._failures, retry.base_s, retry.max_s)
+            log.warning("%s unreachable: %s; %d instance(s) waiting, next try in %.1f s",
+                        self.destination, exc, waiting, delay)
+            self.stopping.wait(delay)
+            return
+        if self._down_since is not None:
+            log.info("%s reachable again after %.0f s", self.destination, time.time() - self._down_since)
+        self._down_since, self._failures = None, 0
+        for o, res in zip(outgoing, results):
+            if res.ok:
+                gw.queue.mark_done(o.job.id, o.sop_uid)
+                self._finish(o, "sent")
+            else:
+                state = gw.queue.mark_failed(o.job, res.error, max_attempts=retry.max_attempts,
+                                             base_s=retry.base_s, max_s=retry.max_s)
+                gw.audit.write("send_failed", **self._audit_fields(o.job), error=res.error, state=state)
+                if state == "dead":
+                    self._finish(o, "dead", res.error)
+                else:
+                    log.warning("%s: %s not accepted (%s); will retry", self.destination, o.job.sop_uid, res.error)
+        self._log_finished_studies()
+
+    def prepare(self, jobs: list[Job]) -> list[Outgoing]:
+        """Originals for pass, protected copies for protect; what cannot be protected is quarantined."""
+        gw = self.gateway
+        out: list[Outgoing] = []
+        groups: dict[tuple, list[Job]] = {}
+        for job in jobs:
+            self._studies.setdefault(job.study_uid, StudyTally(job.action, job.rule))
+            if job.action == "pass":
+                path = gw.spool.path(job.file)
+                if not path.exists():
+                    gw.queue.mark_quarantined(job.id, "spooled original missing")
+                    continue
+                out.append(Outgoing(job, path, job.sop_uid, job.sop_class, job.transfer_syntax))
+            else:
+                groups.setdefault((job.recipients, job.profile), []).append(job)
+        for (recipients, profile), group in groups.items():
+            items = [(gw.spool.path(j.file), gw.spool.protected_path(j.file, recipients, profile)) for j in group]
+            for job, res in zip(group, gw.protector.protect(items, recipients, profile)):
+                if isinstance(res, Protected):
+                    out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax))
+                else:
+                    self._quarantine(job, res)
+        out.sort(key=lambda o: o.job.id)
+        return out
+
+    def _quarantine(self, job: Job, reason: str) -> None:
+        gw = self.gateway
+        src = gw.spool.path(job.file)
+        try:
+            qpath = gw.quarantine_object(src, reason=reason, sop_uid=job.sop_uid, destination=self.destination,
+                                         rule=job.rule, calling_ae=job.calling_ae, called_ae=job.called_ae)
+        except OSError as exc:
+            qpath = None
+            log.error("cannot quarantine %s: %s", job.sop_uid, exc)
+        gw.queue.mark_quarantined(job.id, reason)
+        gw.audit.write("quarantined", **self._audit_fields(job), reason=reason,
+                       quarantine=str(qpath) if qpath else None)
+        log.warning("%s: %s not protected, quarantined, not sent: %s", self.destination, job.sop_uid, reason)
+        tally = self._studies.get(job.study_uid)
+        if tally:
+            tally.quarantined += 1
+        gw.release_file(job.file)
+
+    def _finish(self, o: Outgoing, outcome: str, error: str = "") -> None:
+        gw = self.gateway
+        fields = self._audit_fields(o.job)
+        if outcome == "sent":
+            gw.audit.write("sent", **fields, sent_sop_instance_uid=o.sop_uid, transfer_syntax=o.transfer_syntax)
+        else:
+            gw.audit.write("dead_letter", **fields, error=error)
+            log.error("%s: %s moved to the dead letter after %d attempts: %s", self.destination, o.job.sop_uid,
+                      o.job.attempts + 1, error)
+        tally = self._studies.get(o.job.study_uid)
+        if tally:
+            if outcome == "sent":
+                tally.sent += 1
+            else:
+                tally.dead += 1
+        gw.release_file(o.job.file)
+
+    def _audit_fields(self, job: Job) -> dict:
+        fields = {"sop_instance_uid": job.sop_uid, "study_instance_uid": job.study_uid,
+                  "calling_ae": job.calling_ae, "called_ae": job.called_ae, "rule": job.rule,
+                  "action": job.action, "destination": self.destination}
+        if job.action == "protect":
+            fields["recipients"] = self.gateway.protector.recipient_names(job.recipients)
+            fields["profile"] = job.profile
+        return fields
+
+    def _log_finished_studies(self) -> None:
+        for study, t in list(self._studies.items()):
+            if self.gateway.queue.pending_in_study(self.destination, study):
+                continue
+            del self._studies[study]
+            if not (t.sent or t.quarantined or t.dead):
+                continue
+            extra = "".join([f", {t.quarantined} quarantined (not sent)" if t.quarantined else "",
+                             f", {t.dead} failed (dead letter)" if t.dead else ""])
+            log.info("study %s -> %s: %d instance(s) sent (%s, %s)%s in %.1f s", study, self.destination,
+                     t.sent, t.action, t.rule, extra, time.monotonic() - t.started)

@@ -1,0 +1,191 @@
+"""The protecting gateway: C-STORE SCP -> rules -> durable spool + queue -> forwarders.
+
+Receive path (one pynetdicom association thread each), kept short:
+    header parse (no pixel decode) -> miadmark.rules.route(called AE, calling AE, dataset)
+    all destinations blocked -> 0x0124 (Refused: not authorized), nothing spooled
+    else write the received bytes as they came (event.encoded_dataset) durably, queue one job per
+    allowed destination (SQLite, fsync), THEN answer success.
+Forwarders (one thread per destination) protect and deliver; see dicom_node.forwarder.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import evt
+
+from miadmark.config import Config
+from miadmark.rules import BLOCK, route
+
+from .audit import AuditLog
+from .forwarder import Forwarder
+from .protection import Protector
+from .quarantine import quarantine
+from .reload import ConfigWatcher
+from .spool import Spool
+from .studylog import AssociationTally
+from .transport import (OUT_OF_RESOURCES, REFUSED_NOT_AUTHORIZED, SUCCESS, set_nodelay, storage_scp_ae)
+from .workqueue import NewJob, Queue
+
+log = logging.getLogger("dicom_node.gateway")
+CANNOT_UNDERSTAND = 0xC000
+SENDABLE = ("dimse", "stow")
+
+
+class Gateway:
+    def __init__(self, config: Config, *, bind: str | None = None, port: int | None = None):
+        self.config = config
+        self.bind = bind or config.gateway.bind
+        self.port = config.gateway.port if port is None else port
+        self.spool = Spool(config.gateway.spool)
+        self.queue = Queue(self.spool.queue_path)
+        self.audit = AuditLog(config.gateway.audit)
+        self.protector = Protector(config)
+        self.forwarders: dict[str, Forwarder] = {}
+        self.receipts = AssociationTally(log, "received")
+        self._file_lock = threading.Lock()
+        self._server = None
+        self._watcher: ConfigWatcher | None = None
+        self.ae = storage_scp_ae(config.gateway.ae_title, max_pdu=config.gateway.max_pdu)
+        self._apply_allowlist(config)
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def start(self, *, watch: bool = True) -> "Gateway":
+        self._start_forwarders()
+        handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, self.handle_store),
+                    (evt.EVT_RELEASED, self._assoc_done), (evt.EVT_ABORTED, self._assoc_done)]
+        self._server = self.ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
+        self.port = self._server.server_address[1]
+        if watch and self.config.path is not None:
+            self._watcher = ConfigWatcher(self.config.path, self.apply_config, self.config.gateway.reload_interval_s)
+            self._watcher.start()
+        pending = sum(c.get("pending", 0) for c in self.queue.counts().values())
+        log.info("gateway %s listening on %s:%d; %d destination(s), %d rule(s), %d instance(s) pending from before",
+                 self.config.gateway.ae_title, self.bind, self.port, len(self.forwarders), len(self.config.rules),
+                 pending)
+        return self
+
+    def stop(self) -> None:
+        if self._watcher:
+            self._watcher.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        for fwd in self.forwarders.values():
+            fwd.stop()
+        for fwd in self.forwarders.values():
+            fwd.join(timeout=30)
+        self.queue.close()
+
+    def reload(self, reason: str = "SIGHUP") -> bool:
+        if self._watcher is None:
+            return False
+        return self._watcher.reload(reason)
+
+    def apply_config(self, config: Config) -> None:
+        old = self.config.gateway
+        for name in ("ae_title", "bind", "port", "spool", "audit"):
+            if getattr(old, name) != getattr(config.gateway, name):
+                log.warning("gateway.%s changed: takes effect at the next restart", name)
+        self._apply_allowlist(config)
+        self.protector.configure(config)
+        self.config = config
+        self._start_forwarders()
+
+    def _apply_allowlist(self, config: Config) -> None:
+        allow = config.gateway.allow_calling
+        self.ae.require_calling_aet = list(allow) if allow else []
+
+    def _start_forwarders(self) -> None:
+        names = set(self.config.destinations)
+        names |= set(self.queue.counts())  # jobs queued for destinations since removed keep retrying
+        for name in sorted(names):
+            dest = self.config.destinations.get(name)
+            if dest is not None and dest.kind not in SENDABLE:
+                continue  # orthanc_* destinations are for the Orthanc plugin
+            if name not in self.forwarders:
+                fwd = Forwarder(self, name)
+                self.forwarders[name] = fwd
+                fwd.start()
+
+    # ----------------------------------------------------------------------------- receive path
+    def handle_store(self, event) -> int:
+        cfg = self.config
+        assoc = event.assoc
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        calling = str(assoc.requestor.ae_title).strip()
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        data = event.encoded_dataset(include_meta=True)
+        try:
+            ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
+            study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        except Exception as exc:  # noqa: BLE001 - any unreadable header
+            log.warning("%s from %s: unreadable header (%s), refused", sop_uid, calling, type(exc).__name__)
+            self.audit.write("refused", sop_instance_uid=sop_uid, calling_ae=calling, called_ae=called,
+                             reason=f"unreadable header: {type(exc).__name__}")
+            return CANNOT_UNDERSTAND
+        decisions = route(cfg, ds, called_ae=called, calling_ae=calling)
+        jobs, blocked = [], []
+        for d in decisions:
+            dest = cfg.destinations.get(d.destinations[0]) if d.destinations else None
+            if d.action == BLOCK or dest is None or dest.kind not in SENDABLE:
+                blocked.append(d)
+            else:
+                jobs.append(NewJob(d.destinations[0], d.action, d.rule_label,
+                                   tuple(str(p) for p in d.recipients), d.profile))
+        base = {"sop_instance_uid": sop_uid, "study_instance_uid": study, "calling_ae": calling, "called_ae": called}
+        for d in blocked:
+            self.audit.write("blocked", **base, destination=d.destinations[0] if d.destinations else None,
+                             rule=d.rule_label, reason=d.reason)
+        if not jobs:
+            self.receipts.count(assoc, study, "blocked", calling)
+            log.debug("%s blocked: %s", sop_uid, blocked[0].reason if blocked else "")
+            return REFUSED_NOT_AUTHORIZED
+        try:
+            with self._file_lock:
+                rel = self.spool.store(data, sop_uid)
+                self.queue.add(file=rel, sop_uid=sop_uid, sop_class=str(event.request.AffectedSOPClassUID),
+                               transfer_syntax=str(event.context.transfer_syntax), study_uid=study,
+                               series_uid=series, calling_ae=calling, called_ae=called, jobs=jobs)
+        except Exception as exc:  # noqa: BLE001 - disk full, database locked: tell the sender to retry
+            log.error("%s from %s: cannot spool (%s: %s), answered failure", sop_uid, calling,
+                      type(exc).__name__, exc)
+            self.receipts.count(assoc, study, "not spooled", calling)
+            return OUT_OF_RESOURCES
+        self.audit.write("received", **base, queued=[{"destination": j.destination, "action": j.action,
+                                                      "rule": j.rule} for j in jobs])
+        self.receipts.count(assoc, study, "queued", calling)
+        for j in jobs:
+            fwd = self.forwarders.get(j.destination)
+            if fwd is None:
+                self._start_forwarders()
+                fwd = self.forwarders.get(j.destination)
+            if fwd is not None:
+                fwd.wake.set()
+        return SUCCESS
+
+    def _assoc_done(self, event) -> None:
+        self.receipts.flush(event.assoc)
+
+    # ------------------------------------------------------------------------- used by forwarders
+    def quarantine_object(self, src: Path, **details) -> Path:
+        return quarantine(self.config.gateway.quarantine, None, source=src, **details)
+
+    def release_file(self, rel: str) -> None:
+        """Delete a spooled original (and its protected copies) once no job needs it."""
+        with self._file_lock:
+            con = self.queue._con()
+            busy = con.execute("SELECT COUNT(*) FROM jobs WHERE file=? AND state IN ('pending','dead')",
+                               (rel,)).fetchone()[0]
+            if busy:
+                return
+            src = self.spool.path(rel)
+            for path in [src, *self.spool.protected.glob(f"{Path(rel).stem}.{'?' * 12}.dcm")]:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass

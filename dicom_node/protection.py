@@ -1,0 +1,127 @@
+"""Protect spooled originals for a destination: the core's protect_many, batched, made once.
+
+A protected copy is written durably to the spool before it is sent, so a resend after a crash
+sends the same object. Anything that fails comes back as a reason (the caller quarantines it):
+an image that cannot be protected is never sent to a protect destination (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+
+from miadmark.config import Config
+from miadmark.dicomio import read_dicom, write_dicom_atomic
+from miadmark.errors import MiadmarkError
+from miadmark.keys import Identity, load_certificate, load_identity, read_passphrase, subject_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Protected:
+    path: Path
+    sop_uid: str
+    sop_class: str
+    transfer_syntax: str
+
+
+def file_identity(path: Path) -> tuple[str, str, str]:
+    meta = read_file_meta_info(path)
+    return str(meta.MediaStorageSOPInstanceUID), str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
+
+
+class Protector:
+    def __init__(self, config: Config):
+        self._lock = threading.Lock()  # protect_many is not assumed re-entrant; copies are shared
+        self._engines: dict[str, object] = {}
+        self._certs: dict[str, object] = {}
+        self._signer: Identity | None = None
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        with self._lock:
+            self.config = config
+            self._signer = None
+            self._certs.clear()
+
+    def signer(self) -> Identity:
+        if self._signer is None:
+            ident = self.config.identity
+            if ident is None:
+                raise MiadmarkError("no identity configured to sign protected objects")
+            self._signer = load_identity(ident.key, ident.cert, read_passphrase(ident.passphrase_file))
+        return self._signer
+
+    def certificates(self, paths: tuple[str, ...]) -> list:
+        out = []
+        for p in paths:
+            if p not in self._certs:
+                self._certs[p] = load_certificate(p)
+            out.append(self._certs[p])
+        return out
+
+    def recipient_names(self, paths: tuple[str, ...]) -> list[str]:
+        try:
+            return [subject_name(c) for c in self.certificates(paths)]
+        except MiadmarkError:
+            return [Path(p).name for p in paths]
+
+    def _engine(self, profile: str | None):
+        from miadmark.engine import DEFAULT_PROFILE, get_engine
+        name = profile or DEFAULT_PROFILE
+        if name not in self._engines:
+            self._engines[name] = get_engine(name, self.config.gateway.device)
+        return self._engines[name]
+
+    def protect(self, items: list[tuple[Path, Path]], recipients: tuple[str, ...],
+                profile: str | None) -> list[Protected | str]:
+        """items: (original, protected copy path). One result per item: Protected or a reason."""
+        from miadmark.engine import DEFAULT_PROFILE
+        from miadmark.protect import protect_many
+        results: list[Protected | str | None] = [None] * len(items)
+        with self._lock:
+            todo, datasets = [], []
+            for i, (src, out) in enumerate(items):
+                if out.exists():
+                    try:
+                        results[i] = Protected(out, *file_identity(out))
+                        continue
+                    except Exception:  # noqa: BLE001 - a damaged copy is made again
+                        pass
+                try:
+                    datasets.append(read_dicom(src))
+                    todo.append(i)
+                except MiadmarkError as exc:
+                    results[i] = f"cannot read the spooled original: {exc}"
+                except OSError as exc:
+                    results[i] = f"spooled original missing: {exc.strerror}"
+            if todo:
+                try:
+                    signer = self.signer()
+                    certs = self.certificates(recipients)
+                    engine = self._engine(profile)
+                    outputs = protect_many(datasets, recipients=certs, signer=signer,
+                                           profile=profile or DEFAULT_PROFILE, device=self.config.gateway.device,
+                                           engine=engine)
+                except (MiadmarkError, NotImplementedError, ValueError) as exc:
+                    outputs = [exc] * len(todo)
+                except Exception as exc:  # noqa: BLE001 - fail closed on anything
+                    log.exception("protect failed")
+                    outputs = [exc] * len(todo)
+                for i, out in zip(todo, outputs):
+                    if isinstance(out, BaseException):
+                        results[i] = f"protect refused: {type(out).__name__}: {out}"
+                        continue
+                    path = items[i][1]
+                    try:
+                        write_dicom_atomic(out, path)
+                        results[i] = Protected(path, str(out.SOPInstanceUID), str(out.SOPClassUID),
+                                               str(out.file_meta.TransferSyntaxUID))
+                    except Exception as exc:  # noqa: BLE001
+                        results[i] = f"cannot write the protected copy: {type(exc).__name__}: {exc}"
+        return results  # type: ignore[return-value]

@@ -1,0 +1,49 @@
+"""The gateway's spool folder: received originals, protected copies, the queue database.
+
+    <spool>/objects/<SOPInstanceUID>.dcm          originals exactly as received (file meta + bytes)
+    <spool>/protected/<SOPInstanceUID>.<key>.dcm  protected copy per (rule recipients, profile)
+    <spool>/queue.sqlite                          the work queue (WAL)
+
+A protected copy is made once and kept until delivered, so a resend after a crash sends the same
+object (same new SOP Instance UID) and the destination sees a harmless duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from miadmark.dicomio import write_atomic
+
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def safe_uid(uid: str) -> str | None:
+    """The UID if it is a well-formed DICOM UID (safe as a file name), else None."""
+    uid = str(uid or "").strip().rstrip("\x00")
+    return uid if len(uid) <= 64 and UID_RE.match(uid) else None
+
+
+class Spool:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.protected = self.root / "protected"
+        for folder in (self.objects, self.protected):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.queue_path = self.root / "queue.sqlite"
+
+    def store(self, data: bytes, sop_uid: str) -> str:
+        """Durably write a received instance; returns its name relative to the spool root."""
+        name = safe_uid(sop_uid) or "x" + hashlib.sha256(str(sop_uid).encode()).hexdigest()[:32]
+        rel = f"objects/{name}.dcm"
+        write_atomic(data, self.root / rel)
+        return rel
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def protected_path(self, rel: str, recipients: tuple[str, ...], profile: str | None) -> Path:
+        key = hashlib.sha256(repr((sorted(recipients), profile)).encode()).hexdigest()[:12]
+        return self.protected / f"{Path(rel).stem}.{key}.dcm"

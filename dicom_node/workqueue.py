@@ -1,0 +1,222 @@
+"""The gateway's durable work queue: one SQLite database (WAL) beside the spooled files.
+
+One row per (received instance, destination). States:
+    pending      waiting to be sent (next_try says when)
+    done         delivered (the destination answered success or warning)
+    dead         gave up after retry.max_attempts (dead letter; `miadmark queue retry` re-queues)
+    quarantined  could not be protected; never sent (reason in last_error and the quarantine folder)
+
+Receipt (add) commits with synchronous=FULL: the C-STORE is answered only after it. Progress marks
+use synchronous=NORMAL (a lost 'done' after a crash only means one harmless repeated delivery).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    file         TEXT NOT NULL,        -- spooled original, relative to the spool folder
+    sop_uid      TEXT NOT NULL,
+    sop_class    TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    study_uid    TEXT NOT NULL,
+    series_uid   TEXT NOT NULL,
+    calling_ae   TEXT NOT NULL,
+    called_ae    TEXT NOT NULL,
+    destination  TEXT NOT NULL,
+    action       TEXT NOT NULL,        -- protect | pass
+    rule         TEXT NOT NULL,        -- rule label for logs and audit
+    recipients   TEXT NOT NULL,        -- JSON list of certificate paths (protect)
+    profile      TEXT,
+    state        TEXT NOT NULL DEFAULT 'pending',
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_try     REAL NOT NULL,
+    last_error   TEXT,
+    sent_sop_uid TEXT,                 -- what went out (the protected object's new UID)
+    created      REAL NOT NULL,
+    updated      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (destination, state, next_try);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs (destination, study_uid, state);
+"""
+
+STATES = ("pending", "done", "dead", "quarantined")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    file: str
+    sop_uid: str
+    sop_class: str
+    transfer_syntax: str
+    study_uid: str
+    series_uid: str
+    calling_ae: str
+    called_ae: str
+    destination: str
+    action: str
+    rule: str
+    recipients: tuple[str, ...]
+    profile: str | None
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        return cls(row["id"], row["file"], row["sop_uid"], row["sop_class"], row["transfer_syntax"],
+                   row["study_uid"], row["series_uid"], row["calling_ae"], row["called_ae"],
+                   row["destination"], row["action"], row["rule"], tuple(json.loads(row["recipients"])),
+                   row["profile"], row["attempts"])
+
+
+@dataclass(frozen=True)
+class NewJob:
+    destination: str
+    action: str
+    rule: str
+    recipients: tuple[str, ...] = ()
+    profile: str | None = None
+
+
+def backoff_delay(attempts: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """Wait before attempt `attempts + 1`: base * 2^(attempts-1), capped, times a jitter in [0.5, 1.5)."""
+    rng = rng or random
+    raw = min(max_s, base_s * (2 ** max(0, attempts - 1)))
+    return min(max_s, raw * (0.5 + rng.random()))
+
+
+class Queue:
+    """Thread-safe: one connection per thread (sqlite3 connections are not shared)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        con = self._con()
+        con.execute("PRAGMA journal_mode=WAL")
+        con.executescript(SCHEMA)
+        con.commit()
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA busy_timeout=30000")
+            con.execute("PRAGMA synchronous=NORMAL")
+            self._local.con = con
+        return con
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # ------------------------------------------------------------------------------------ receipt
+    def add(self, *, file: str, sop_uid: str, sop_class: str, transfer_syntax: str, study_uid: str,
+            series_uid: str, calling_ae: str, called_ae: str, jobs: list[NewJob]) -> list[int]:
+        """Queue one instance for its destinations; durable (fsync) when this returns."""
+        con = self._con()
+        now = time.time()
+        ids = []
+        con.execute("PRAGMA synchronous=FULL")
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                cur = con.execute(
+                    "INSERT INTO jobs (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae,"
+                    " called_ae, destination, action, rule, recipients, profile, next_try, created, updated)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae, called_ae,
+                     job.destination, job.action, job.rule, json.dumps(list(job.recipients)), job.profile,
+                     now, now, now))
+                ids.append(cur.lastrowid)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.execute("PRAGMA synchronous=NORMAL")
+        return ids
+
+    # ----------------------------------------------------------------------------------- progress
+    def due(self, destination: str, limit: int, now: float | None = None) -> list[Job]:
+        now = time.time() if now is None else now
+        rows = self._con().execute(
+            "SELECT * FROM jobs WHERE destination=? AND state='pending' AND next_try<=? ORDER BY id LIMIT ?",
+            (destination, now, limit)).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def next_due_time(self, destination: str) -> float | None:
+        row = self._con().execute("SELECT MIN(next_try) FROM jobs WHERE destination=? AND state='pending'",
+                                  (destination,)).fetchone()
+        return row[0]
+
+    def mark_done(self, job_id: int, sent_sop_uid: str | None = None) -> None:
+        self._con().execute("UPDATE jobs SET state='done', sent_sop_uid=?, last_error=NULL, updated=? WHERE id=?",
+                            (sent_sop_uid, time.time(), job_id))
+
+    def mark_failed(self, job: Job, error: str, *, max_attempts: int, base_s: float, max_s: float) -> str:
+        """Count a failed attempt; returns the new state ('pending' with a backoff, or 'dead')."""
+        attempts = job.attempts + 1
+        now = time.time()
+        state = "dead" if attempts >= max_attempts else "pending"
+        next_try = now + backoff_delay(attempts, base_s, max_s)
+        self._con().execute("UPDATE jobs SET state=?, attempts=?, next_try=?, last_error=?, updated=? WHERE id=?",
+                            (state, attempts, next_try, error[:500], now, job.id))
+        return state
+
+    def mark_quarantined(self, job_id: int, reason: str) -> None:
+        self._con().execute("UPDATE jobs SET state='quarantined', last_error=?, updated=? WHERE id=?",
+                            (reason[:500], time.time(), job_id))
+
+    def retry_dead(self, destination: str | None = None) -> int:
+        sql = "UPDATE jobs SET state='pending', attempts=0, next_try=?, updated=? WHERE state='dead'"
+        args: list = [time.time(), time.time()]
+        if destination:
+            sql += " AND destination=?"
+            args.append(destination)
+        return self._con().execute(sql, args).rowcount
+
+    def pending_in_study(self, destination: str, study_uid: str) -> int:
+        return self._con().execute(
+            "SELECT COUNT(*) FROM jobs WHERE destination=? AND study_uid=? AND state='pending'",
+            (destination, study_uid)).fetchone()[0]
+
+    def files_in_use(self) -> set[str]:
+        rows = self._con().execute("SELECT DISTINCT file FROM jobs WHERE state='pending'").fetchall()
+        return {r[0] for r in rows}
+
+    # -------------------------------------------------------------------------------------- status
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for row in self._con().execute("SELECT destination, state, COUNT(*) FROM jobs GROUP BY destination, state"):
+            out.setdefault(row[0], {s: 0 for s in STATES})[row[1]] = row[2]
+        return out
+
+    def status(self) -> list[dict]:
+        """Per destination: counts by state, oldest pending age, next try, last error."""
+        now = time.time()
+        out = []
+        for dest, counts in sorted(self.counts().items()):
+            con = self._con()
+            oldest, next_try = con.execute(
+                "SELECT MIN(created), MIN(next_try) FROM jobs WHERE destination=? AND state='pending'",
+                (dest,)).fetchone()
+            err = con.execute("SELECT last_error FROM jobs WHERE destination=? AND last_error IS NOT NULL"
+                              " ORDER BY updated DESC LIMIT 1", (dest,)).fetchone()
+            out.append({"destination": dest, **counts,
+                        "oldest_pending_s": round(now - oldest, 1) if oldest else None,
+                        "next_try_in_s": round(max(0.0, next_try - now), 1) if next_try else None,
+                        "last_error": err[0] if err else None})
+        return out

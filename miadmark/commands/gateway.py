@@ -1,0 +1,51 @@
+"""`miadmark gateway --config FILE`: the protecting C-STORE gateway (runs until SIGTERM/SIGINT).
+
+SIGHUP (or a change of the file) reloads the rules; a bad file keeps the running ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from ..config import ConfigError, load_config
+
+log = logging.getLogger("dicom_node.gateway")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("gateway", help="run the protecting DICOM gateway (C-STORE SCP -> rules -> forward)")
+    p.add_argument("--config", required=True, help="the site YAML file")
+    p.add_argument("--bind", help="listen address (default: gateway.bind)")
+    p.add_argument("--port", type=int, help="listen port (default: gateway.port)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dicom_node.gateway import Gateway
+    try:
+        cfg = load_config(args.config)
+        gateway = Gateway(cfg, bind=args.bind, port=args.port).start()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{args.config}: cannot start the gateway: {exc}", file=sys.stderr)
+        return 1
+    return serve(gateway, reload=gateway.reload)
+
+
+def serve(service, reload=None) -> int:
+    """Block until SIGTERM/SIGINT; SIGHUP calls reload(). Stops the service cleanly."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    if reload is not None:
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, args=("SIGHUP",), daemon=True).start())
+    while not done.wait(1.0):
+        pass
+    log.info("stopping")
+    service.stop()
+    return 0

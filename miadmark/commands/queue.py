@@ -1,0 +1,63 @@
+"""`miadmark queue status --config FILE` and `miadmark queue retry --config FILE [--destination D]`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..config import ConfigError, load_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("queue", help="the gateway's forwarding queue")
+    qsub = p.add_subparsers(dest="queue_command", required=True)
+    status = qsub.add_parser("status", help="per destination: pending, done, dead, quarantined, last error")
+    status.add_argument("--config", required=True)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=run_status)
+    retry = qsub.add_parser("retry", help="re-queue dead-letter instances (after fixing the destination)")
+    retry.add_argument("--config", required=True)
+    retry.add_argument("--destination")
+    retry.set_defaults(func=run_retry)
+
+
+def _queue(args):
+    from dicom_node.workqueue import Queue
+    cfg = load_config(args.config, check_files=False)
+    path = cfg.gateway.spool / "queue.sqlite"
+    if not path.exists():
+        return None, path
+    return Queue(path), path
+
+
+def run_status(args) -> int:
+    try:
+        queue, path = _queue(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    rows = queue.status() if queue else []
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"{path}: empty (nothing received yet)")
+        return 0
+    print(f"{'destination':<16} {'pending':>8} {'done':>8} {'dead':>6} {'quarant.':>8}  oldest/next  last error")
+    for r in rows:
+        timing = (f"{r['oldest_pending_s']:.0f}s/{r['next_try_in_s']:.0f}s"
+                  if r["oldest_pending_s"] is not None else "-")
+        print(f"{r['destination']:<16} {r['pending']:>8} {r['done']:>8} {r['dead']:>6} {r['quarantined']:>8}"
+              f"  {timing:<11}  {r['last_error'] or ''}")
+    return 0
+
+
+def run_retry(args) -> int:
+    try:
+        queue, path = _queue(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    n = queue.retry_dead(args.destination) if queue else 0
+    print(f"{n} dead-letter instance(s) re-queued (a running gateway picks them up)")
+    return 0

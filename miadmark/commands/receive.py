@@ -1,0 +1,31 @@
+"""`miadmark receive --config FILE`: the receiving node (strip with keys, store clean originals)."""
+
+from __future__ import annotations
+
+import sys
+
+from ..config import ConfigError, load_config
+from ..errors import MiadmarkError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("receive", help="run the receiving node (C-STORE SCP that strips and stores originals)")
+    p.add_argument("--config", required=True, help="the site YAML file (receiver section)")
+    p.add_argument("--bind", help="listen address (default: receiver.bind)")
+    p.add_argument("--port", type=int, help="listen port (default: receiver.port)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dicom_node.receiver import Receiver
+
+    from .gateway import serve
+    try:
+        receiver = Receiver(load_config(args.config), bind=args.bind, port=args.port).start()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (MiadmarkError, OSError) as exc:
+        print(f"{args.config}: cannot start the receiver: {exc}", file=sys.stderr)
+        return 1
+    return serve(receiver)
