@@ -18,13 +18,19 @@ from pydicom.errors import InvalidDicomError
 from .errors import InvalidInputError
 
 
+def parse_all(ds: Dataset) -> Dataset:
+    """Turn every raw element into a parsed one (in place): encoding is then stable across writes."""
+    for _ in ds.iterall():
+        pass
+    for _ in getattr(ds, "file_meta", ()):
+        pass
+    return ds
+
+
 def read_dicom(path: str | os.PathLike) -> Dataset:
     """Read a DICOM file fully (pixel data included) or raise InvalidInputError with the reason."""
     try:
-        ds = pydicom.dcmread(path)
-        # Force every element to parse now, so a truncated file fails here and not later.
-        for _ in ds.iterall():
-            pass
+        ds = parse_all(pydicom.dcmread(path))  # parse now: a truncated file fails here, not later
     except InvalidDicomError:
         raise InvalidInputError("not a DICOM file (no DICM preamble or valid header)") from None
     except (EOFError, ValueError, OSError, TypeError, KeyError, NotImplementedError) as exc:
@@ -36,10 +42,7 @@ def read_dicom(path: str | os.PathLike) -> Dataset:
 
 def dataset_from_bytes(data: bytes) -> Dataset:
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        for _ in ds.iterall():
-            pass
-        return ds
+        return parse_all(pydicom.dcmread(io.BytesIO(data)))
     except Exception as exc:  # noqa: BLE001 - any parse failure is invalid input
         raise InvalidInputError(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
 

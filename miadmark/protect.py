@@ -31,7 +31,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from . import __version__
-from .dicomio import canonical_bytes
+from .dicomio import canonical_bytes, parse_all
 from .engine import DEFAULT_PROFILE, Engine, ImageContext, Profile, get_engine
 from .errors import (AlreadyProtectedError, IntegrityError, MiadmarkError, NotProtectedError,
                      RecordCorruptError, UntrustedSignerError)
@@ -108,6 +108,7 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
 def _prepare(ds: Dataset, lesion_mask: np.ndarray | None) -> dict:
     if is_protected(ds):
         raise AlreadyProtectedError("already protected (carries a restoration record); strip it first")
+    parse_all(ds)  # the hash and the record see elements exactly as they will be re-encoded
     px = decode(ds)
     x, mapping = to_model(ds, px)
     frames, _, h, w = x.shape
