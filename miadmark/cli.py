@@ -9,11 +9,22 @@ from importlib import import_module
 
 # Modules under miadmark.commands; each defines register(subparsers) and sets args.func.
 COMMAND_MODULES = [
-    "keys",
+    "keys", "protect", "strip", "inspect",
     "train",
     "evaluate",
     "gateway", "receive", "rules", "queue",
 ]
+
+
+def quiet_pydicom() -> None:
+    """pydicom warns on every odd value it reads from real files; operators need our lines, not those."""
+    import warnings
+
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pydicom")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:
+        quiet_pydicom()
     return int(args.func(args) or 0)
 
 

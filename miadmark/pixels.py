@@ -273,8 +273,8 @@ def _first(value) -> float:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text if len(text) <= 240 else text[:237] + "..."
 
 
 __all__ = ["Pixels", "Mapping", "decode", "to_model", "from_model", "native_pixel_bytes", "unpack_bits"]

@@ -189,7 +189,6 @@ def _finish(ds: Dataset, prep: dict, x_new: np.ndarray, params: list[dict], reci
     item.EncryptedContentTransferSyntaxUID = ExplicitVRLittleEndian
     item.EncryptedContent = cms
     prot.EncryptedAttributesSequence = DicomSequence([item])
-    prot.is_implicit_VR, prot.is_little_endian = False, True  # tell the writer what we are now
     return prot
 
 
@@ -264,8 +263,6 @@ def _rebuild(ds: Dataset, record: Record) -> Dataset:
     else:
         raise RecordCorruptError(f"unknown pixel payload kind {record.payload_kind!r}")
     out.file_meta = decode_file_meta(record.file_meta)
-    ts = out.file_meta.TransferSyntaxUID
-    out.is_implicit_VR, out.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
     return out
 
 

@@ -1,0 +1,48 @@
+"""`miadmark strip INPUT... --out DIR --key KEY --cert CERT (--trust CERT ... | --any-signer)`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..dicomio import read_dicom, write_atomic
+from ..dicomio import canonical_bytes
+from ..errors import MiadmarkError
+from ..keys import load_certificates, load_identity, read_passphrase
+from ..protect import strip
+from .files import Tally, iter_inputs, output_path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("strip", help="remove the watermark with a recipient key: the bit-exact original")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (walked recursively)")
+    p.add_argument("--out", required=True, help="output folder; each output keeps its path relative to its INPUT")
+    p.add_argument("--key", required=True, help="this site's private key (PEM)")
+    p.add_argument("--cert", required=True, help="this site's certificate (PEM)")
+    p.add_argument("--passphrase-file", help="passphrase of --key")
+    trust = p.add_mutually_exclusive_group(required=True)
+    trust.add_argument("--trust", action="append", metavar="CERT", help="certificate of a signer to accept")
+    trust.add_argument("--any-signer", action="store_true", help="accept any signer whose signature verifies")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    tally = Tally("stripped")
+    try:
+        keyring = [load_identity(args.key, args.cert, read_passphrase(args.passphrase_file))]
+        trust = None if args.any_signer else load_certificates(args.trust)
+    except (MiadmarkError, OSError) as exc:
+        print(f"miadmark strip: {exc}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    for item in iter_inputs(args.inputs, tally.skipped):
+        try:
+            original = strip(read_dicom(item.path), keyring=keyring, trust=trust)
+            dst = output_path(out_dir, item)
+            # canonical_bytes: the original's own transfer syntax and file meta, as it was
+            write_atomic(canonical_bytes(original), dst)
+        except (MiadmarkError, OSError, ValueError) as exc:
+            tally.fail(item.path, str(exc))
+            continue
+        tally.ok(item.path, dst)
+    return tally.summary()
