@@ -1,0 +1,263 @@
+"""Exports from Orthanc through the routing rules: plan (decide per instance), then send.
+
+A target is an Orthanc modality, peer or DICOMweb server. The destination that names it in
+miadmark.yaml decides, instance by instance, with miadmark.rules.decide:
+  pass    -> Orthanc's own route (orthanc.RestApiPost reaches the core route, not our override)
+  protect -> miadmark.protect.protect_many, then the protected bytes go straight to the target
+             (store-straight for modalities and peers, STOW-RS for DICOMweb); they are never
+             stored in this Orthanc and the raw instance never leaves.
+  block   -> the whole export is refused before anything is sent.
+Runs on a Worker thread (big stack), never on an Orthanc callback thread.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orthanc
+import pydicom
+
+from miadmark.config import Config
+from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes
+from miadmark.rules import BLOCK, PASS, PROTECT, Decision, _match, decide
+
+from .bodies import ExportRequest
+from .jobs import Job
+from .stow import StowServer, stow
+
+KINDS = {"modality": "orthanc_modality", "peer": "orthanc_peer", "dicomweb": "orthanc_dicomweb"}
+CORE_ROUTES = {"modality": "/modalities/{}/store", "peer": "/peers/{}/store"}
+
+
+class Blocked(Exception):
+    """The rules refuse this export (HTTP 403)."""
+
+
+class NotFound(Exception):
+    """An unknown Orthanc resource or target (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # modality | peer | dicomweb
+    name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name!r}"
+
+
+@dataclass
+class Plan:
+    target: Target
+    destination: str
+    called_ae: str | None
+    decisions: list[tuple[str, Decision]] = field(default_factory=list)
+
+    def ids(self, action: str) -> list[str]:
+        return [iid for iid, d in self.decisions if d.action == action]
+
+    def protect_groups(self) -> "OrderedDict[tuple, list[str]]":
+        groups: OrderedDict[tuple, list[str]] = OrderedDict()
+        for iid, d in self.decisions:
+            if d.action == PROTECT:
+                groups.setdefault((d.recipients, d.profile), []).append(iid)
+        return groups
+
+    def describe(self) -> dict:
+        reasons = sorted({d.reason for _, d in self.decisions})
+        return {"Target": self.target.label, "Destination": self.destination,
+                "Protect": len(self.ids(PROTECT)), "Pass": len(self.ids(PASS)), "Rules": reasons[:10]}
+
+
+# ---------------------------------------------------------------------------------- Orthanc lookups
+
+def _get_json(uri: str):
+    return json.loads(orthanc.RestApiGet(uri))
+
+
+def target_ae(target: Target) -> str | None:
+    if target.kind != "modality":
+        return None
+    try:
+        return str(_get_json(f"/modalities/{target.name}/configuration")["AET"])
+    except Exception:  # noqa: BLE001 - unknown modality
+        raise NotFound(f"Orthanc has no DICOM modality named {target.name!r}") from None
+
+
+def local_ae() -> str:
+    return str(json.loads(orthanc.GetConfiguration()).get("DicomAet", "ORTHANC"))
+
+
+def instances_of(resource: str) -> list[str]:
+    for level in ("instances", "series", "studies", "patients"):
+        try:
+            orthanc.RestApiGet(f"/{level}/{resource}")
+        except Exception:  # noqa: BLE001 - not at this level
+            continue
+        if level == "instances":
+            return [resource]
+        return [item["ID"] for item in _get_json(f"/{level}/{resource}/instances")]
+    raise NotFound(f"no Orthanc resource {resource!r}")
+
+
+def destination_for(cfg: Config, target: Target) -> str | None:
+    key = KINDS[target.kind]
+    named = [(n, d) for n, d in cfg.destinations.items() if d.kind == key]
+    for name, dest in named:
+        if dest.target == target.name:
+            return name
+    for name, dest in named:  # Orthanc's symbolic names are matched without case as a fallback
+        if dest.target.lower() == target.name.lower():
+            return name
+    return None
+
+
+def target_of(cfg: Config, destination: str) -> Target:
+    dest = cfg.destinations.get(destination)
+    if dest is None:
+        raise NotFound(f"no destination {destination!r} in the configuration")
+    for kind, key in KINDS.items():
+        if dest.kind == key:
+            return Target(kind, dest.target)
+    raise NotFound(f"destination {destination!r} is not an Orthanc target (use orthanc_modality, "
+                   "orthanc_peer or orthanc_dicomweb)")
+
+
+def raw_export_allowed(cfg: Config | None, target: Target, called_ae: str | None, calling_ae: str | None) -> bool:
+    """May raw bytes go to this target without looking at them (store-straight and the like)?
+    Only when the first rule that could apply is an unconditional `pass`."""
+    if cfg is None:
+        return False
+    destination = destination_for(cfg, target)
+    if destination is None:
+        return False
+    for rule in cfg.rules:
+        if rule.send_to is not None and destination not in rule.send_to:
+            continue
+        kwargs = dict(destination=destination, called_ae=called_ae, calling_ae=calling_ae)
+        if not _match(rule, None, unknown_matches=True, **kwargs)[0]:
+            continue
+        if rule.action != PASS:
+            return False
+        if _match(rule, None, unknown_matches=False, **kwargs)[0]:
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------- plan and run
+
+def plan_export(cfg: Config | None, target: Target, resources: list[str] | tuple[str, ...]) -> Plan:
+    """Decide every instance; raise Blocked if any is blocked (nothing is sent then)."""
+    if cfg is None:
+        raise Blocked("the MIAD-MARK configuration is not loaded: every export is blocked (see GET /miadmark/status)")
+    destination = destination_for(cfg, target)
+    if destination is None:
+        raise Blocked(f"no destination in the MIAD-MARK configuration names Orthanc {target.label}: "
+                      "exports to it are blocked")
+    called = target_ae(target)
+    calling = local_ae()
+    plan = Plan(target, destination, called)
+    seen = set()
+    for resource in resources:
+        for iid in instances_of(resource):
+            if iid in seen:
+                continue
+            seen.add(iid)
+            header = pydicom.dcmread(io.BytesIO(orthanc.GetDicomForInstance(iid)), stop_before_pixels=True)
+            decision = decide(cfg, header, destination=destination, called_ae=called, calling_ae=calling)
+            if decision.action == BLOCK:
+                raise Blocked(f"export to {destination} ({target.label}) blocked: {decision.reason}")
+            plan.decisions.append((iid, decision))
+    if not plan.decisions:
+        raise NotFound("no instances to send")
+    return plan
+
+
+def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, load_certs,
+               device: str = "auto", batch: int = 8) -> None:
+    """Send a planned export. Protected instances that fail are counted, never sent raw."""
+    from miadmark.engine import DEFAULT_PROFILE  # heavy (torch): imported on first use
+    from miadmark.protect import protect_many
+
+    target = plan.target
+    job.total = len(plan.decisions)
+    job.result.update(plan.describe())
+    passed = plan.ids(PASS)
+    if passed:
+        _send_plain(target, passed, request)
+        job.done += len(passed)
+    sent_protected = 0
+    for (recipients, profile), ids in plan.protect_groups().items():
+        certs = load_certs(recipients)
+        for start in range(0, len(ids), batch):
+            chunk = ids[start:start + batch]
+            originals = [dataset_from_bytes(orthanc.GetDicomForInstance(iid)) for iid in chunk]
+            results = protect_many(originals, recipients=certs, signer=signer, profile=profile or DEFAULT_PROFILE,
+                                   device=device)
+            ready = []
+            for iid, original, result in zip(chunk, originals, results):
+                uid = str(original.get("SOPInstanceUID", iid))
+                if isinstance(result, Exception):
+                    job.failed += 1
+                    job.error(f"instance {uid}: not protected, not sent ({type(result).__name__}: {result})")
+                else:
+                    ready.append((uid, dataset_to_bytes(result)))
+            sent = _send_protected(target, ready, job)
+            sent_protected += sent
+            job.done += len(chunk)
+    job.result["ProtectedSent"] = sent_protected
+    job.result["PassedSent"] = len(passed)
+
+
+def _send_plain(target: Target, ids: list[str], request: ExportRequest | None) -> None:
+    if target.kind == "dicomweb":
+        server = stow_server(target.name)
+        for start in range(0, len(ids), 16):
+            stow(server, [orthanc.GetDicomForInstance(iid) for iid in ids[start:start + 16]])
+        return
+    body = request.core_body(ids) if request is not None else json.dumps({"Resources": ids, "Synchronous": True})
+    orthanc.RestApiPost(CORE_ROUTES[target.kind].format(target.name), body)
+
+
+def _send_protected(target: Target, ready: list[tuple[str, bytes]], job: Job) -> int:
+    if target.kind == "dicomweb":
+        try:
+            stow(stow_server(target.name), [data for _, data in ready])
+            return len(ready)
+        except Exception as exc:  # noqa: BLE001
+            job.failed += len(ready)
+            job.error(f"{len(ready)} protected instances not delivered: {exc}")
+            return 0
+    route = f"/{'modalities' if target.kind == 'modality' else 'peers'}/{target.name}/store-straight"
+    sent = 0
+    for uid, data in ready:
+        try:
+            orthanc.RestApiPost(route, data)
+            sent += 1
+        except Exception as exc:  # noqa: BLE001
+            job.failed += 1
+            job.error(f"protected instance for {uid}: not delivered to {target.label} ({exc})")
+    return sent
+
+
+def stow_server(name: str) -> StowServer:
+    servers = (json.loads(orthanc.GetConfiguration()).get("DicomWeb") or {}).get("Servers") or {}
+    if name not in servers:
+        raise NotFound(f"no DICOMweb server {name!r} in Orthanc's DicomWeb.Servers")
+    return StowServer.from_orthanc(name, servers[name])
+
+
+def load_certificates_cached(cache: dict):
+    from miadmark.keys import load_certificates
+
+    def load(paths: tuple[Path, ...]):
+        key = tuple(str(p) for p in paths)
+        if key not in cache:
+            cache[key] = load_certificates(paths)
+        return cache[key]
+    return load

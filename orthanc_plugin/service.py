@@ -1,0 +1,385 @@
+"""The plugin inside Orthanc: configuration, callbacks and REST routes.
+
+Orthanc callbacks do no heavy work here: they parse the request, then wait on (or hand back
+a job of) a `Worker` thread with a big stack. Everything fails closed: an export the plugin
+cannot decide is refused; an incoming instance it cannot handle is quarantined, not stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import traceback
+from pathlib import Path
+
+import orthanc
+
+from miadmark.config import Config, ConfigError, load_config
+from miadmark.keys import load_identity, read_passphrase
+
+from . import exports
+from .bodies import BadRequest, parse_export_body, parse_protect_body
+from .exports import Blocked, NotFound, Target
+from .jobs import JOB_PREFIX, Job, Worker
+
+PLAN_TIMEOUT_S = 600
+HERE = Path(__file__).resolve().parent
+
+
+def log(message: str) -> None:
+    orthanc.LogWarning(f"MIAD-MARK: {message}")
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+class Settings:
+    """The YAML named by Orthanc's "MiadMark": {"Config": ...}; reloaded when the file changes.
+    A bad file keeps the running configuration (or none: then every export is blocked)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.config: Config | None = None
+        self.error: str | None = None
+        self.identity = None
+        self.receiver = None
+        self.receiver_error: str | None = None
+        self.certs: dict = {}
+        self._mtime: float | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> Config | None:
+        with self._lock:
+            if self.path is None:
+                self.error = 'no "MiadMark": {"Config": "..."} in the Orthanc configuration'
+                return None
+            try:
+                mtime = self.path.stat().st_mtime
+            except OSError as exc:
+                self.error = f"{self.path}: {exc.strerror}"
+                return self.config
+            if mtime != self._mtime:
+                self._mtime = mtime
+                self._load()
+            return self.config
+
+    def _load(self) -> None:
+        from .receiver import Receiver
+
+        try:
+            cfg = load_config(self.path)
+            identity = None
+            if cfg.identity is not None:
+                identity = load_identity(cfg.identity.key, cfg.identity.cert,
+                                         read_passphrase(cfg.identity.passphrase_file))
+        except (ConfigError, Exception) as exc:  # noqa: BLE001 - keep the running configuration
+            self.error = str(exc)
+            log(f"configuration not (re)loaded, keeping the previous one: {exc}")
+            return
+        receiver, receiver_error = None, None
+        if cfg.receiver is not None:
+            try:
+                receiver = Receiver(cfg.receiver)
+            except Exception as exc:  # noqa: BLE001
+                receiver_error = str(exc)
+                log(f"receiver not loaded (protected instances will be refused): {exc}")
+        self.config, self.identity, self.error = cfg, identity, None
+        self.receiver, self.receiver_error = receiver, receiver_error
+        self.certs = {}
+        log(f"configuration loaded from {self.path}: {len(cfg.destinations)} destinations, {len(cfg.rules)} rules"
+            + (", receiver on" if receiver else ""))
+
+    def option(self, name: str, default):
+        cfg = self.config
+        return (cfg.orthanc or {}).get(name, default) if cfg is not None else default
+
+
+def config_path() -> Path | None:
+    section = json.loads(orthanc.GetConfiguration()).get("MiadMark") or {}
+    value = os.environ.get("MIADMARK_CONFIG") or section.get("Config")
+    if not value:
+        return None
+    path = Path(os.path.expanduser(value))
+    if path.is_absolute():
+        return path
+    candidates = [Path.cwd() / path]
+    try:
+        orthanc_config = Path(orthanc.GetConfigurationPath())
+        candidates.append((orthanc_config if orthanc_config.is_dir() else orthanc_config.parent) / path)
+    except Exception:  # noqa: BLE001 - older SDKs
+        pass
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+# ------------------------------------------------------------------------------------------ state
+
+class Plugin:
+    def __init__(self):
+        self.settings = Settings(config_path())
+        self.control = Worker("control", log=log)  # plans and small decisions
+        self.exporter = Worker("export", log=log)  # protect + send, one job at a time
+        self.ingest = Worker("ingest", log=log)  # strip on ingestion
+        self.auto_sent: dict[str, set[str]] = {}
+        self.settings.current()
+
+    # ----------------------------------------------------------- exports
+
+    def start_export(self, target: Target, request, kind: str = "MiadmarkExport") -> tuple[Job, exports.Plan]:
+        cfg = self.settings.current()
+        plan = self.control.call(exports.plan_export, cfg, target, request.resources, timeout=PLAN_TIMEOUT_S)
+        job = Job(kind, f"export of {len(plan.decisions)} instances to {plan.destination} ({target.label})")
+        return self.exporter.submit(job, lambda j: self._run(plan, request, j)), plan
+
+    def _run(self, plan, request, job) -> None:
+        exports.run_export(plan, request, job, signer=self.settings.identity,
+                           load_certs=exports.load_certificates_cached(self.settings.certs),
+                           device=str(self.settings.option("device", "auto")),
+                           batch=int(self.settings.option("batch_size", 8)))
+        log(f"job {job.id}: {job.description}: {job.done - job.failed} sent, {job.failed} failed "
+            f"({job.result.get('Protect', 0)} protect, {job.result.get('Pass', 0)} pass)")
+
+    def auto_export(self, study: str) -> None:
+        cfg = self.settings.current()
+        if cfg is None:
+            return
+        names: list[str] = []
+        for rule in cfg.rules:
+            if rule.auto and rule.action != "block":
+                names += [n for n in rule.send_to or [] if n not in names]
+        for name in names:
+            try:
+                target = exports.target_of(cfg, name)
+            except NotFound as exc:
+                log(f"auto-export of study {study}: {exc}")
+                continue
+            job = Job("MiadmarkAutoExport", f"auto-export of study {study} to {name} ({target.label})")
+            self.exporter.submit(job, lambda j, t=target, n=name: self._auto(study, t, n, j))
+
+    def _auto(self, study: str, target: Target, name: str, job: Job) -> None:
+        plan = exports.plan_export(self.settings.current(), target, [study])
+        sent = self.auto_sent.setdefault(name, set())
+        plan.decisions = [(iid, d) for iid, d in plan.decisions if iid not in sent]
+        if not plan.decisions:
+            return
+        self._run(plan, None, job)
+        if not job.failed:
+            sent.update(iid for iid, _ in plan.decisions)
+
+    def job(self, job_id: str) -> Job | None:
+        return self.exporter.get(job_id)
+
+    def status(self) -> dict:
+        s = self.settings
+        cfg = s.current()
+        jobs = self.exporter.jobs()
+        receiver = s.receiver
+        return {
+            "Config": str(s.path) if s.path else None,
+            "Loaded": cfg is not None,
+            "Error": s.error,
+            "Destinations": {n: {"Kind": d.kind, "Target": d.target} for n, d in (cfg.destinations.items() if cfg else [])},
+            "Rules": len(cfg.rules) if cfg else 0,
+            "Receiver": ({"Counts": dict(receiver.counts), "Quarantine": str(receiver.quarantine_dir)}
+                         if receiver else ({"Error": s.receiver_error} if s.receiver_error else None)),
+            "Queue": self.exporter.pending(),
+            "Running": [j.summary() for j in jobs if j.state == "Running"],
+            "Failed": [j.summary() for j in jobs if j.state == "Failure"][-20:],
+            "Recent": [{"ID": j.id, "State": j.state, "Description": j.description} for j in jobs[-20:]],
+        }
+
+
+PLUGIN: Plugin | None = None
+
+
+# ------------------------------------------------------------------------------------------ REST
+
+def _answer(output, value, status: int = 200) -> None:
+    body = json.dumps(value, indent=2)
+    if status == 200:
+        output.AnswerBuffer(body.encode(), "application/json")
+    else:
+        output.SendHttpStatus(status, body, len(body))  # the body is shown when HttpDescribeErrors is on
+
+
+def _rest(fn, methods=("POST",)):
+    def handler(output, uri, **request):
+        if request.get("method") not in methods:
+            output.SendMethodNotAllowed(",".join(methods))
+            return
+        try:
+            fn(output, uri, **request)
+        except BadRequest as exc:
+            _answer(output, {"Error": "Bad request", "Details": str(exc)}, 400)
+        except Blocked as exc:
+            log(f"refused {request.get('method')} {uri}: {exc}")
+            _answer(output, {"Error": "Blocked by MIAD-MARK routing rules", "Details": str(exc)}, 403)
+        except NotFound as exc:
+            _answer(output, {"Error": "Not found", "Details": str(exc)}, 404)
+        except Exception as exc:  # noqa: BLE001 - never let an exception reach Orthanc's HTTP thread
+            log(f"error in {uri}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}")
+            _answer(output, {"Error": "MIAD-MARK internal error", "Details": f"{type(exc).__name__}: {exc}"}, 500)
+    return handler
+
+
+ORDER_PROBE = "miadmark-order-probe"
+
+
+def _export_route(kind: str):
+    def route(output, uri, **request):
+        target = Target(kind, request["groups"][0])
+        if target.name == ORDER_PROBE:
+            _answer(output, {"MiadMarkOverride": True})
+            return
+        body = parse_export_body(request.get("body"))
+        job, plan = PLUGIN.start_export(target, body)
+        if not body.synchronous:
+            _answer(output, {"ID": job.id, "Path": f"/jobs/{job.id}"})
+            return
+        job.wait()
+        summary = job.summary()
+        answer = {"Description": "REST API through MIAD-MARK", "InstancesCount": job.total,
+                  "FailedInstancesCount": job.failed, "ParentResources": list(body.resources),
+                  "RemoteAet": plan.called_ae, "MiadMark": summary}
+        _answer(output, answer, 200 if job.state == "Success" else 500)
+    return route
+
+
+def _protect_route(output, uri, **request):
+    resource, destination, synchronous = parse_protect_body(request.get("body"))
+    cfg = PLUGIN.settings.current()
+    if cfg is None:
+        raise Blocked("the MIAD-MARK configuration is not loaded")
+    target = exports.target_of(cfg, destination)
+    job, _ = PLUGIN.start_export(target, parse_export_body(json.dumps([resource])), kind="MiadmarkProtect")
+    if synchronous:
+        job.wait()
+    _answer(output, {"ID": job.id, "Path": f"/jobs/{job.id}", "State": job.state})
+
+
+def _status_route(output, uri, **request):
+    _answer(output, PLUGIN.status())
+
+
+def _destinations_route(output, uri, **request):
+    cfg = PLUGIN.settings.current()
+    _answer(output, [{"Name": n, "Kind": d.kind, "Target": d.target}
+                     for n, d in (cfg.destinations.items() if cfg else [])
+                     if d.kind in exports.KINDS.values()])
+
+
+def _job_route(output, uri, **request):
+    job = PLUGIN.job(request["groups"][0])
+    if job is None:
+        raise NotFound(f"no MIAD-MARK job {request['groups'][0]}")
+    _answer(output, job.summary())
+
+
+# ------------------------------------------------------------------------------------------ filters
+
+RAW_ROUTES = re.compile(r"^/(modalities|peers)/([^/]+)/store-straight/?$|^/dicom-web/servers/([^/]+)/(post|stow)/?$")
+_STOW_OVERRIDE: list[bool] = []
+
+
+def stow_override_first() -> bool:
+    """Does our /dicom-web/servers/{name}/stow reach the request before the DICOMweb plugin's?
+    (The first plugin loaded wins; list libOrthancPython.so before libOrthancDicomWeb.so.)
+    Checked once through the plugins' router with a probe name."""
+    if not _STOW_OVERRIDE:
+        try:
+            answer = json.loads(orthanc.RestApiPostAfterPlugins(f"/dicom-web/servers/{ORDER_PROBE}/stow", "{}"))
+            first = bool(answer.get("MiadMarkOverride"))
+        except Exception:  # noqa: BLE001 - the DICOMweb plugin answered (unknown server)
+            first = False
+        _STOW_OVERRIDE.append(first)
+        if not first:
+            log("the DICOMweb plugin is loaded before this plugin: its /dicom-web/servers/{name}/stow is refused "
+                "for protect/block destinations; list libOrthancPython.so first in \"Plugins\" "
+                "or use POST /miadmark/protect")
+    return _STOW_OVERRIDE[0]
+
+
+def http_filter(uri, **request) -> bool:
+    """Refuse raw export routes (store-straight, DICOMweb 'post') to targets whose rules are not an
+    unconditional pass. Fail closed: an error here refuses the request."""
+    try:
+        if request.get("method") != orthanc.HttpMethod.POST:
+            return True
+        m = RAW_ROUTES.match(uri)
+        if not m:
+            return True
+        if m.group(4) == "stow" and (m.group(3) == ORDER_PROBE or stow_override_first()):
+            return True  # our override handles it: it goes through the rules
+        target = (Target("modality" if m.group(1) == "modalities" else "peer", m.group(2)) if m.group(1)
+                  else Target("dicomweb", m.group(3)))
+        called = exports.target_ae(target) if target.kind == "modality" else None
+        allowed = exports.raw_export_allowed(PLUGIN.settings.current(), target, called, exports.local_ae())
+        if not allowed:
+            log(f"refused POST {uri}: raw bytes to {target.label} would bypass the routing rules "
+                "(use /store, which goes through them)")
+        return allowed
+    except Exception as exc:  # noqa: BLE001
+        log(f"refused POST {uri}: filter error {type(exc).__name__}: {exc}")
+        return False
+
+
+def received_instance(data: bytes, origin):
+    """ReceivedInstanceCallback: strip protected instances; an exception here would store the
+    instance as received, so everything is caught and answered DISCARD."""
+    from .receiver import DISCARD, KEEP, MODIFY, might_be_protected
+
+    try:
+        settings = PLUGIN.settings
+        settings.current()
+        receiver = settings.receiver
+        if receiver is None:
+            if settings.config is not None and settings.config.receiver is None:
+                return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None  # not a receiving site
+            if not might_be_protected(data):
+                return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
+            log("protected instance discarded: the receiver is not loaded (" + str(settings.receiver_error
+                or settings.error) + ")")
+            return orthanc.ReceivedInstanceAction.DISCARD, None
+        if not might_be_protected(data) and receiver.config.plain == "store":
+            receiver.counts["plain"] += 1
+            return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
+        action, out = PLUGIN.ingest.call(receiver.process, data, str(origin), timeout=PLAN_TIMEOUT_S)
+        if action == MODIFY:
+            return orthanc.ReceivedInstanceAction.MODIFY, out
+        if action == KEEP:
+            return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
+        return orthanc.ReceivedInstanceAction.DISCARD, None
+    except BaseException as exc:  # noqa: BLE001 - fail closed
+        try:
+            log(f"incoming instance discarded: {type(exc).__name__}: {exc}")
+        finally:
+            return orthanc.ReceivedInstanceAction.DISCARD, None  # noqa: B012
+
+
+def on_change(change_type, level, resource) -> None:
+    try:
+        if change_type == orthanc.ChangeType.STABLE_STUDY:
+            PLUGIN.auto_export(resource)
+    except Exception as exc:  # noqa: BLE001
+        log(f"auto-export of study {resource} not scheduled: {exc}")
+
+
+# ------------------------------------------------------------------------------------------ install
+
+def install() -> None:
+    global PLUGIN
+    PLUGIN = Plugin()
+    for pattern, kind in (("/modalities/([^/]+)/store", "modality"), ("/peers/([^/]+)/store", "peer"),
+                          ("/dicom-web/servers/([^/]+)/stow", "dicomweb")):
+        orthanc.RegisterRestCallback(pattern, _rest(_export_route(kind)))
+    orthanc.RegisterRestCallback("/miadmark/status", _rest(_status_route, ("GET",)))
+    orthanc.RegisterRestCallback("/miadmark/destinations", _rest(_destinations_route, ("GET",)))
+    orthanc.RegisterRestCallback("/miadmark/protect", _rest(_protect_route))
+    orthanc.RegisterRestCallback("/miadmark/jobs/([^/]+)", _rest(_job_route, ("GET",)))
+    orthanc.RegisterRestCallback(f"/jobs/({JOB_PREFIX}[0-9a-f-]+)", _rest(_job_route, ("GET",)))
+    orthanc.RegisterIncomingHttpRequestFilter(http_filter)
+    orthanc.RegisterReceivedInstanceCallback(received_instance)
+    orthanc.RegisterOnChangeCallback(on_change)
+    orthanc.ExtendOrthancExplorer((HERE / "explorer.js").read_text(encoding="utf-8"))
+    log(f"plugin ready (config {PLUGIN.settings.path}, {'loaded' if PLUGIN.settings.config else 'NOT loaded: '}"
+        f"{PLUGIN.settings.error or ''})")
