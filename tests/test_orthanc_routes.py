@@ -1,0 +1,119 @@
+"""Real Orthanc: auto-export of a stable study, and the peer and DICOMweb export routes.
+
+hospital (plugin; rule `auto: true` to research; protect to the plain receiver's peer and DICOMweb
+entries) -> research (plugin + research key) and plain (no plugin, no key).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from orthanc_plugin.testing import OrthancProcess, missing
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
+
+SLICES = 4
+CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data"
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    from miadmark.keys import new_identity
+
+    tmp = tmp_path_factory.mktemp("orthanc-routes")
+    new_identity("hospital", tmp)
+    new_identity("research", tmp)
+    (tmp / "research.yaml").write_text(
+        "receiver:\n"
+        "  quarantine: quarantine/\n"
+        "  keys: [{key: research.key.pem, cert: research.cert.pem}]\n"
+        "  trust: [hospital.cert.pem]\n")
+    (tmp / "hospital.yaml").write_text(
+        "identity: {key: hospital.key.pem, cert: hospital.cert.pem}\n"
+        "destinations:\n"
+        "  research: {orthanc_modality: research}\n"
+        "  partner:  {orthanc_peer: partner}\n"
+        "  cloud:    {orthanc_dicomweb: cloud}\n"
+        "rules:\n"
+        "  - send_to: [research]\n"
+        "    action: protect\n"
+        "    recipients: [research.cert.pem]\n"
+        "    profile: plain\n"
+        "    auto: true\n"
+        "  - send_to: [partner, cloud]\n"
+        "    when: {Modality: CT}\n"
+        "    action: protect\n"
+        "    recipients: [research.cert.pem]\n"
+        "    profile: plain\n")
+    plain = OrthancProcess(tmp / "plain", aet="PLAIN", plugin=False).start()
+    started = [plain]
+    try:
+        research = OrthancProcess(tmp / "research", aet="RESEARCH", miadmark_config=tmp / "research.yaml").start()
+        started.append(research)
+        hospital = OrthancProcess(tmp / "hospital", aet="HOSPITAL", miadmark_config=tmp / "hospital.yaml",
+                                  modalities={"research": research}, peers={"partner": plain},
+                                  dicomweb={"cloud": plain}, stable_age=2).start()
+        started.append(hospital)
+    except BaseException:
+        for site in started:
+            site.stop()
+        raise
+    files = sorted(CT.glob("*.dcm"))[:SLICES]
+    study = None
+    for f in files:
+        study = hospital.upload(f)["ParentStudy"]
+    yield {"hospital": hospital, "research": research, "plain": plain, "files": files, "study": study}
+    for site in started:
+        site.stop()
+
+
+def _uids(files):
+    return {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+
+
+def test_stable_study_is_sent_by_an_auto_rule(sites):
+    research = sites["research"]
+    stored = research.wait_for(lambda: len(research.instances()) >= SLICES, timeout=60)
+    assert stored, research.log_tail() + "\n" + sites["hospital"].log_tail()
+    got = {research.get_json(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in research.instances()}
+    assert got == _uids(sites["files"])  # stripped back to the originals
+    jobs = sites["hospital"].get_json("/miadmark/status")["Recent"]
+    assert any("auto-export" in j["Description"] and j["State"] == "Success" for j in jobs), jobs
+
+
+@pytest.mark.parametrize("route", ["/peers/partner/store", "/dicom-web/servers/cloud/stow"])
+def test_peer_and_dicomweb_exports_are_protected(sites, route):
+    hospital, plain = sites["hospital"], sites["plain"]
+    before = set(plain.instances())
+    response = hospital.post(route, {"Resources": [sites["study"]], "Synchronous": True})
+    assert response.status_code == 200, response.text
+    new = set(plain.instances()) - before
+    assert len(new) == SLICES
+    originals = _uids(sites["files"])
+    for iid in new:
+        ds = pydicom.dcmread(io.BytesIO(plain.get(f"/instances/{iid}/file").content))
+        assert "EncryptedAttributesSequence" in ds and ds.SOPInstanceUID not in originals
+
+
+def test_raw_routes_to_protect_destinations_are_refused(sites):
+    hospital = sites["hospital"]
+    raw = sites["files"][0].read_bytes()
+    assert hospital.post("/peers/partner/store-straight", raw).status_code == 403
+    assert hospital.post("/dicom-web/servers/cloud/post", {"Uri": "/studies"}).status_code == 403
+
+
+def test_protect_route_and_status(sites):
+    hospital, plain = sites["hospital"], sites["plain"]
+    assert hospital.post("/miadmark/protect", {"Study": sites["study"], "Destination": "nowhere"}).status_code == 404
+    response = hospital.post("/miadmark/protect", {"Study": sites["study"], "Destination": "partner",
+                                                   "Synchronous": True})
+    assert response.status_code == 200, response.text
+    job = hospital.get_json(response.json()["Path"])
+    assert job["State"] == "Success" and job["Content"]["ProtectedSent"] == SLICES
+    status = hospital.get_json("/miadmark/status")
+    assert status["Loaded"] and set(status["Destinations"]) == {"research", "partner", "cloud"}
+    assert hospital.get_json("/miadmark/destinations")[0]["Name"] == "research"
