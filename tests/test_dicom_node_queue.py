@@ -1,0 +1,70 @@
+"""The SQLite (WAL) work queue: durable receipt, due order, backoff with jitter, dead letter, status."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+
+from dicom_node.workqueue import NewJob, Queue, backoff_delay
+
+
+def add(q: Queue, sop: str, dests=("a",), study="1.2") -> list[int]:
+    return q.add(file=f"objects/{sop}.dcm", sop_uid=sop, sop_class="1.2.840.10008.5.1.4.1.1.2",
+                 transfer_syntax="1.2.840.10008.1.2", study_uid=study, series_uid="1.2.3", calling_ae="PACS",
+                 called_ae="X", jobs=[NewJob(d, "pass", "rule 1") for d in dests])
+
+
+def test_wal_and_survives_reopen(tmp_path):
+    q = Queue(tmp_path / "q.sqlite")
+    add(q, "1.1", dests=("a", "b"))
+    q.close()
+    con = sqlite3.connect(tmp_path / "q.sqlite")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    q2 = Queue(tmp_path / "q.sqlite")
+    assert q2.counts() == {"a": {"pending": 1, "done": 0, "dead": 0, "quarantined": 0},
+                           "b": {"pending": 1, "done": 0, "dead": 0, "quarantined": 0}}
+    assert [j.sop_uid for j in q2.due("a", 10)] == ["1.1"]
+
+
+def test_due_in_order_and_done(tmp_path):
+    q = Queue(tmp_path / "q.sqlite")
+    for i in range(5):
+        add(q, f"1.{i}")
+    jobs = q.due("a", 3)
+    assert [j.sop_uid for j in jobs] == ["1.0", "1.1", "1.2"]
+    q.mark_done(jobs[0].id, "9.9")
+    assert [j.sop_uid for j in q.due("a", 10)] == ["1.1", "1.2", "1.3", "1.4"]
+    assert q.pending_in_study("a", "1.2") == 4
+
+
+def test_backoff_grows_with_jitter_and_cap():
+    rng = random.Random(1)
+    delays = [backoff_delay(n, 1.0, 60.0, rng) for n in range(1, 10)]
+    assert 0.5 <= delays[0] < 1.5 and 4.0 <= delays[3] < 12.0
+    assert max(delays) <= 60.0
+    assert len({round(backoff_delay(3, 1.0, 60.0, rng), 6) for _ in range(20)}) > 10  # jitter
+
+
+def test_failure_schedules_retry_then_dead_letter(tmp_path):
+    q = Queue(tmp_path / "q.sqlite")
+    add(q, "1.1")
+    for attempt in range(1, 4):
+        (job,) = q.due("a", 10, now=time.time() + 1e6)
+        state = q.mark_failed(job, "association rejected", max_attempts=3, base_s=10, max_s=100)
+        assert state == ("dead" if attempt == 3 else "pending")
+        if state == "pending":
+            assert q.due("a", 10) == []  # not due before its backoff
+            assert q.next_due_time("a") > time.time() + 4
+    status = q.status()[0]
+    assert status["dead"] == 1 and status["last_error"] == "association rejected"
+    assert q.retry_dead("a") == 1
+    assert len(q.due("a", 10)) == 1
+
+
+def test_quarantined_is_never_due(tmp_path):
+    q = Queue(tmp_path / "q.sqlite")
+    (job_id,) = add(q, "1.1")
+    q.mark_quarantined(job_id, "protect refused")
+    assert q.due("a", 10, now=time.time() + 1e6) == []
+    assert q.counts()["a"]["quarantined"] == 1
