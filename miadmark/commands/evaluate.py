@@ -5,10 +5,19 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a watermark profile against white-box and black-box models")
-    p.add_argument("--data", required=True)
-    p.add_argument("--profile", default=None)
-    p.add_argument("--models", nargs="*", default=None)
-    p.add_argument("--out", required=True)
+    p.add_argument("--data", required=True, help="dataset folder (its seeded validation split is used)")
+    p.add_argument("--profile", default=None, help="engine profile (default: the default profile)")
+    p.add_argument("--models", nargs="*", default=None,
+                   help="black-box model weight files (default: miadmark/surrogates/weights/blackbox/*.pt)")
+    p.add_argument("--out", required=True, help="report folder (report.json, report.html, PNGs)")
+    p.add_argument("--limit", type=int, default=200, help="validation images used (seeded subset)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-area-fraction", type=float, default=1 / 9)
+    p.add_argument("--alpha-max", type=float, default=0.6)
+    p.add_argument("--options", default=None, help='engine options as JSON, e.g. \'{"iterations": 20}\'')
     p.set_defaults(func=run)
 
 

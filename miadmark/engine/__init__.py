@@ -11,8 +11,10 @@ from .base import Engine, ImageContext, Profile, WatermarkBatch, resolve_device
 # profile name -> "module:Class". Engines are imported only when used (torch models are heavy).
 ENGINES: dict[str, str] = {
     "plain": "miadmark.engine.plain:PlainLogoEngine",
+    "transfer": "miadmark.engine.transfer:TransferEngine",
+    "paper": "miadmark.engine.paper:PaperEngine",
 }
-DEFAULT_PROFILE = "plain"
+DEFAULT_PROFILE = "transfer"
 
 
 def get_engine(profile: str | Profile = DEFAULT_PROFILE, device: str | torch.device = "auto") -> Engine:

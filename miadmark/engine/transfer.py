@@ -1,0 +1,136 @@
+"""`transfer` (default): the logo's alpha map and texture optimized by gradient against the surrogate
+ensemble, with momentum (MI-FGSM), input diversity (DI) and expectation over the transforms a third
+party applies (JPEG q50-95, resizing, blur, 8-bit rounding), so that it transfers to unseen models
+and survives re-encoding.
+
+The watermark is a visible badge inside one box (<= max_area_fraction of the image) placed on anatomy
+off the lesion: the logo strokes (alpha in [alpha_min, alpha_max], bright texture) over a backing
+plate (alpha <= plate_alpha_max, free texture). Parameters live at the surrogates' resolution and
+are upsampled (smooth) into the full-resolution image. Optional: an L-inf perturbation outside the
+box and the lesion (`linf`, in grey levels of 255).
+
+Options (Profile.options): iterations (10), alpha_min (0.35), plate_alpha_max (0.5), stroke_min (0.55),
+step_alpha (0.08), step_texture (0.2), momentum (1.0), feature_weight (0.5), eot (1 sample / step),
+candidates (8), cam_threshold (140), linf (0), surrogates (names).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .adversarial import AdversarialEngine, contexts_ok
+from .base import ImageContext, WatermarkBatch
+from .eot import random_transform
+
+
+def _loss(ens, x, y, f_clean, fw):
+    logits, feats = ens.outputs(x)
+    ce = F.cross_entropy(torch.stack(logits).mean(0), y, reduction="none")
+    fl = torch.stack([1 - F.cosine_similarity(f, fc, dim=1) for f, fc in zip(feats, f_clean)]).mean(0)
+    return ce + fw * fl
+
+
+class TransferEngine(AdversarialEngine):
+    name = "transfer"
+
+    def watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
+                  contexts: list[ImageContext]) -> WatermarkBatch:
+        t0 = time.perf_counter()
+        n, c, h, w = images.shape
+        contexts_ok(contexts, n)
+        images = images.to(self.device, torch.float32)
+        ens = self.ensemble
+        gen = torch.Generator().manual_seed(int(self.profile.seed))
+        iters = int(self.opt("iterations", 10))
+        a_max = float(self.profile.alpha_max)
+        a_min = min(a_max, float(self.opt("alpha_min", 0.35)))
+        p_max = float(self.opt("plate_alpha_max", 0.5))
+        s_min = float(self.opt("stroke_min", 0.55))
+        st_a, st_t = float(self.opt("step_alpha", 0.08)), float(self.opt("step_texture", 0.2))
+        mu, fw = float(self.opt("momentum", 1.0)), float(self.opt("feature_weight", 0.5))
+        eot = max(1, int(self.opt("eot", 1)))
+        linf = float(self.opt("linf", 0)) / 255.0
+        use_eot = bool(self.opt("transforms", True))
+
+        with torch.no_grad():
+            les, les_src = self.lesion_mask(images, lesion)
+            g = images.mean(1, keepdim=True)
+            xs = ens.prep(g)
+            y = self.pseudo_labels(xs)
+            f_clean = [f.detach() for f in ens.outputs(xs)[1]]
+            cands = self.layouts(images, les)
+            L0 = cands[0][0]
+            m, tex, logo_id = self.logo_low(L0.hs, L0.ws, L0.bh, L0.bw)
+            hs, ws = L0.hs, L0.ws
+            a1 = torch.full((n, hs, ws), a_max, device=self.device)
+            t1 = tex.expand(n, 1, hs, ws).clone().clamp(min=s_min)
+            a2 = torch.zeros(n, hs, ws, device=self.device)
+            t2 = torch.full((n, 1, hs, ws), 0.5, device=self.device)
+            # placement: query each lesion-free candidate with the initial logo, keep the most damaging
+            k_max = max(len(cl) for cl in cands)
+            best = torch.full((n,), -1e9, device=self.device)
+            lays = [cl[0] for cl in cands]
+            for k in range(k_max):
+                lk = [cl[min(k, len(cl) - 1)] for cl in cands]
+                loss = _loss(ens, ens.prep(self.paste_full(g, les, lk, a1, t1)), y, f_clean, fw)
+                for i in range(n):
+                    if loss[i] > best[i]:
+                        best[i], lays[i] = loss[i], lk[i]
+
+        # lesion at surrogate scale (any lesion pixel inside a low-res pixel freezes it)
+        les_low = F.adaptive_max_pool2d(les[:, None].float(), (ens.size, ens.size))[:, 0] > 0
+        out_box = torch.ones(n, 1, ens.size, ens.size, device=self.device)
+        for i, L in enumerate(lays):
+            out_box[i, :, L.ys:L.ys + hs, L.xs:L.xs + ws] = 0
+        out_box = out_box * (~les_low[:, None]).float()
+        delta = torch.zeros(n, 1, ens.size, ens.size, device=self.device)
+
+        lo_a1, hi_a1 = a_min, a_max
+        params = [a1, t1, a2, t2] + ([delta] if linf > 0 else [])
+        mom = [torch.zeros_like(p) for p in params]
+        for p in params:
+            p.requires_grad_(True)
+        for _ in range(iters):
+            total = 0
+            for _ in range(eot):
+                xa = ens.prep(self.paste_full(g, les, lays, a1, t1, a2, t2))
+                if linf > 0:
+                    xa = xa + delta * out_box
+                xa = random_transform(xa.clamp(0, 1), gen) if use_eot else xa
+                total = total + _loss(ens, xa, y, f_clean, fw).sum()
+            grads = torch.autograd.grad(total, params)
+            with torch.no_grad():
+                for j, (p, gr) in enumerate(zip(params, grads)):
+                    gr = gr / gr.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (gr.dim() - 1))
+                    mom[j] = mu * mom[j] + gr
+                    step = st_a if j in (0, 2) else (linf / 4 if j == 4 else st_t)
+                    p.add_(step * mom[j].sign())
+                a1.clamp_(lo_a1, hi_a1)
+                t1.clamp_(s_min, 1.0)
+                a2.clamp_(0.0, p_max)
+                t2.clamp_(0.0, 1.0)
+                if linf > 0:
+                    delta.clamp_(-linf, linf)
+
+        with torch.no_grad():
+            a1, t1, a2, t2, delta = (p.detach() for p in (a1, t1, a2, t2, delta))
+            base = images
+            if linf > 0:
+                up = F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=False)
+                box_full = torch.ones(n, 1, h, w, device=self.device)
+                for i, L in enumerate(lays):
+                    box_full[i, :, L.y:L.y + L.bh, L.x:L.x + L.bw] = 0
+                base = (images + up * box_full).clamp(0, 1)
+            out = self.paste_full(base, les, lays, a1, t1, a2, t2)
+            out = self.finish(images, out, les)
+        secs = time.perf_counter() - t0
+        params_out = [{
+            "engine": self.name, "logo": logo_id, "box": [L.y, L.x, L.y + L.bh, L.x + L.bw],
+            "alpha_max": a_max, "alpha_min": a_min, "plate_alpha_max": p_max, "iterations": iters,
+            "linf": round(linf * 255, 3), "lesion": les_src, "seed": int(self.profile.seed),
+            "surrogates": ens.names, "seconds": round(secs / n, 4),
+        } for L in lays]
+        return WatermarkBatch(images=out, params=params_out)

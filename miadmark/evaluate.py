@@ -1,0 +1,262 @@
+"""`miadmark evaluate`: measure a watermark profile the way a careful third party would attack it.
+
+Accuracy of white-box models (the engine's surrogates) and black-box models (other architectures and
+seeds, some trained with random-logo augmentation, never seen by the engine) on: clean images, a plain
+logo of the same footprint (control: occlusion only), the protected images, and the protected images
+with the watermark inpainted away (OpenCV TELEA on the exact footprint); each as is, after JPEG q75,
+and after resizing to half and back. Image quality outside the logo box (PSNR, SSIM), fraction of
+pixels changed, lesion pixels changed (must be 0), seconds per image. Writes report.json, report.html
+and a few PNGs (before / after / difference).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .engine import DEFAULT_PROFILE, Profile, get_engine
+from .engine.eot import jpeg_numpy, resize_back
+from .engine.logo import logo_tensors
+from .surrogates import BLACKBOX_DIR, DEFAULT_SURROGATES, WEIGHTS_DIR
+from .surrogates.data import load_dataset
+from .surrogates.train import load
+
+log = logging.getLogger(__name__)
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM map (Gaussian window 11, sigma 1.5) of (N, 1, H, W) images in [0, 1]."""
+    r = torch.arange(11, dtype=a.dtype) - 5
+    g = torch.exp(-(r ** 2) / (2 * 1.5 ** 2))
+    g = (g / g.sum())
+    k = (g[:, None] * g[None, :])[None, None]
+
+    def f(x):
+        return F.conv2d(F.pad(x, (5, 5, 5, 5), mode="reflect"), k)
+
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ma, mb = f(a), f(b)
+    va, vb, cov = f(a * a) - ma ** 2, f(b * b) - mb ** 2, f(a * b) - ma * mb
+    return ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+
+
+def inpaint(protected: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
+    """OpenCV TELEA inpainting of each image on its footprint (N, H, W) bool."""
+    out = []
+    for img, fp in zip(protected, footprint):
+        u8 = (img.clamp(0, 1) * 255).round().byte().cpu().numpy()
+        u8 = u8[0] if u8.shape[0] == 1 else u8.transpose(1, 2, 0)
+        res = cv2.inpaint(np.ascontiguousarray(u8), fp.cpu().numpy().astype(np.uint8), 3, cv2.INPAINT_TELEA)
+        res = res[None] if res.ndim == 2 else res.transpose(2, 0, 1)
+        out.append(torch.from_numpy(res).float() / 255)
+    return torch.stack(out)
+
+
+def plain_control(images: torch.Tensor, boxes: list[list[int]], alpha: float, logo: str | None) -> torch.Tensor:
+    """The plain default logo (white, transparency alpha) in exactly the protected image's box."""
+    out = images.clone()
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        m, t, _ = logo_tensors(logo, y1 - y0, x1 - x0, images.shape[1], images.device)
+        reg = out[i, :, y0:y1, x0:x1]
+        out[i, :, y0:y1, x0:x1] = (1 - alpha * m) * reg + alpha * m * t
+    return out
+
+
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch: int = 128) -> float:
+    s = model.meta["in_size"]
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = images[i:i + batch]
+            x = x.mean(1, keepdim=True) if x.shape[1] != model.meta["in_ch"] else x
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            correct += int((model(x).argmax(1) == labels[i:i + batch]).sum())
+    return correct / max(1, len(images))
+
+
+def _png(t: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    a = (t.clamp(0, 1) * 255).round().byte().cpu().numpy()
+    a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+    Image.fromarray(a).save(path, optimize=True)
+
+
+def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: list[str] | None = None,
+                   limit: int = 200, batch: int = 32, device: str = "cpu", split_seed: int = 0,
+                   n_examples: int = 4, progress: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(data, seed=split_seed)
+    x_u8, y = ds.split(val=True)
+    perm = torch.randperm(len(x_u8), generator=torch.Generator().manual_seed(1234))[:limit]
+    perm = perm.sort().values
+    images, labels = x_u8[perm].float() / 255, y[perm]
+    n, c, h, w = images.shape
+    engine = get_engine(profile, device)
+    sur_names = list(profile.options.get("surrogates") or DEFAULT_SURROGATES)
+    white = {nm: load(WEIGHTS_DIR / f"{nm}.pt") for nm in sur_names if (WEIGHTS_DIR / f"{nm}.pt").exists()}
+    bb_paths = [Path(p) for p in models] if models else sorted(BLACKBOX_DIR.glob("*.pt"))
+    black = {p.stem: load(p) for p in bb_paths}
+
+    from .engine.ensemble import Ensemble, gradcam_lesion
+
+    ens = Ensemble.get(sur_names, torch.device("cpu"))
+    prot, params, secs, lesions = [], [], 0.0, []
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    it = range(0, n, batch)
+    if progress and tqdm is not None:
+        it = tqdm(it, desc=f"protect ({profile.name})", file=sys.stderr)
+    for i in it:
+        xb = images[i:i + batch]
+        # the lesion mask is made here (Grad-CAM, as the engine would) so that it can be checked
+        les = gradcam_lesion(ens, xb, float(profile.options.get("cam_threshold", 140)))
+        t0 = time.perf_counter()
+        res = engine.watermark(xb.to(engine.device), les.to(engine.device), [])
+        secs += time.perf_counter() - t0
+        prot.append(res.images.cpu())
+        params += res.params
+        lesions.append(les)
+    protected = torch.cat(prot)
+    lesion = torch.cat(lesions)
+    boxes = [p["box"] for p in params]
+    box_mask = torch.zeros(n, h, w, dtype=torch.bool)
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        box_mask[i, y0:y1, x0:x1] = True
+    changed = (protected != images).any(1)
+    footprint = changed & box_mask
+    plain = plain_control(images, boxes, float(profile.alpha_max), profile.logo)
+    conditions = {
+        "clean": images,
+        "plain_logo_same_box": plain,
+        "protected": protected,
+        "protected_inpainted": inpaint(protected, footprint),
+    }
+    transforms = {
+        "none": lambda t: t,
+        "jpeg_q75": lambda t: jpeg_numpy(t, 75),
+        "resize_half_and_back": lambda t: resize_back(t, 0.5),
+    }
+    acc: dict = {}
+    for cname, cx in conditions.items():
+        for tname, tf in transforms.items():
+            tx = tf(cx)
+            for role, group in (("white_box", white), ("black_box", black)):
+                for mname, model in group.items():
+                    acc.setdefault(role, {}).setdefault(mname, {}).setdefault(cname, {})[tname] = \
+                        round(accuracy(model, tx, labels), 4)
+    summary = {}
+    for role in ("white_box", "black_box"):
+        group = acc.get(role, {})
+        if not group:
+            continue
+        for cname in conditions:
+            for tname in transforms:
+                vals = [group[m][cname][tname] for m in group]
+                summary.setdefault(role, {}).setdefault(cname, {})[tname] = {
+                    "mean": round(float(np.mean(vals)), 4), "max": round(float(np.max(vals)), 4)}
+    g_img, g_prot = images.mean(1, keepdim=True), protected.mean(1, keepdim=True)
+    outside = ~box_mask
+    mse = (((protected - images) ** 2).mean(1) * outside).flatten(1).sum(1) / outside.flatten(1).sum(1)
+    psnr = [None if float(v) == 0 else round(10 * math.log10(1 / float(v)), 2) for v in mse]
+    smap = ssim_map(g_img, g_prot)[:, 0]
+    ssim = ((smap * outside).flatten(1).sum(1) / outside.flatten(1).sum(1))
+    quality = {
+        "psnr_outside_logo_db": {"mean_finite": (round(float(np.mean([p for p in psnr if p is not None])), 2)
+                                                 if any(p is not None for p in psnr) else None),
+                                 "images_identical_outside_logo": sum(p is None for p in psnr)},
+        "ssim_outside_logo": round(float(ssim.mean()), 5),
+        "fraction_pixels_changed": round(float(changed.float().mean()), 5),
+        "box_area_fraction_max": round(float(box_mask.flatten(1).float().mean(1).max()), 5),
+        "lesion_pixels_changed": int((changed & lesion).sum()),
+        "lesion_fraction_of_image_mean": round(float(lesion.float().mean()), 4),
+        "seconds_per_image": round(secs / n, 4),
+    }
+    ex_idx = torch.linspace(0, n - 1, n_examples).round().long().tolist()
+    examples = []
+    for k, i in enumerate(ex_idx):
+        names = {}
+        for tag, t in (("before", images[i]), ("plain", plain[i]), ("after", protected[i]),
+                       ("inpainted", conditions["protected_inpainted"][i])):
+            p = out_dir / f"ex{k}_{tag}.png"
+            _png(t, p)
+            names[tag] = p.name
+        diff = ((protected[i] - images[i]).abs().amax(0, keepdim=True) * 4).clamp(0, 1)
+        diff = torch.where(lesion[i][None], torch.full_like(diff, 0.25), diff)  # lesion shown in grey
+        p = out_dir / f"ex{k}_diff.png"
+        _png(diff, p)
+        names["diff"] = p.name
+        names["label"] = ds.classes[int(labels[i])]
+        examples.append(names)
+    report = {
+        "data": ds.name, "split": f"validation (seeded md5-group hash, split_seed={split_seed})",
+        "n_images": n, "image_size": [h, w], "classes": ds.classes,
+        "profile": {"name": profile.name, "max_area_fraction": profile.max_area_fraction,
+                    "alpha_max": profile.alpha_max, "seed": profile.seed, "options": profile.options},
+        "white_box_models": {k: v.meta.get("val_accuracy") for k, v in white.items()},
+        "black_box_models": {k: {"val_accuracy": v.meta.get("val_accuracy"), "arch": v.meta.get("arch"),
+                                 "logo_augment": v.meta.get("logo_augment")} for k, v in black.items()},
+        "lesion_mask": f"Grad-CAM of the surrogates >= {profile.options.get('cam_threshold', 140)}/255, "
+                       "passed to the engine",
+        "accuracy_summary": summary, "accuracy": acc, "quality": quality,
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "device": str(engine.device)},
+        "command": " ".join(sys.argv), "examples": examples,
+        "params_first": params[:3],
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.html").write_text(_html(report))
+    return report
+
+
+def _html(r: dict) -> str:
+    rows = []
+    for role, d in r["accuracy"].items():
+        for m, conds in d.items():
+            for cname, tr in conds.items():
+                rows.append(f"<tr><td>{role}</td><td>{html.escape(m)}</td><td>{cname}</td>"
+                            + "".join(f"<td>{v:.3f}</td>" for v in tr.values()) + "</tr>")
+    ex = "".join(
+        "<tr>" + "".join(f'<td><img src="{e[t]}" width="200"><br>{t}</td>'
+                         for t in ("before", "plain", "after", "diff", "inpainted")) + f"<td>{e['label']}</td></tr>"
+        for e in r["examples"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>MIAD-MARK evaluation</title>
+<style>td,th{{border:1px solid #ccc;padding:3px 6px}}table{{border-collapse:collapse}}</style></head><body>
+<h1>MIAD-MARK evaluation: profile {html.escape(r['profile']['name'])} on {html.escape(r['data'])}</h1>
+<p>{r['n_images']} validation images, {r['image_size'][0]}x{r['image_size'][1]}. Command: <code>{html.escape(r['command'])}</code></p>
+<h2>Accuracy</h2><table><tr><th>role</th><th>model</th><th>condition</th><th>as is</th><th>JPEG q75</th><th>resize 1/2</th></tr>
+{''.join(rows)}</table>
+<h2>Quality</h2><pre>{html.escape(json.dumps(r['quality'], indent=2))}</pre>
+<h2>Examples (difference x4; lesion mask in grey)</h2><table>{ex}</table></body></html>
+"""
+
+
+def main(args) -> int:
+    torch.set_num_threads(int(getattr(args, "threads", 2) or 2))
+    options = json.loads(args.options) if getattr(args, "options", None) else {}
+    profile = Profile(name=args.profile or DEFAULT_PROFILE, seed=args.seed, options=options,
+                      max_area_fraction=args.max_area_fraction, alpha_max=args.alpha_max)
+    rep = run_evaluation(args.data, profile, args.out, models=args.models, limit=args.limit, batch=args.batch,
+                         device=args.device)
+    s = rep["accuracy_summary"]
+    for role in s:
+        for cname in s[role]:
+            print(f"{role:9s} {cname:22s} " + "  ".join(f"{t}={v['mean']:.3f}" for t, v in s[role][cname].items()))
+    q = rep["quality"]
+    print(f"lesion pixels changed {q['lesion_pixels_changed']}, pixels changed {q['fraction_pixels_changed']:.4f}, "
+          f"SSIM outside {q['ssim_outside_logo']:.4f}, {q['seconds_per_image']:.3f} s/image")
+    return 0
