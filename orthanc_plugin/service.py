@@ -11,6 +11,7 @@ import json
 import os
 import re
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .exports import Blocked, NotFound, Target
 from .jobs import JOB_PREFIX, Job, Worker
 
 PLAN_TIMEOUT_S = 600
+RETRY_S = 5.0  # a configuration that did not load is retried this often (on use)
 HERE = Path(__file__).resolve().parent
 
 
@@ -47,6 +49,7 @@ class Settings:
         self.receiver_error: str | None = None
         self.certs: dict = {}
         self._mtime: float | None = None
+        self._tried = 0.0
         self._lock = threading.Lock()
 
     def current(self) -> Config | None:
@@ -59,8 +62,9 @@ class Settings:
             except OSError as exc:
                 self.error = f"{self.path}: {exc.strerror}"
                 return self.config
-            if mtime != self._mtime:
-                self._mtime = mtime
+            retry = self.config is None and time.monotonic() - self._tried > RETRY_S  # e.g. keys made since
+            if mtime != self._mtime or retry:
+                self._mtime, self._tried = mtime, time.monotonic()
                 self._load()
             return self.config
 
@@ -356,6 +360,46 @@ def received_instance(data: bytes, origin):
             return orthanc.ReceivedInstanceAction.DISCARD, None  # noqa: B012
 
 
+def on_move(**request) -> None:
+    """C-MOVE SCP: a modality asks this Orthanc to send to a move destination. The same rules as
+    the REST export routes apply; raising makes Orthanc answer the C-MOVE with a failure."""
+    target_aet = str(request.get("TargetAET") or "").strip()
+    modalities = json.loads(orthanc.RestApiGet("/modalities?expand"))
+    name = next((n for n, m in modalities.items() if str(m.get("AET", "")).strip() == target_aet), None)
+    if name is None:
+        raise RuntimeError(f"C-MOVE to unknown AE {target_aet!r}")
+    ids = _move_resources(request)
+    if not ids:
+        raise RuntimeError("C-MOVE: nothing matches")
+    options = {k: request[v] for k, v in (("MoveOriginatorAet", "OriginatorAET"), ("MoveOriginatorID", "OriginatorID"))
+               if request.get(v) not in (None, "")}
+    body = parse_export_body(json.dumps({"Resources": ids, **options}))
+    try:
+        job, _ = PLUGIN.start_export(Target("modality", name), body, kind="MiadmarkMove")
+    except (Blocked, NotFound) as exc:
+        log(f"refused C-MOVE from {request.get('OriginatorAET')} to {target_aet}: {exc}")
+        raise RuntimeError("C-MOVE refused by the MIAD-MARK routing rules") from None
+    job.wait()
+    if job.state != "Success":
+        raise RuntimeError(f"C-MOVE to {target_aet}: {job.failed} instances failed")
+
+
+def _move_resources(request) -> list[str]:
+    level = str(request.get("Level") or "STUDY").upper()
+    key, lookup = {"PATIENT": ("PatientID", orthanc.LookupPatient), "STUDY": ("StudyInstanceUID", orthanc.LookupStudy),
+                   "SERIES": ("SeriesInstanceUID", orthanc.LookupSeries),
+                   "INSTANCE": ("SOPInstanceUID", orthanc.LookupInstance),
+                   "IMAGE": ("SOPInstanceUID", orthanc.LookupInstance)}[level]
+    ids = []
+    for value in str(request.get(key) or "").split("\\"):
+        if value.strip():
+            try:
+                ids.append(lookup(value.strip()))
+            except Exception:  # noqa: BLE001 - unknown UID: nothing to send for it
+                pass
+    return ids
+
+
 def on_change(change_type, level, resource) -> None:
     try:
         if change_type == orthanc.ChangeType.STABLE_STUDY:
@@ -380,6 +424,7 @@ def install() -> None:
     orthanc.RegisterIncomingHttpRequestFilter(http_filter)
     orthanc.RegisterReceivedInstanceCallback(received_instance)
     orthanc.RegisterOnChangeCallback(on_change)
+    orthanc.RegisterMoveCallback(on_move)  # C-MOVE SCP: moves to a target go through the rules too
     orthanc.ExtendOrthancExplorer((HERE / "explorer.js").read_text(encoding="utf-8"))
     log(f"plugin ready (config {PLUGIN.settings.path}, {'loaded' if PLUGIN.settings.config else 'NOT loaded: '}"
         f"{PLUGIN.settings.error or ''})")

@@ -38,13 +38,14 @@ def sites(tmp_path_factory):
         "  research: {orthanc_modality: research}\n"
         "  partner:  {orthanc_peer: partner}\n"
         "  cloud:    {orthanc_dicomweb: cloud}\n"
+        "  plainmod: {orthanc_modality: plainmod}\n"
         "rules:\n"
         "  - send_to: [research]\n"
         "    action: protect\n"
         "    recipients: [research.cert.pem]\n"
         "    profile: plain\n"
         "    auto: true\n"
-        "  - send_to: [partner, cloud]\n"
+        "  - send_to: [partner, cloud, plainmod]\n"
         "    when: {Modality: CT}\n"
         "    action: protect\n"
         "    recipients: [research.cert.pem]\n"
@@ -55,7 +56,9 @@ def sites(tmp_path_factory):
         research = OrthancProcess(tmp / "research", aet="RESEARCH", miadmark_config=tmp / "research.yaml").start()
         started.append(research)
         hospital = OrthancProcess(tmp / "hospital", aet="HOSPITAL", miadmark_config=tmp / "hospital.yaml",
-                                  modalities={"research": research}, peers={"partner": plain},
+                                  modalities={"research": research, "plainmod": plain,
+                                              "viewer": ["VIEWER", "127.0.0.1", 9]},
+                                  peers={"partner": plain},
                                   dicomweb={"cloud": plain}, stable_age=2).start()
         started.append(hospital)
     except BaseException:
@@ -115,5 +118,39 @@ def test_protect_route_and_status(sites):
     job = hospital.get_json(response.json()["Path"])
     assert job["State"] == "Success" and job["Content"]["ProtectedSent"] == SLICES
     status = hospital.get_json("/miadmark/status")
-    assert status["Loaded"] and set(status["Destinations"]) == {"research", "partner", "cloud"}
+    assert status["Loaded"] and set(status["Destinations"]) == {"research", "partner", "cloud", "plainmod"}
     assert hospital.get_json("/miadmark/destinations")[0]["Name"] == "research"
+
+
+def _c_move(hospital, study_uid: str, destination: str) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", hospital.dicom_port, ae_title=hospital.aet)
+    assert assoc.is_established
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    status = None
+    try:
+        for status_ds, _ in assoc.send_c_move(query, destination, StudyRootQueryRetrieveInformationModelMove):
+            if status_ds is not None and "Status" in status_ds:
+                status = int(status_ds.Status)
+    finally:
+        assoc.release()
+    return status
+
+
+def test_c_move_goes_through_the_rules(sites):
+    hospital, plain = sites["hospital"], sites["plain"]
+    study_uid = pydicom.dcmread(sites["files"][0], stop_before_pixels=True).StudyInstanceUID
+    before = set(plain.instances())
+    assert _c_move(hospital, study_uid, "VIEWER") not in (0x0000, None)  # no destination names "viewer"
+    assert _c_move(hospital, study_uid, "PLAIN") == 0x0000
+    new = set(plain.instances()) - before
+    assert len(new) == SLICES
+    for iid in new:
+        ds = pydicom.dcmread(io.BytesIO(plain.get(f"/instances/{iid}/file").content), stop_before_pixels=True)
+        assert "EncryptedAttributesSequence" in ds
