@@ -50,7 +50,8 @@ def dataset_from_bytes(data: bytes) -> Dataset:
 def dataset_to_bytes(ds: Dataset) -> bytes:
     """Encode as a DICOM file (preamble + file meta + dataset) in the dataset's own transfer syntax."""
     buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    # dcmwrite, not save_as: save_as refuses a dataset read as big endian that is now little endian
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     return buf.getvalue()
 
 
@@ -61,7 +62,7 @@ def canonical_bytes(ds: Dataset) -> bytes:
     (Retired group-length elements are not written by pydicom, nor by network encoders.)
     """
     buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=False)
+    pydicom.dcmwrite(buf, ds, enforce_file_format=False)
     return buf.getvalue()
 
 
