@@ -3,6 +3,7 @@ a non-zero exit, no output file for it, and the other files of the run still pro
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -85,9 +86,9 @@ def protected_file(tmp_path_factory, keys):
 
 
 @pytest.mark.parametrize("case,expected", [
-    ("key_of_no_recipient", "none of the 1 key(s) held is a recipient"),
+    ("key_of_no_recipient", r"none of the 1 key\(s\) held is a recipient"),
     ("untrusted_signer", "is not in the trust list"),
-    ("flipped_record_byte", ""),
+    ("flipped_record_byte", "record (does not decrypt|signature does not verify|does not parse)|not a CMS"),
     ("changed_pixel", "does not match the record's hash"),
     ("not_protected", "not protected"),
 ])
@@ -119,7 +120,7 @@ def test_strip_failures(case, expected, tmp_path, keys, protected_file, capsys):
     errors, out = _errors(capsys)
     assert rc != 0
     assert len(errors) == 1 and errors[0].startswith(f"{src}:"), errors
-    assert expected in errors[0], errors[0]
+    assert re.search(expected, errors[0]), errors[0]
     assert out.strip().splitlines()[-1] == "0 stripped, 1 failed"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
     assert src.read_bytes() == before  # input left as it was
