@@ -113,6 +113,7 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
     from .engine.ensemble import Ensemble, gradcam_lesion
 
     ens = Ensemble.get(sur_names, torch.device("cpu"))
+    cam_thr = float(profile.options.get("cam_threshold", getattr(engine, "cam_threshold_default", 140)))
     prot, params, secs, lesions = [], [], 0.0, []
     try:
         from tqdm import tqdm
@@ -124,7 +125,7 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
     for i in it:
         xb = images[i:i + batch]
         # the lesion mask is made here (Grad-CAM, as the engine would) so that it can be checked
-        les = gradcam_lesion(ens, xb, float(profile.options.get("cam_threshold", 140)))
+        les = gradcam_lesion(ens, xb, cam_thr)
         t0 = time.perf_counter()
         res = engine.watermark(xb.to(engine.device), les.to(engine.device), [])
         secs += time.perf_counter() - t0
@@ -210,7 +211,7 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
         "white_box_models": {k: v.meta.get("val_accuracy") for k, v in white.items()},
         "black_box_models": {k: {"val_accuracy": v.meta.get("val_accuracy"), "arch": v.meta.get("arch"),
                                  "logo_augment": v.meta.get("logo_augment")} for k, v in black.items()},
-        "lesion_mask": f"Grad-CAM of the surrogates >= {profile.options.get('cam_threshold', 140)}/255, "
+        "lesion_mask": f"Grad-CAM of the surrogates >= {cam_thr:g}/255, "
                        "passed to the engine",
         "accuracy_summary": summary, "accuracy": acc, "quality": quality,
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,

@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--max-area-fraction", type=float, default=1 / 9)
     p.add_argument("--alpha-max", type=float, default=0.6)
     p.add_argument("--options", default=None, help='engine options as JSON, e.g. \'{"iterations": 20}\'')

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 
 
 def register(sub) -> None:
@@ -31,7 +30,15 @@ def run(args) -> int:
     from ..surrogates.train import train
 
     torch.set_num_threads(args.threads)
-    command = "miadmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    parts = ["miadmark", "train", "--data", args.data, "--arch", args.arch, "--out", args.out,
+             "--epochs", str(args.epochs), "--device", args.device, "--seed", str(args.seed)]
+    for flag, val, default in (("--size", args.size, 64), ("--batch", args.batch, 64), ("--lr", args.lr, 3e-3),
+                               ("--split-seed", args.split_seed, 0), ("--threads", args.threads, 2)):
+        if val != default:
+            parts += [flag, str(val)]
+    if args.logo_augment:
+        parts.append("--logo-augment")
+    command = " ".join(shlex.quote(p) for p in parts)
     meta = train(args.data, args.arch, args.out, epochs=args.epochs, device=str(resolve_device(args.device)),
                  seed=args.seed, logo_augment=args.logo_augment, size=args.size, batch=args.batch, lr=args.lr,
                  split_seed=args.split_seed, command=command)

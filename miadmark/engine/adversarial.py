@@ -43,6 +43,8 @@ def box_sums(sat: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, bh: int, bw:
 class AdversarialEngine(Engine):
     """Base for engines that optimize a logo against the surrogate ensemble."""
 
+    cam_threshold_default = 140.0  # Grad-CAM lesion threshold on a 0-255 map (paper: 110-170)
+
     def opt(self, key: str, default):
         return self.profile.options.get(key, default)
 
@@ -56,7 +58,7 @@ class AdversarialEngine(Engine):
     def lesion_mask(self, images: torch.Tensor, lesion: torch.Tensor | None) -> tuple[torch.Tensor, str]:
         if lesion is not None:
             return lesion.to(images.device).bool(), "given"
-        thr = float(self.opt("cam_threshold", 140))
+        thr = float(self.opt("cam_threshold", self.cam_threshold_default))
         return gradcam_lesion(self.ensemble, images, thr, int(self.opt("cam_dilate", 0))), f"gradcam>={thr:g}"
 
     # ---- placement -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ box and the lesion (`linf`, in grey levels of 255).
 
 Options (Profile.options): iterations (10), alpha_min (0.35), plate_alpha_max (0.5), stroke_min (0.55),
 step_alpha (0.08), step_texture (0.2), momentum (1.0), feature_weight (0.5), eot (1 sample / step),
-candidates (8), cam_threshold (140), linf (0), surrogates (names).
+candidates (8), cam_threshold (170), linf (0), surrogates (names).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def _loss(ens, x, y, f_clean, fw):
 
 class TransferEngine(AdversarialEngine):
     name = "transfer"
+    cam_threshold_default = 170.0
 
     def watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
                   contexts: list[ImageContext]) -> WatermarkBatch:

@@ -68,7 +68,7 @@ def train(data: str, arch: str, out: str, *, epochs: int = 12, device: str = "cp
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(idx)
+            tot += float(loss.detach()) * len(idx)
         acc = evaluate_accuracy(model, xva, yva, dev)
         log.info("%s epoch %d/%d loss %.4f val_acc %.4f (%.0fs)", arch, ep + 1, epochs, tot / len(xtr), acc,
                  time.time() - t0)

@@ -1,0 +1,38 @@
+"""`miadmark train` and `miadmark evaluate` end to end on the tiny chest_xray28 set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from miadmark.cli import main
+from miadmark.surrogates import surrogate_paths
+
+NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray28" / "pneumoniamnist.npz"
+
+pytestmark = pytest.mark.skipif(not NPZ.exists() or not surrogate_paths(), reason="needs shared data and weights")
+
+
+def test_train_then_evaluate(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIADMARK_CACHE", str(tmp_path / "cache"))
+    import miadmark.surrogates.data as data
+
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    out = tmp_path / "chest_resnet10.pt"
+    assert main(["train", "--data", str(NPZ), "--arch", "resnet10", "--out", str(out), "--epochs", "1",
+                 "--size", "28", "--device", "cpu", "--threads", "1"]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["arch"] == "resnet10" and 0.0 <= meta["val_accuracy"] <= 1.0 and meta["n_val"] == 270
+    assert "miadmark train" in meta["command"]
+    rep_dir = tmp_path / "report"
+    assert main(["evaluate", "--data", str(NPZ), "--profile", "transfer", "--models", str(out), "--out",
+                 str(rep_dir), "--limit", "6", "--batch", "6", "--options", '{"iterations": 2}',
+                 "--threads", "1"]) == 0
+    rep = json.loads((rep_dir / "report.json").read_text())
+    assert rep["quality"]["lesion_pixels_changed"] == 0
+    assert rep["quality"]["box_area_fraction_max"] <= 1 / 9 + 1e-6
+    assert set(rep["accuracy_summary"]["black_box"]) == {"clean", "plain_logo_same_box", "protected",
+                                                         "protected_inpainted"}
+    assert (rep_dir / "report.html").exists() and list(rep_dir.glob("ex0_after.png"))
