@@ -12,9 +12,33 @@ import socket
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationSocket
 
 # Send spooled files as they are (no decode/encode round) when given a path.
 _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def _recv_into(self, nr_bytes: int) -> bytearray:
+    """AssociationSocket.recv without pynetdicom's 4096-byte reads.
+
+    pynetdicom reads a PDU 4 KB per recv() call: 130 calls, each releasing and re-taking the GIL,
+    for one 526 KB CT slice. In a process that also sends (the gateway) every re-take can wait a
+    GIL switch interval behind the other threads. One recv_into per available chunk instead.
+    """
+    sock = self.socket
+    buf = bytearray(nr_bytes)
+    view = memoryview(buf)
+    nr_read = 0
+    while nr_read < nr_bytes:
+        got = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
+        if not got:
+            del view
+            return buf[:nr_read]  # connection closed: what we have, as pynetdicom does
+        nr_read += got
+    return buf
+
+
+AssociationSocket.recv = _recv_into
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def quiet_pynetdicom(args) -> None:
+    """pynetdicom logs several INFO lines per C-STORE; keep ours readable (and cheap) unless -v."""
+    if not getattr(args, "verbose", False):
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
 def run(args) -> int:
     from dicom_node.gateway import Gateway
+    quiet_pynetdicom(args)
     try:
         cfg = load_config(args.config)
         gateway = Gateway(cfg, bind=args.bind, port=args.port).start()

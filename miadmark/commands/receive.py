@@ -19,7 +19,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from dicom_node.receiver import Receiver
 
-    from .gateway import serve
+    from .gateway import quiet_pynetdicom, serve
+    quiet_pynetdicom(args)
     try:
         receiver = Receiver(load_config(args.config), bind=args.bind, port=args.port).start()
     except ConfigError as exc:
