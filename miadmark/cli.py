@@ -9,7 +9,7 @@ from importlib import import_module
 
 # Modules under miadmark.commands; each defines register(subparsers) and sets args.func.
 COMMAND_MODULES = [
-    "keys", "protect", "strip", "inspect",
+    "keys", "protect", "strip", "inspect", "demo",
     "train",
     "evaluate",
     "gateway", "receive", "rules", "queue",
@@ -17,13 +17,14 @@ COMMAND_MODULES = [
 
 
 def quiet_pydicom() -> None:
-    """pydicom warns on every odd value it reads from real files; operators need our lines, not those."""
+    """pydicom warns on every odd value of real files, pynetdicom logs every PDU: operators need our lines."""
     import warnings
 
     import pydicom.config
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
     warnings.filterwarnings("ignore", module="pydicom")
 
 

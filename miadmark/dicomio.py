@@ -66,6 +66,20 @@ def canonical_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def body_bytes(ds: Dataset) -> bytes:
+    """The dataset without preamble and File Meta, in its transfer syntax.
+
+    What a DICOM network transfer carries: File Meta is never sent over an association, so a
+    receiving node's file meta is its own and deliveries are compared on these bytes.
+    """
+    full = canonical_bytes(ds)
+    offset = 132 if full[128:132] == b"DICM" else 0
+    if offset:
+        meta_length = int.from_bytes(full[140:144], "little")  # (0002,0000) UL value
+        offset = 144 + meta_length
+    return full[offset:]
+
+
 def write_atomic(data: bytes, path: str | os.PathLike, mode: int = 0o644) -> Path:
     """Write bytes durably: temp file in the same folder, fsync, rename, fsync the folder."""
     path = Path(path)
