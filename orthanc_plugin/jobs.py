@@ -108,6 +108,15 @@ class Worker:
         self._queue.put((job, fn))
         return job
 
+    def post(self, fn: Callable[[], Any]) -> None:
+        """Run fn() on a worker thread some time soon; its exceptions are logged, not raised."""
+        def task(_job):
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001
+                self._log(f"{self.name} task failed: {exc}")
+        self._queue.put((None, task))
+
     def call(self, fn: Callable[..., Any], *args, timeout: float | None = None, **kwargs) -> Any:
         """Run fn(*args, **kwargs) on a worker thread and return its result (or raise its exception)."""
         box: dict[str, Any] = {}

@@ -48,6 +48,7 @@ class Settings:
         self.receiver = None
         self.receiver_error: str | None = None
         self.certs: dict = {}
+        self.on_reload = lambda: None
         self._mtime: float | None = None
         self._tried = 0.0
         self._lock = threading.Lock()
@@ -91,6 +92,7 @@ class Settings:
         self.config, self.identity, self.error = cfg, identity, None
         self.receiver, self.receiver_error = receiver, receiver_error
         self.certs = {}
+        self.on_reload()
         log(f"configuration loaded from {self.path}: {len(cfg.destinations)} destinations, {len(cfg.rules)} rules"
             + (", receiver on" if receiver else ""))
 
@@ -125,6 +127,9 @@ class Plugin:
         self.exporter = Worker("export", log=log)  # protect + send, one job at a time
         self.ingest = Worker("ingest", log=log)  # strip on ingestion
         self.auto_sent: dict[str, set[str]] = {}
+        self.warnings: set[str] = set()
+        self.started = False
+        self.settings.on_reload = lambda: self.started and self.control.post(self.close_c_get)
         self.settings.current()
 
     # ----------------------------------------------------------- exports
@@ -170,6 +175,22 @@ class Plugin:
         if not job.failed:
             sent.update(iid for iid, _ in plan.decisions)
 
+    def close_c_get(self) -> None:
+        """C-GET hands instances to the caller, raw, with no plugin hook: turn AllowGet off for every
+        modality the rules do not pass clean unconditionally (also done after each reload)."""
+        cfg = self.settings.current()
+        if json.loads(orthanc.GetConfiguration()).get("DicomAlwaysAllowGet"):
+            self.warnings.add('"DicomAlwaysAllowGet": true lets any AE C-GET raw instances: set it to false')
+        calling = exports.local_ae()
+        for name, modality in json.loads(orthanc.RestApiGet("/modalities?expand")).items():
+            if not modality.get("AllowGet"):
+                continue
+            aet = modality.get("AET")
+            if exports.raw_export_allowed(cfg, Target("modality", name), aet, calling):
+                continue
+            orthanc.RestApiPut(f"/modalities/{name}", json.dumps({**modality, "AllowGet": False}))
+            log(f"C-GET from modality {name!r} turned off: it would receive raw instances outside the rules")
+
     def job(self, job_id: str) -> Job | None:
         return self.exporter.get(job_id)
 
@@ -182,6 +203,7 @@ class Plugin:
             "Config": str(s.path) if s.path else None,
             "Loaded": cfg is not None,
             "Error": s.error,
+            "Warnings": sorted(self.warnings),
             "Destinations": {n: {"Kind": d.kind, "Target": d.target} for n, d in (cfg.destinations.items() if cfg else [])},
             "Rules": len(cfg.rules) if cfg else 0,
             "Receiver": ({"Counts": dict(receiver.counts), "Quarantine": str(receiver.quarantine_dir)}
@@ -404,6 +426,9 @@ def on_change(change_type, level, resource) -> None:
     try:
         if change_type == orthanc.ChangeType.STABLE_STUDY:
             PLUGIN.auto_export(resource)
+        elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
+            PLUGIN.started = True
+            PLUGIN.control.call(PLUGIN.close_c_get, timeout=60)
     except Exception as exc:  # noqa: BLE001
         log(f"auto-export of study {resource} not scheduled: {exc}")
 

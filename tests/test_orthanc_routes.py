@@ -154,3 +154,29 @@ def test_c_move_goes_through_the_rules(sites):
     for iid in new:
         ds = pydicom.dcmread(io.BytesIO(plain.get(f"/instances/{iid}/file").content), stop_before_pixels=True)
         assert "EncryptedAttributesSequence" in ds
+
+
+def test_c_get_is_closed_for_modalities_the_rules_do_not_pass(sites):
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
+
+    hospital = sites["hospital"]
+    for name in ("viewer", "research", "plainmod"):
+        assert hospital.get_json(f"/modalities/{name}/configuration")["AllowGet"] is False
+    received = []
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", hospital.dicom_port, ae_title=hospital.aet,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, lambda event: received.append(1) or 0x0000)])
+    if assoc.is_established:
+        query = pydicom.Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = pydicom.dcmread(sites["files"][0], stop_before_pixels=True).StudyInstanceUID
+        try:
+            for _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+                pass
+        finally:
+            assoc.release()
+    assert received == []
