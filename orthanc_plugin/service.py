@@ -179,8 +179,12 @@ class Plugin:
         """C-GET hands instances to the caller, raw, with no plugin hook: turn AllowGet off for every
         modality the rules do not pass clean unconditionally (also done after each reload)."""
         cfg = self.settings.current()
-        if json.loads(orthanc.GetConfiguration()).get("DicomAlwaysAllowGet"):
+        config = json.loads(orthanc.GetConfiguration())
+        if config.get("DicomAlwaysAllowGet"):
             self.warnings.add('"DicomAlwaysAllowGet": true lets any AE C-GET raw instances: set it to false')
+        if config.get("ExecuteLuaEnabled") or config.get("LuaScripts"):
+            self.warnings.add("Lua scripts (LuaScripts, /tools/execute-script) can send raw instances outside "
+                              "the routing rules: remove them or make sure they do not export")
         calling = exports.local_ae()
         for name, modality in json.loads(orthanc.RestApiGet("/modalities?expand")).items():
             if not modality.get("AllowGet"):

@@ -7,6 +7,7 @@ entries) -> research (plugin + research key) and plain (no plugin, no key).
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pydicom
@@ -69,7 +70,8 @@ def sites(tmp_path_factory):
     study = None
     for f in files:
         study = hospital.upload(f)["ParentStudy"]
-    yield {"hospital": hospital, "research": research, "plain": plain, "files": files, "study": study}
+    yield {"hospital": hospital, "research": research, "plain": plain, "files": files, "study": study,
+           "config": tmp / "hospital.yaml"}
     for site in started:
         site.stop()
 
@@ -180,3 +182,19 @@ def test_c_get_is_closed_for_modalities_the_rules_do_not_pass(sites):
         finally:
             assoc.release()
     assert received == []
+
+
+def test_a_bad_configuration_keeps_the_running_rules(sites):
+    hospital, config = sites["hospital"], sites["config"]
+    good = config.read_text()
+    try:
+        config.write_text(good.replace("action: protect", "action: protekt", 1))
+        status = hospital.get_json("/miadmark/status")
+        assert status["Loaded"] and re.search(r"hospital\.yaml:\d+: ", status["Error"]), status["Error"]
+        assert hospital.post("/modalities/nowhere/store", [sites["study"]]).status_code == 403
+        response = hospital.post("/miadmark/protect", {"Study": sites["study"], "Destination": "partner",
+                                                       "Synchronous": True})
+        assert response.status_code == 200 and response.json()["State"] == "Success"
+    finally:
+        config.write_text(good)
+    assert hospital.get_json("/miadmark/status")["Error"] is None
