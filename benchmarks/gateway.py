@@ -122,7 +122,6 @@ gateway:
   port: {gw_port}
   spool: spool/
   device: {args.device}
-  batch_size: 64
 destinations:
   research: {{ae_title: RESEARCH, host: 127.0.0.1, port: {rx_port}}}
   archive:  {{ae_title: ARCHIVE, host: 127.0.0.1, port: {rx_port}}}

@@ -3,8 +3,10 @@
 Receive path (one pynetdicom association thread each), kept short:
     header parse (no pixel decode) -> miadmark.rules.route(called AE, calling AE, dataset)
     all destinations blocked -> 0x0124 (Refused: not authorized), nothing spooled
-    else write the received bytes as they came (event.encoded_dataset) durably, queue one job per
-    allowed destination (SQLite, fsync), THEN answer success.
+    else write the received bytes as they came (event.encoded_dataset) durably (temp, fsync, rename,
+    fsync folder), queue one job per allowed destination (SQLite WAL), THEN answer success.
+    The spool file is the durable record: its meta holds the calling/called AE titles, and at start
+    recover() queues any spooled file that has no queue row (so the queue commit needs no fsync).
 Forwarders (one thread per destination) protect and deliver; see dicom_node.forwarder.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import evt
+from pynetdicom.dsutils import encode_file_meta
 
 from miadmark.config import Config
 from miadmark.rules import BLOCK, route
@@ -34,6 +37,15 @@ from .workqueue import NewJob, Queue
 log = logging.getLogger("dicom_node.gateway")
 CANNOT_UNDERSTAND = 0xC000
 SENDABLE = ("dimse", "stow")
+
+
+def spool_bytes(event, calling: str, called: str) -> bytes:
+    """The instance as received (no decode/encode), in a DICOM file whose meta also records the
+    calling and called AE titles (0002,0017)/(0002,0018), so the spool file alone can be re-routed."""
+    meta = event.file_meta
+    meta.SendingApplicationEntityTitle = calling or "UNKNOWN"
+    meta.ReceivingApplicationEntityTitle = called or "UNKNOWN"
+    return b"\x00" * 128 + b"DICM" + encode_file_meta(meta) + event.encoded_dataset(include_meta=False)
 
 
 class Gateway:
@@ -55,6 +67,7 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self, *, watch: bool = True) -> "Gateway":
+        self.recover()
         self._start_forwarders()
         handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, self.handle_store),
                     (evt.EVT_RELEASED, self._assoc_done), (evt.EVT_ABORTED, self._assoc_done)]
@@ -119,7 +132,7 @@ class Gateway:
         called = str(assoc.requestor.primitive.called_ae_title).strip()
         calling = str(assoc.requestor.ae_title).strip()
         sop_uid = str(event.request.AffectedSOPInstanceUID)
-        data = event.encoded_dataset(include_meta=True)
+        data = spool_bytes(event, calling, called)
         try:
             ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
             study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
@@ -167,6 +180,48 @@ class Gateway:
             if fwd is not None:
                 fwd.wake.set()
         return SUCCESS
+
+    def recover(self) -> int:
+        """Queue spooled instances that have no queue entry (a crash or power loss between the
+        durable file write and the queue commit). Their AE titles are in the file meta."""
+        for folder in (self.spool.objects, self.spool.protected):
+            for part in folder.glob(".*.part"):  # a write cut short: never acknowledged
+                part.unlink(missing_ok=True)
+        self.queue.purge(older_than_s=7 * 86400)
+        known = {r[0] for r in self.queue._con().execute("SELECT DISTINCT file FROM jobs")}
+        recovered = 0
+        for path in sorted(self.spool.objects.glob("*.dcm")):
+            rel = f"objects/{path.name}"
+            if rel in known:
+                self.release_file(rel)  # delivered just before a crash: remove it now
+                continue
+            try:
+                ds = dcmread(path, stop_before_pixels=True)
+                meta = ds.file_meta
+                called = str(meta.get("ReceivingApplicationEntityTitle", "")).strip()
+                calling = str(meta.get("SendingApplicationEntityTitle", "")).strip()
+                jobs = [NewJob(d.destinations[0], d.action, d.rule_label, tuple(str(p) for p in d.recipients),
+                               d.profile)
+                        for d in route(self.config, ds, called_ae=called, calling_ae=calling)
+                        if d.action != BLOCK and d.destinations
+                        and self.config.destinations[d.destinations[0]].kind in SENDABLE]
+                if jobs:
+                    self.queue.add(file=rel, sop_uid=str(meta.MediaStorageSOPInstanceUID),
+                                   sop_class=str(meta.MediaStorageSOPClassUID),
+                                   transfer_syntax=str(meta.TransferSyntaxUID), study_uid=str(ds.StudyInstanceUID),
+                                   series_uid=str(ds.SeriesInstanceUID), calling_ae=calling, called_ae=called,
+                                   jobs=jobs, durable=True)
+                    recovered += 1
+                else:
+                    log.warning("spooled %s has no queue entry and the current rules send it nowhere; removed",
+                                path.name)
+                    path.unlink()
+            except Exception as exc:  # noqa: BLE001 - keep it out of the way, with its reason
+                self.quarantine_object(path, reason=f"spooled but unreadable at recovery: {type(exc).__name__}")
+                path.unlink(missing_ok=True)
+        if recovered:
+            log.info("recovered %d spooled instance(s) that had no queue entry", recovered)
+        return recovered
 
     def _assoc_done(self, event) -> None:
         self.receipts.flush(event.assoc)

@@ -6,8 +6,10 @@ One row per (received instance, destination). States:
     dead         gave up after retry.max_attempts (dead letter; `miadmark queue retry` re-queues)
     quarantined  could not be protected; never sent (reason in last_error and the quarantine folder)
 
-Receipt (add) commits with synchronous=FULL: the C-STORE is answered only after it. Progress marks
-use synchronous=NORMAL (a lost 'done' after a crash only means one harmless repeated delivery).
+Commits use synchronous=NORMAL (WAL): a killed process loses nothing (the OS has the WAL); power
+loss can lose the last commits, which costs nothing either: the gateway's spool file is the durable
+record of a receipt (Gateway.recover re-queues files without a row), and a lost 'done' only means
+one harmless repeated delivery. add(durable=True) fsyncs (synchronous=FULL) for callers without one.
 """
 
 from __future__ import annotations
@@ -123,12 +125,14 @@ class Queue:
 
     # ------------------------------------------------------------------------------------ receipt
     def add(self, *, file: str, sop_uid: str, sop_class: str, transfer_syntax: str, study_uid: str,
-            series_uid: str, calling_ae: str, called_ae: str, jobs: list[NewJob]) -> list[int]:
-        """Queue one instance for its destinations; durable (fsync) when this returns."""
+            series_uid: str, calling_ae: str, called_ae: str, jobs: list[NewJob],
+            durable: bool = False) -> list[int]:
+        """Queue one instance for its destinations (fsynced when durable)."""
         con = self._con()
         now = time.time()
         ids = []
-        con.execute("PRAGMA synchronous=FULL")
+        if durable:
+            con.execute("PRAGMA synchronous=FULL")
         try:
             con.execute("BEGIN IMMEDIATE")
             for job in jobs:
@@ -146,7 +150,8 @@ class Queue:
                 con.execute("ROLLBACK")
             raise
         finally:
-            con.execute("PRAGMA synchronous=NORMAL")
+            if durable:
+                con.execute("PRAGMA synchronous=NORMAL")
         return ids
 
     # ----------------------------------------------------------------------------------- progress
@@ -187,6 +192,11 @@ class Queue:
             sql += " AND destination=?"
             args.append(destination)
         return self._con().execute(sql, args).rowcount
+
+    def purge(self, older_than_s: float) -> int:
+        """Forget finished rows (done, quarantined) older than this; the audit log keeps the history."""
+        return self._con().execute("DELETE FROM jobs WHERE state IN ('done','quarantined') AND updated<?",
+                                   (time.time() - older_than_s,)).rowcount
 
     def pending_in_study(self, destination: str, study_uid: str) -> int:
         return self._con().execute(

@@ -85,7 +85,7 @@ class GatewayConfig(_Model):
     quarantine: ConfigPath | None = None  # default <spool>/quarantine
     audit: ConfigPath | None = None  # default <spool>/audit.jsonl (JSON lines, one per instance)
     device: str = "auto"  # protect on "auto" | "cpu" | "cuda"
-    batch_size: int = Field(64, ge=1)  # instances per outgoing association
+    batch_size: int = Field(128, ge=1)  # at most this many instances per outgoing association
     retry: RetryConfig = RetryConfig()
     reload_interval_s: float = Field(2.0, gt=0)  # how often the config file is checked for changes
     max_pdu: int = Field(0, ge=0)  # 0 = unlimited

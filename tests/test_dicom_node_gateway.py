@@ -203,3 +203,25 @@ def test_rules_reload_and_bad_file_keeps_running_rules(site, caplog):
     cfg_path.write_text(text.replace("called_ae: ARCHIVE", "called_ae: NOBODY"))
     assert wait_for(lambda: gw.config.rules[0].when["called_ae"] == "NOBODY", timeout=10)
     assert send_files("127.0.0.1", gw.port, CT[1:2], called_ae="ARCHIVE", calling_ae="PACS") == [0x0124]
+
+
+def test_spooled_file_without_queue_row_is_recovered(site):
+    """Power loss after the durable spool write but before the queue commit reached the disk."""
+    import sqlite3
+    cfg_path, cfg, start = site
+    (gw,) = start(receiver=False)
+    assert send_files("127.0.0.1", gw.port, CT[:3], called_ae="ARCHIVE", calling_ae="PACS") == [0] * 3
+    gw.stop()
+    con = sqlite3.connect(cfg.gateway.spool / "queue.sqlite")
+    con.execute("DELETE FROM jobs")
+    con.commit()
+    con.close()
+    meta = pydicom.dcmread(next((cfg.gateway.spool / "objects").glob("*.dcm"))).file_meta
+    assert meta.SendingApplicationEntityTitle == "PACS" and meta.ReceivingApplicationEntityTitle == "ARCHIVE"
+    start(gateway=False)
+    gw2 = Gateway(load_config(cfg_path)).start()
+    try:
+        assert wait_for(lambda: len(stored_files(cfg.receiver.store)) == 3)
+        assert gw2.queue.counts()["archive"]["done"] == 3
+    finally:
+        gw2.stop()
