@@ -11,6 +11,7 @@ from ..engine import DEFAULT_PROFILE, ENGINES, Profile, get_engine
 from ..errors import MiadmarkError
 from ..keys import load_certificates, load_identity, read_passphrase
 from ..protect import protect_many
+from ..lesion import collect_masks, mask_for
 from .files import Tally, iter_inputs, output_path
 
 BATCH = 16  # files read and watermarked together (one engine batch per frame geometry)
@@ -44,6 +45,7 @@ def run(args) -> int:
         print(f"miadmark protect: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.out)
+    lesions = _lesion_masks(args.inputs)
     inputs = iter_inputs(args.inputs, tally.skipped)
     while batch := list(islice(inputs, BATCH)):
         loaded = []
@@ -52,7 +54,9 @@ def run(args) -> int:
                 loaded.append((item, read_dicom(item.path)))
             except (MiadmarkError, OSError) as exc:
                 tally.fail(item.path, str(exc))
-        results = protect_many([ds for _, ds in loaded], recipients=recipients, signer=signer, engine=engine)
+        datasets = [ds for _, ds in loaded]
+        results = protect_many(datasets, recipients=recipients, signer=signer, engine=engine,
+                               lesion_masks=[mask_for(ds, lesions) for ds in datasets])
         for (item, _), result in zip(loaded, results):
             if isinstance(result, MiadmarkError):
                 tally.fail(item.path, str(result))
@@ -65,3 +69,22 @@ def run(args) -> int:
                 continue
             tally.ok(item.path, dst)
     return tally.summary()
+
+
+def _lesion_masks(inputs: list[str]) -> dict:
+    """Lesion masks from every DICOM SEG among the inputs (headers read first, SEGs fully)."""
+    import pydicom
+
+    segs = []
+    for item in iter_inputs(inputs, []):
+        try:
+            head = pydicom.dcmread(item.path, stop_before_pixels=True, specific_tags=["Modality"])
+            if str(head.get("Modality", "")) == "SEG":
+                segs.append(read_dicom(item.path))
+        except Exception:  # noqa: BLE001 - unreadable files are reported when they are processed
+            continue
+    try:
+        return collect_masks(segs)
+    except MiadmarkError as exc:
+        print(f"miadmark protect: no lesion mask from SEG: {exc}", file=sys.stderr)
+        return {}
