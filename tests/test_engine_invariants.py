@@ -12,7 +12,7 @@ import torch
 from miadmark.engine import DEFAULT_PROFILE, Profile, get_engine
 from miadmark.surrogates import surrogate_paths
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 FAST = {"iterations": 2, "candidates": 3}
 PAPER_FAST = {"population": 4, "generations": 1}
@@ -85,7 +85,7 @@ def test_gradcam_lesion_when_none_is_respected():
     eng = get_engine(Profile(name="transfer", options=FAST), "cpu")
     from miadmark.engine.ensemble import gradcam_lesion
 
-    les = gradcam_lesion(eng.ensemble, x, 140)
+    les = gradcam_lesion(eng.ensemble, x, eng.cam_threshold_default)
     res = eng.watermark(x, None, [])
     assert res.params[0]["lesion"].startswith("gradcam")
     assert torch.equal(res.images[:, 0][les], x[:, 0][les])

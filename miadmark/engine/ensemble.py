@@ -64,20 +64,32 @@ class Ensemble:
         return torch.stack([m(xs).softmax(1) for m in self.models]).mean(0)
 
     def gradcam(self, xs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, S, S) in [0, 1]: Grad-CAM of each surrogate for the predicted class, averaged."""
+        """(N, S, S) in [0, 1]: Grad-CAM of each surrogate for the predicted class, averaged.
+
+        Taken at the model's `cam_layer` (an 8x8 stage at 64x64 input: finer than the last 4x4 map)
+        and restricted to the foreground (a lesion lies in tissue, not in air)."""
         cams = []
         with torch.enable_grad():
             for m in self.models:
-                with torch.no_grad():
-                    fmap = m.features(xs)
-                fmap = fmap.detach().requires_grad_(True)
-                logit = m.head(fmap)
+                layer = getattr(m, "cam_layer", None)
+                store = {}
+                hook = layer.register_forward_hook(lambda mod, inp, out: store.__setitem__("a", out)) \
+                    if layer is not None else None
+                try:
+                    xg = xs.detach().clone().requires_grad_(True)
+                    fmap = m.features(xg)
+                    act = store.get("a", fmap)
+                    logit = m.head(fmap)
+                finally:
+                    if hook is not None:
+                        hook.remove()
                 y = logit.argmax(1) if labels is None else labels
-                (g,) = torch.autograd.grad(logit.gather(1, y[:, None]).sum(), fmap)
-                cam = F.relu((g.mean((2, 3), keepdim=True) * fmap).sum(1, keepdim=True))
+                (g,) = torch.autograd.grad(logit.gather(1, y[:, None]).sum(), act)
+                cam = F.relu((g.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True)).detach()
                 cam = F.interpolate(cam, size=xs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
                 cams.append(cam / cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None])
-        cam = torch.stack(cams).mean(0)
+        fg = (xs.mean(1) > 0.04).float()
+        cam = torch.stack(cams).mean(0) * fg
         return (cam / cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]).detach()
 
 

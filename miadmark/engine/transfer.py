@@ -9,7 +9,7 @@ plate (alpha <= plate_alpha_max, free texture). Parameters live at the surrogate
 are upsampled (smooth) into the full-resolution image. Optional: an L-inf perturbation outside the
 box and the lesion (`linf`, in grey levels of 255).
 
-Options (Profile.options): iterations (10), alpha_min (0.35), plate_alpha_max (0.5), stroke_min (0.55),
+Options (Profile.options): iterations (10), alpha_min (0.35), plate_alpha_max (0.5), stroke_min (0.55), contrast (0.25: the plate stays darker than the strokes, so the logo reads),
 step_alpha (0.08), step_texture (0.2), momentum (1.0), feature_weight (0.5), eot (1 sample / step),
 candidates (8), cam_threshold (170), linf (0), surrogates (names).
 """
@@ -50,6 +50,7 @@ class TransferEngine(AdversarialEngine):
         a_min = min(a_max, float(self.opt("alpha_min", 0.35)))
         p_max = float(self.opt("plate_alpha_max", 0.5))
         s_min = float(self.opt("stroke_min", 0.55))
+        contrast = float(self.opt("contrast", 0.25))  # plate at least this much darker than the strokes
         st_a, st_t = float(self.opt("step_alpha", 0.08)), float(self.opt("step_texture", 0.2))
         mu, fw = float(self.opt("momentum", 1.0)), float(self.opt("feature_weight", 0.5))
         eot = max(1, int(self.opt("eot", 1)))
@@ -69,7 +70,7 @@ class TransferEngine(AdversarialEngine):
             a1 = torch.full((n, hs, ws), a_max, device=self.device)
             t1 = tex.expand(n, 1, hs, ws).clone().clamp(min=s_min)
             a2 = torch.zeros(n, hs, ws, device=self.device)
-            t2 = torch.full((n, 1, hs, ws), 0.5, device=self.device)
+            t2 = torch.full((n, 1, hs, ws), 0.3, device=self.device)
             # placement: query each lesion-free candidate with the initial logo, keep the most damaging
             k_max = max(len(cl) for cl in cands)
             best = torch.full((n,), -1e9, device=self.device)
@@ -112,7 +113,7 @@ class TransferEngine(AdversarialEngine):
                 a1.clamp_(lo_a1, hi_a1)
                 t1.clamp_(s_min, 1.0)
                 a2.clamp_(0.0, p_max)
-                t2.clamp_(0.0, 1.0)
+                t2.copy_(torch.minimum(t2.clamp(0.0, 1.0), (t1 - contrast).clamp_min(0.0)))
                 if linf > 0:
                     delta.clamp_(-linf, linf)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BLACKBOX_DIR = WEIGHTS_DIR / "blackbox"
 # The default ensemble for brain MRI-like grayscale images.
-DEFAULT_SURROGATES = ["brain_mri_resnet10", "brain_mri_resnet10_logoaug", "brain_mri_convvit"]
+DEFAULT_SURROGATES = ["brain_mri_resnet10", "brain_mri_resnet10_logoaug"]
 
 
 def surrogate_paths(names: list[str] | None = None) -> list[Path]:

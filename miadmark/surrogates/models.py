@@ -59,6 +59,10 @@ class ResNet(Base):
         self.fc = nn.Linear(ci, num_classes)
         self.drop = nn.Dropout(0.2)
 
+    @property
+    def cam_layer(self):
+        return self.layers[-2]
+
     def features(self, x):
         return self.layers(self.stem(self.norm(x)))
 
@@ -112,6 +116,10 @@ class MobileNetV3(Base):
         self.layers = nn.Sequential(*layers, conv_bn(ci, 288, 1, act=nn.Hardswish))
         self.fc = nn.Sequential(nn.Linear(288, 256), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(256, num_classes))
 
+    @property
+    def cam_layer(self):
+        return self.layers[5]
+
     def features(self, x):
         return self.layers(self.stem(self.norm(x)))
 
@@ -157,6 +165,10 @@ class VGG(Base):
             ci = w
         self.body = nn.Sequential(*layers)
         self.fc = nn.Sequential(nn.Dropout(0.3), nn.Linear(ci, num_classes))
+
+    @property
+    def cam_layer(self):
+        return self.body[-4]
 
     def features(self, x):
         return self.body(self.norm(x))
