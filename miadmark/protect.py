@@ -89,20 +89,35 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
         x = np.concatenate([p["x"] for _, p in items])
         lesion = np.concatenate([p["lesion"] for _, p in items])
         contexts = [ctx for _, p in items for ctx in p["contexts"]]
-        x_t = torch.from_numpy(x).to(engine.device)
-        lesion_t = torch.from_numpy(lesion).to(engine.device) if lesion.any() else None
-        out = engine.watermark(x_t, lesion_t, contexts)
-        x_new = out.images.detach().to("cpu", torch.float32).numpy()
+        try:
+            x_new, params = _run_engine(engine, x, lesion, contexts)
+        except Exception as exc:  # noqa: BLE001 - an engine failure fails these inputs closed, not the run
+            for i, _ in items:
+                results[i] = MiadmarkError(f"watermark engine failed ({type(exc).__name__}: {exc})")
+            continue
         offset = 0
         for i, prep in items:
             n = prep["x"].shape[0]
             try:
-                results[i] = _finish(datasets[i], prep, x_new[offset:offset + n], out.params[offset:offset + n],
+                results[i] = _finish(datasets[i], prep, x_new[offset:offset + n], params[offset:offset + n],
                                      recipients, signer, engine)
             except MiadmarkError as exc:
                 results[i] = exc
             offset += n
     return results  # type: ignore[return-value]
+
+
+def _run_engine(engine: Engine, x: np.ndarray, lesion: np.ndarray, contexts: list[ImageContext]
+                ) -> tuple[np.ndarray, list[dict]]:
+    x_t = torch.from_numpy(x).to(engine.device)
+    lesion_t = torch.from_numpy(lesion).to(engine.device) if lesion.any() else None
+    out = engine.watermark(x_t, lesion_t, contexts)
+    x_new = out.images.detach().to("cpu", torch.float32).numpy()
+    if x_new.shape != x.shape or len(out.params) != len(x):
+        raise ValueError(f"engine returned shape {x_new.shape} for input {x.shape}")
+    if not np.isfinite(x_new).all():
+        raise ValueError("engine returned non-finite values")
+    return np.clip(x_new, 0.0, 1.0), out.params
 
 
 def _prepare(ds: Dataset, lesion_mask: np.ndarray | None) -> dict:

@@ -1,0 +1,75 @@
+"""Core protect/strip over the real CT series: seconds per slice and record size.
+
+Baseline in the same process: reading the file and writing it back (the I/O every verb pays).
+Run: .venv/bin/python benchmarks/core.py [--profile plain] [--slices 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from miadmark.dicomio import canonical_bytes, dataset_from_bytes, dataset_to_bytes, read_dicom
+from miadmark.keys import load_identity, new_identity
+from miadmark.protect import protect_many, strip
+
+SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="plain")
+    ap.add_argument("--slices", type=int, default=96)
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+    files = sorted(SERIES.glob("*.dcm"))[: args.slices]
+    with tempfile.TemporaryDirectory() as tmp:
+        hk, hc = new_identity("hospital", tmp)
+        rk, rc = new_identity("research", tmp)
+        hospital, research = load_identity(hk, hc), load_identity(rk, rc)
+
+        t0 = time.perf_counter()
+        originals = [read_dicom(f) for f in files]
+        for ds in originals:
+            dataset_to_bytes(ds)
+        baseline = (time.perf_counter() - t0) / len(files)
+
+        t0 = time.perf_counter()
+        protected = []
+        for i in range(0, len(originals), args.batch):
+            out = protect_many(originals[i:i + args.batch], recipients=[research.cert], signer=hospital,
+                               profile=args.profile)
+            protected += [dataset_to_bytes(p) for p in out]
+        t_protect = (time.perf_counter() - t0) / len(files)
+
+        t0 = time.perf_counter()
+        exact = 0
+        for data, original in zip(protected, originals):
+            stripped = strip(dataset_from_bytes(data), keyring=[research], trust=[hospital.cert])
+            exact += canonical_bytes(stripped) == canonical_bytes(original)
+        t_strip = (time.perf_counter() - t0) / len(files)
+
+    size_in = sum(os.path.getsize(f) for f in files)
+    size_out = sum(len(p) for p in protected)
+    record = sum(len(read_record_bytes(p)) for p in protected) / len(protected)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, device cpu")
+    print(f"series: {len(files)} CT slices 512x512 16-bit, profile {args.profile}")
+    print(f"baseline read+encode: {baseline * 1000:.1f} ms/slice")
+    print(f"protect: {t_protect * 1000:.1f} ms/slice ({t_protect / baseline:.1f}x baseline)")
+    print(f"strip:   {t_strip * 1000:.1f} ms/slice ({t_strip / baseline:.1f}x baseline), exact {exact}/{len(files)}")
+    print(f"size: protected/original = {size_out / size_in:.4f}; record (Encrypted Content) {record / 1024:.1f} KiB/slice")
+
+
+def read_record_bytes(data: bytes) -> bytes:
+    return bytes(dataset_from_bytes(data).EncryptedAttributesSequence[0].EncryptedContent)
+
+
+if __name__ == "__main__":
+    main()
