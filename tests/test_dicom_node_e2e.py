@@ -209,13 +209,27 @@ def test_protect_route_ct_series(site):
     assert not (cfg.receiver.quarantine.exists() and any(cfg.receiver.quarantine.iterdir()))
 
 
-def test_block_sends_nothing(site):
+def test_block_sends_nothing_and_sighup_reload(site):
     cfg, gw_port, start_gateway, start_receiver, partner, tmp = site
     start_receiver()
-    start_gateway()
+    proc = start_gateway()
     assert send_files("127.0.0.1", gw_port, CT[:10], called_ae="ELSEWHERE", calling_ae="PACS") == [0x0124] * 10
     time.sleep(1.0)
     assert stored(cfg) == {} and partner.files() == []
+    # SIGHUP with a bad file: refused with the line and reason, the running rules stay
+    text = cfg.path.read_text()
+    cfg.path.write_text(text.replace("action: block", "action: blok"))
+    proc.send_signal(signal.SIGHUP)
+    log = tmp / "gateway.log"
+    assert wait_for(lambda: "reload (SIGHUP) refused, keeping the running rules" in log.read_text(), timeout=20)
+    assert "site.yaml:24: rules[2].action" in log.read_text()
+    assert send_files("127.0.0.1", gw_port, CT[:2], called_ae="ELSEWHERE", calling_ae="PACS") == [0x0124] * 2
+    # a good file on SIGHUP: ELSEWHERE now passes to the archive
+    cfg.path.write_text(text.replace("called_ae: ARCHIVE", "called_ae: ELSEWHERE"))
+    proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "configuration reloaded (SIGHUP)" in log.read_text(), timeout=20)
+    assert send_files("127.0.0.1", gw_port, CT[:2], called_ae="ELSEWHERE", calling_ae="PACS") == [0, 0]
+    assert wait_for(lambda: len(stored(cfg)) == 2, timeout=60)
 
 
 def test_sigkill_mid_transfer_then_restart_delivers_all(site):
