@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Engine, ImageContext
+from .base import Engine, ImageContext, WatermarkBatch
 from .ensemble import Ensemble, gradcam_lesion
 from .logo import box_size, logo_tensors
 
@@ -44,6 +44,25 @@ class AdversarialEngine(Engine):
     """Base for engines that optimize a logo against the surrogate ensemble."""
 
     cam_threshold_default = 140.0  # Grad-CAM lesion threshold on a 0-255 map (paper: 110-170)
+
+    def watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
+                  contexts: list[ImageContext]) -> WatermarkBatch:
+        """Batched: chunks of at most options['max_batch'] (32) images go through `_watermark`."""
+        bs = max(1, int(self.opt("max_batch", 32)))
+        n = images.shape[0]
+        contexts_ok(contexts, n)
+        if n <= bs:
+            return self._watermark(images, lesion, contexts)
+        outs, params = [], []
+        for i in range(0, n, bs):
+            r = self._watermark(images[i:i + bs], None if lesion is None else lesion[i:i + bs],
+                                contexts[i:i + bs] if contexts else [])
+            outs.append(r.images)
+            params += r.params
+        return WatermarkBatch(images=torch.cat(outs), params=params)
+
+    def _watermark(self, images, lesion, contexts) -> WatermarkBatch:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def opt(self, key: str, default):
         return self.profile.options.get(key, default)

@@ -24,8 +24,8 @@ from .logo import box_size
 class PaperEngine(AdversarialEngine):
     name = "paper"
 
-    def watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
-                  contexts: list[ImageContext]) -> WatermarkBatch:
+    def _watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
+                   contexts: list[ImageContext]) -> WatermarkBatch:
         t0 = time.perf_counter()
         n, c, h, w = images.shape
         contexts_ok(contexts, n)

@@ -37,8 +37,8 @@ class TransferEngine(AdversarialEngine):
     name = "transfer"
     cam_threshold_default = 170.0
 
-    def watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
-                  contexts: list[ImageContext]) -> WatermarkBatch:
+    def _watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
+                   contexts: list[ImageContext]) -> WatermarkBatch:
         t0 = time.perf_counter()
         n, c, h, w = images.shape
         contexts_ok(contexts, n)
