@@ -85,6 +85,16 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch: int = 128
     return correct / max(1, len(images))
 
 
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _png(t: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
@@ -95,7 +105,7 @@ def _png(t: torch.Tensor, path: Path) -> None:
 
 def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: list[str] | None = None,
                    limit: int = 200, batch: int = 32, device: str = "cpu", split_seed: int = 0,
-                   n_examples: int = 4, progress: bool = True) -> dict:
+                   n_examples: int = 4, progress: bool = True, command: str | None = None) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(data, seed=split_seed)
@@ -214,9 +224,9 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
         "lesion_mask": f"Grad-CAM of the surrogates >= {cam_thr:g}/255, "
                        "passed to the engine",
         "accuracy_summary": summary, "accuracy": acc, "quality": quality,
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "machine": {"cpu": _cpu_model(), "cores": __import__("os").cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": str(engine.device)},
-        "command": " ".join(sys.argv), "examples": examples,
+        "command": command or " ".join(sys.argv), "examples": examples,
         "params_first": params[:3],
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -246,13 +256,26 @@ def _html(r: dict) -> str:
 """
 
 
+def _command(args) -> str:
+    import shlex
+
+    parts = ["miadmark", "evaluate", "--data", args.data, "--profile", args.profile or DEFAULT_PROFILE,
+             "--out", args.out, "--limit", str(args.limit), "--seed", str(args.seed)]
+    if args.models:
+        parts += ["--models", *args.models]
+    if getattr(args, "options", None):
+        parts += ["--options", args.options]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def main(args) -> int:
     torch.set_num_threads(int(getattr(args, "threads", 2) or 2))
     options = json.loads(args.options) if getattr(args, "options", None) else {}
     profile = Profile(name=args.profile or DEFAULT_PROFILE, seed=args.seed, options=options,
                       max_area_fraction=args.max_area_fraction, alpha_max=args.alpha_max)
     rep = run_evaluation(args.data, profile, args.out, models=args.models, limit=args.limit, batch=args.batch,
-                         device=args.device)
+                         device=args.device, n_examples=getattr(args, "examples", 4),
+                         command=_command(args))
     s = rep["accuracy_summary"]
     for role in s:
         for cname in s[role]:

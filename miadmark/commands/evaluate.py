@@ -17,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--max-area-fraction", type=float, default=1 / 9)
     p.add_argument("--alpha-max", type=float, default=0.6)
+    p.add_argument("--examples", type=int, default=4, help="example images written (PNG)")
     p.add_argument("--options", default=None, help='engine options as JSON, e.g. \'{"iterations": 20}\'')
     p.set_defaults(func=run)
 
