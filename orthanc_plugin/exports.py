@@ -182,11 +182,13 @@ def plan_export(cfg: Config | None, target: Target, resources: list[str] | tuple
 
 
 def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, load_certs,
-               device: str = "auto", batch: int = 8) -> None:
+               device: str = "auto", batch: int = 8, engines: dict | None = None) -> None:
     """Send a planned export. Protected instances that fail are counted, never sent raw.
     Protection of batch n+1 overlaps the sending of batch n (one sender thread, 2 batches queued)."""
-    from miadmark.engine import DEFAULT_PROFILE  # heavy (torch): imported on first use
+    from miadmark.engine import DEFAULT_PROFILE, get_engine  # heavy (torch): imported on first use
     from miadmark.protect import protect_many
+
+    engines = {} if engines is None else engines  # profile -> engine, kept across jobs by the caller
 
     target = plan.target
     job.total = len(plan.decisions)
@@ -221,13 +223,16 @@ def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, l
     try:
         for (recipients, profile), ids in plan.protect_groups().items():
             certs = load_certs(recipients)
+            name = profile or DEFAULT_PROFILE
+            if (name, device) not in engines:
+                engines[(name, device)] = get_engine(name, device)
             for start in range(0, len(ids), batch):
                 chunk = ids[start:start + batch]
                 t0 = time.perf_counter()
                 originals = [dataset_from_bytes(orthanc.GetDicomForInstance(iid)) for iid in chunk]
                 t1 = time.perf_counter()
-                results = protect_many(originals, recipients=certs, signer=signer,
-                                       profile=profile or DEFAULT_PROFILE, device=device)
+                results = protect_many(originals, recipients=certs, signer=signer, profile=name, device=device,
+                                       engine=engines[(name, device)])
                 ready = []
                 for iid, original, result in zip(chunk, originals, results):
                     uid = str(original.get("SOPInstanceUID", iid))

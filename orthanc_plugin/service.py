@@ -48,6 +48,7 @@ class Settings:
         self.receiver = None
         self.receiver_error: str | None = None
         self.certs: dict = {}
+        self.engines: dict = {}  # (profile, device) -> engine (surrogates loaded once)
         self.on_reload = lambda: None
         self._mtime: float | None = None
         self._tried = 0.0
@@ -91,7 +92,7 @@ class Settings:
                 log(f"receiver not loaded (protected instances will be refused): {exc}")
         self.config, self.identity, self.error = cfg, identity, None
         self.receiver, self.receiver_error = receiver, receiver_error
-        self.certs = {}
+        self.certs, self.engines = {}, {}
         self.on_reload()
         log(f"configuration loaded from {self.path}: {len(cfg.destinations)} destinations, {len(cfg.rules)} rules"
             + (", receiver on" if receiver else ""))
@@ -144,7 +145,7 @@ class Plugin:
         exports.run_export(plan, request, job, signer=self.settings.identity,
                            load_certs=exports.load_certificates_cached(self.settings.certs),
                            device=str(self.settings.option("device", "auto")),
-                           batch=int(self.settings.option("batch_size", 8)))
+                           batch=int(self.settings.option("batch_size", 8)), engines=self.settings.engines)
         log(f"job {job.id}: {job.description}: {job.done - job.failed} sent, {job.failed} failed "
             f"({job.result.get('Protect', 0)} protect, {job.result.get('Pass', 0)} pass)")
 

@@ -86,8 +86,10 @@ def test_stable_study_is_sent_by_an_auto_rule(sites):
     assert stored, research.log_tail() + "\n" + sites["hospital"].log_tail()
     got = {research.get_json(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in research.instances()}
     assert got == _uids(sites["files"])  # stripped back to the originals
-    jobs = sites["hospital"].get_json("/miadmark/status")["Recent"]
-    assert any("auto-export" in j["Description"] and j["State"] == "Success" for j in jobs), jobs
+    hospital = sites["hospital"]
+    done = hospital.wait_for(lambda: any("auto-export" in j["Description"] and j["State"] == "Success"
+                                         for j in hospital.get_json("/miadmark/status")["Recent"]), timeout=30)
+    assert done, hospital.get_json("/miadmark/status")
 
 
 @pytest.mark.parametrize("route", ["/peers/partner/store", "/dicom-web/servers/cloud/stow"])
@@ -122,6 +124,7 @@ def test_protect_route_and_status(sites):
     status = hospital.get_json("/miadmark/status")
     assert status["Loaded"] and set(status["Destinations"]) == {"research", "partner", "cloud", "plainmod"}
     assert hospital.get_json("/miadmark/destinations")[0]["Name"] == "research"
+    assert "Protect and send" in hospital.get("/plugins/explorer.js").text  # the Explorer button is served
 
 
 def _c_move(hospital, study_uid: str, destination: str) -> int:
