@@ -125,7 +125,11 @@ class StudyTally:
 
 
 class Forwarder(threading.Thread):
-    """Delivers one destination's queue. `gateway` provides config, queue, spool, protector, audit."""
+    """Delivers one destination's queue. `gateway` provides config, queue, spool, protector, audit.
+
+    destinations.X.associations > 1 runs that many workers, each with its own batch and association
+    (a job is claimed by one worker at a time), so one transfer's latency overlaps another's.
+    """
 
     def __init__(self, gateway, destination: str):
         super().__init__(name=f"forward-{destination}", daemon=True)
@@ -133,6 +137,9 @@ class Forwarder(threading.Thread):
         self.destination = destination
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: set[int] = set()
+        self._workers: list[threading.Thread] = []
         self._down_since: float | None = None
         self._failures = 0
         self._studies: dict[str, StudyTally] = {}
@@ -141,23 +148,48 @@ class Forwarder(threading.Thread):
         self.stopping.set()
         self.wake.set()
 
+    def join(self, timeout: float | None = None) -> None:
+        for worker in self._workers:
+            worker.join(timeout)
+        super().join(timeout)
+
     def run(self) -> None:
+        dest = self.gateway.config.destinations.get(self.destination)
+        extra = (getattr(dest, "associations", 1) or 1) - 1 if dest is not None else 0
+        for i in range(extra):
+            worker = threading.Thread(target=self._loop, name=f"forward-{self.destination}-{i + 1}", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+        self._loop()
+
+    def _loop(self) -> None:
         queue = self.gateway.queue
         while not self.stopping.is_set():
             cfg = self.gateway.config
             try:
-                jobs = queue.due(self.destination, cfg.gateway.batch_size)
+                jobs = self._claim(cfg.gateway.batch_size)
                 if not jobs:
                     nxt = queue.next_due_time(self.destination)
                     wait = 1.0 if nxt is None else min(1.0, max(0.0, nxt - time.time()))
                     self.wake.wait(wait)
                     self.wake.clear()
                     continue
-                self.deliver(jobs)
+                try:
+                    self.deliver(jobs)
+                finally:
+                    with self._lock:
+                        self._inflight.difference_update(j.id for j in jobs)
             except Exception:  # noqa: BLE001 - the thread must survive anything and retry
                 log.exception("forwarder %s: unexpected error; retrying in 2 s", self.destination)
                 self.stopping.wait(2.0)
         queue.close()
+
+    def _claim(self, limit: int) -> list[Job]:
+        with self._lock:
+            due = self.gateway.queue.due(self.destination, limit + len(self._inflight))
+            jobs = [j for j in due if j.id not in self._inflight][:limit]
+            self._inflight.update(j.id for j in jobs)
+        return jobs
 
     # ------------------------------------------------------------------------------------ one batch
     def deliver(self, jobs: list[Job]) -> None:
@@ -214,7 +246,8 @@ class Forwarder(threading.Thread):
         out: list[Outgoing] = []
         groups: dict[tuple, list[Job]] = {}
         for job in jobs:
-            self._studies.setdefault(job.study_uid, StudyTally(job.action, job.rule))
+            with self._lock:
+                self._studies.setdefault(job.study_uid, StudyTally(job.action, job.rule))
             if job.action == "pass":
                 path = gw.spool.path(job.file)
                 if not path.exists():
@@ -246,9 +279,10 @@ class Forwarder(threading.Thread):
         gw.audit.write("quarantined", **self._audit_fields(job), reason=reason,
                        quarantine=str(qpath) if qpath else None)
         log.warning("%s: %s not protected, quarantined, not sent: %s", self.destination, job.sop_uid, reason)
-        tally = self._studies.get(job.study_uid)
-        if tally:
-            tally.quarantined += 1
+        with self._lock:
+            tally = self._studies.get(job.study_uid)
+            if tally:
+                tally.quarantined += 1
         gw.release_file(job.file)
 
     def _finish(self, o: Outgoing, outcome: str, error: str = "") -> None:
@@ -260,12 +294,13 @@ class Forwarder(threading.Thread):
             gw.audit.write("dead_letter", **fields, error=error)
             log.error("%s: %s moved to the dead letter after %d attempts: %s", self.destination, o.job.sop_uid,
                       o.job.attempts + 1, error)
-        tally = self._studies.get(o.job.study_uid)
-        if tally:
-            if outcome == "sent":
-                tally.sent += 1
-            else:
-                tally.dead += 1
+        with self._lock:
+            tally = self._studies.get(o.job.study_uid)
+            if tally:
+                if outcome == "sent":
+                    tally.sent += 1
+                else:
+                    tally.dead += 1
         gw.release_file(o.job.file)
 
     def _audit_fields(self, job: Job) -> dict:
@@ -278,10 +313,14 @@ class Forwarder(threading.Thread):
         return fields
 
     def _log_finished_studies(self) -> None:
-        for study, t in list(self._studies.items()):
+        with self._lock:
+            studies = list(self._studies.items())
+        for study, t in studies:
             if self.gateway.queue.pending_in_study(self.destination, study):
                 continue
-            del self._studies[study]
+            with self._lock:
+                if self._studies.pop(study, None) is None:
+                    continue  # another worker logged it
             if not (t.sent or t.quarantined or t.dead):
                 continue
             extra = "".join([f", {t.quarantined} quarantined (not sent)" if t.quarantined else "",

@@ -107,6 +107,7 @@ class Destination(_Model):
     host: str | None = None
     port: Port | None = None
     calling_ae: AETitle | None = None  # our AE title on the association (default: gateway.ae_title)
+    associations: int = Field(2, ge=1, le=16)  # parallel outgoing associations (dicom_node gateway)
     stow_url: str | None = None
     headers: dict[str, str] = {}
     timeout_s: float = Field(60.0, gt=0)
