@@ -41,6 +41,8 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=96)
     parser.add_argument("--profile", default="plain", help="watermark profile of the protect rule")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--strip", action="store_true",
+                        help="the receiver is an Orthanc with the plugin and the research key (strips on ingestion)")
     args = parser.parse_args()
     if missing():
         print(missing(), file=sys.stderr)
@@ -54,13 +56,17 @@ def main() -> int:
         "rules:\n  - {send_to: [clean], action: pass}\n"
         f"  - {{send_to: [protected], action: protect, recipients: [research.cert.pem], profile: {args.profile}}}\n"
         f"orthanc: {{batch_size: {args.batch_size}}}\n")
+    (tmp / "research.yaml").write_text("receiver:\n  quarantine: quarantine/\n"
+                                       "  keys: [{key: research.key.pem, cert: research.cert.pem}]\n"
+                                       "  trust: [hospital.cert.pem]\n")
     files = sorted(CT.glob("*.dcm"))[:args.slices]
-    with OrthancProcess(tmp / "receiver", aet="RECEIVER", plugin=False) as receiver, \
+    receiver_kwargs = {"plugin": True, "miadmark_config": tmp / "research.yaml"} if args.strip else {"plugin": False}
+    with OrthancProcess(tmp / "receiver", aet="RECEIVER", **receiver_kwargs) as receiver, \
          OrthancProcess(tmp / "hospital", aet="HOSPITAL", miadmark_config=tmp / "hospital.yaml",
                         modalities={"clean": receiver, "protected": receiver}) as hospital:
         for f in files:
             study = hospital.upload(f)["ParentStudy"]
-        pid = hospital.process.pid
+        pid, receiver_pid = hospital.process.pid, receiver.process.pid
 
         t0 = time.perf_counter()
         r = hospital.post("/modalities/clean/store", {"Resources": [study], "Synchronous": True})
@@ -73,7 +79,7 @@ def main() -> int:
             requests.get(hospital.url + "/system", timeout=30).raise_for_status()
             idle.append(time.perf_counter() - t)
 
-        cpu0 = cpu_seconds(pid)
+        cpu0, rcpu0 = cpu_seconds(pid), cpu_seconds(receiver_pid)
         t0 = time.perf_counter()
         r = hospital.post("/modalities/protected/store", {"Resources": [study], "Asynchronous": True})
         r.raise_for_status()
@@ -88,6 +94,9 @@ def main() -> int:
         protect_s = time.perf_counter() - t0
         cpu = cpu_seconds(pid) - cpu0
         job = hospital.get_json(job_path)
+        if args.strip:
+            stripped = receiver.get_json("/miadmark/status")["Receiver"]["Counts"]["stripped"]
+        receiver_cpu = cpu_seconds(receiver_pid) - rcpu0
 
     ms = lambda xs: round(1000 * xs, 1)  # noqa: E731
     lat = sorted(latencies)
@@ -99,6 +108,9 @@ def main() -> int:
         "protect_job_seconds": job["Content"].get("Seconds"),
         "hospital_cpu_s_during_protect": round(cpu, 1),
         "hospital_cpu_cores_busy": round(cpu / protect_s, 2),
+        "receiver": "Orthanc + plugin, strips on ingestion" if args.strip else "plain Orthanc",
+        "receiver_cpu_s_during_protect": round(receiver_cpu, 1),
+        **({"receiver_stripped": stripped} if args.strip else {}),
         "get_system_idle_ms_median": ms(statistics.median(idle)),
         "get_system_during_protect_ms": {"n": len(lat), "median": ms(statistics.median(lat)),
                                          "p95": ms(lat[int(0.95 * (len(lat) - 1))]), "max": ms(lat[-1])},

@@ -25,7 +25,7 @@ import orthanc
 import pydicom
 
 from miadmark.config import Config
-from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes
+from miadmark.dicomio import dataset_from_bytes
 from miadmark.rules import BLOCK, PASS, PROTECT, Decision, _match, decide
 
 from .bodies import ExportRequest
@@ -60,6 +60,7 @@ class Plan:
     destination: str
     called_ae: str | None
     decisions: list[tuple[str, Decision]] = field(default_factory=list)
+    sop_classes: set[str] = field(default_factory=set)
 
     def ids(self, action: str) -> list[str]:
         return [iid for iid, d in self.decisions if d.action == action]
@@ -176,6 +177,7 @@ def plan_export(cfg: Config | None, target: Target, resources: list[str] | tuple
             if decision.action == BLOCK:
                 raise Blocked(f"export to {destination} ({target.label}) blocked: {decision.reason}")
             plan.decisions.append((iid, decision))
+            plan.sop_classes.add(str(header.get("SOPClassUID", "")))
     if not plan.decisions:
         raise NotFound("no instances to send")
     return plan
@@ -203,11 +205,13 @@ def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, l
     outbox: queue.Queue = queue.Queue(maxsize=2)
 
     def sender() -> None:
+        delivery = None
         while (item := outbox.get()) is not None:
             ready, size = item
             t0 = time.perf_counter()
             try:
-                sent, failures = _send_protected(target, ready)
+                delivery = delivery or make_sender(plan)
+                sent, failures = delivery.send(ready)
             except Exception as exc:  # noqa: BLE001 - the sender must keep draining the queue
                 sent, failures = 0, [f"protected instance for {uid}: not delivered ({exc})" for uid, _ in ready]
             with lock:
@@ -217,6 +221,11 @@ def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, l
                 for failure in failures:
                     job.error(failure)
                 job.done += size
+        if delivery is not None:
+            try:
+                delivery.close()
+            except Exception:  # noqa: BLE001
+                pass
 
     thread = threading.Thread(target=sender, name="miadmark-send", daemon=True)
     thread.start()
@@ -241,7 +250,7 @@ def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, l
                             job.failed += 1
                             job.error(f"instance {uid}: not protected, not sent ({type(result).__name__}: {result})")
                     else:
-                        ready.append((uid, dataset_to_bytes(result)))
+                        ready.append((uid, result))
                 with lock:
                     timings["read_s"] += t1 - t0
                     timings["protect_s"] += time.perf_counter() - t1
@@ -255,34 +264,47 @@ def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, l
 
 
 def _send_plain(target: Target, ids: list[str], request: ExportRequest | None) -> None:
+    """`pass`: the originals through Orthanc's own route, as an Orthanc job that is polled (a
+    synchronous SDK call would hold the Python lock for the whole transfer)."""
     if target.kind == "dicomweb":
         server = stow_server(target.name)
         for start in range(0, len(ids), 16):
             stow(server, [orthanc.GetDicomForInstance(iid) for iid in ids[start:start + 16]])
         return
-    body = request.core_body(ids) if request is not None else json.dumps({"Resources": ids, "Synchronous": True})
-    orthanc.RestApiPost(CORE_ROUTES[target.kind].format(target.name), body)
+    body = json.loads(request.core_body(ids)) if request is not None else {"Resources": ids}
+    body.pop("Synchronous", None)
+    body["Asynchronous"] = True
+    job = json.loads(orthanc.RestApiPost(CORE_ROUTES[target.kind].format(target.name), json.dumps(body)))
+    while True:
+        state = _get_json(f"/jobs/{job['ID']}")
+        if state["State"] == "Success":
+            return
+        if state["State"] == "Failure":
+            raise RuntimeError(f"Orthanc job {job['ID']} to {target.label} failed: {state.get('ErrorDescription')}")
+        time.sleep(0.1)
 
 
-def _send_protected(target: Target, ready: list[tuple[str, bytes]]) -> tuple[int, list[str]]:
-    """Send protected bytes straight to the target; (number sent, failure messages)."""
-    if not ready:
-        return 0, []
+def make_sender(plan: Plan):
+    """How protected objects reach the target (see senders.py: without the Python lock held)."""
+    from . import senders
+
+    target = plan.target
+    config = json.loads(orthanc.GetConfiguration())
     if target.kind == "dicomweb":
-        try:
-            stow(stow_server(target.name), [data for _, data in ready])
-            return len(ready), []
-        except Exception as exc:  # noqa: BLE001
-            return 0, [f"{len(ready)} protected instances not delivered: {exc}"] * len(ready)
-    route = f"/{'modalities' if target.kind == 'modality' else 'peers'}/{target.name}/store-straight"
-    sent, failures = 0, []
-    for uid, data in ready:
-        try:
-            orthanc.RestApiPost(route, data)
-            sent += 1
-        except Exception as exc:  # noqa: BLE001
-            failures.append(f"protected instance for {uid}: not delivered to {target.label} ({exc})")
-    return sent, failures
+        return senders.StowSender(stow_server(target.name))
+    if target.kind == "modality":
+        conf = _get_json(f"/modalities/{target.name}/configuration")
+        if conf.get("UseDicomTls"):
+            return senders.SdkSender(f"/modalities/{target.name}/store-straight", orthanc.RestApiPost, target.label)
+        timeout = float(conf.get("Timeout") or config.get("DicomScuTimeout") or 10)
+        return senders.DimseSender(called_ae=conf["AET"], host=conf["Host"], port=int(conf["Port"]),
+                                   calling_ae=conf.get("LocalAet") or local_ae(), sop_classes=plan.sop_classes,
+                                   timeout_s=max(timeout, 30.0))
+    entry = senders.peer_entry(config, target.name)
+    if entry is None or senders.needs_orthanc_client(entry):
+        return senders.SdkSender(f"/peers/{target.name}/store-straight", orthanc.RestApiPost, target.label)
+    return senders.HttpSender(target.name, entry["Url"], entry.get("Username"), entry.get("Password"),
+                              dict(entry.get("HttpHeaders") or {}), float(entry.get("Timeout") or 60))
 
 
 def stow_server(name: str) -> StowServer:

@@ -41,10 +41,14 @@ def might_be_protected(data: bytes) -> bool:
 class Receiver:
     def __init__(self, config: ReceiverConfig):
         self.config = config
-        self.keyring = [load_identity(kp.key, kp.cert, read_passphrase(kp.passphrase_file)) for kp in config.keys]
-        self.trust = load_certificates(config.trust) if config.trust is not None else None
         self.quarantine_dir = Path(config.quarantine)
         self.counts = {"stripped": 0, "plain": 0, "quarantined": 0, "refused": 0}
+        self.error: str | None = None  # keys that did not load: every protected instance is quarantined
+        try:
+            self.keyring = [load_identity(kp.key, kp.cert, read_passphrase(kp.passphrase_file)) for kp in config.keys]
+            self.trust = load_certificates(config.trust) if config.trust is not None else None
+        except MiadmarkError as exc:
+            self.keyring, self.trust, self.error = [], [], str(exc)
 
     def process(self, data: bytes, origin: str = "") -> tuple[str, bytes | None]:
         try:
@@ -64,6 +68,9 @@ class Receiver:
         if not is_protected(ds):
             return self._plain(ds, origin)
         uid = str(ds.get("SOPInstanceUID", "?"))
+        if self.error is not None:
+            self._quarantine(data, f"receiver keys not loaded: {self.error}", origin, uid)
+            return DISCARD, None
         try:
             original = strip(ds, keyring=self.keyring, trust=self.trust)
             out = dataset_to_bytes(original)

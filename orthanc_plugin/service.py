@@ -87,9 +87,11 @@ class Settings:
         if cfg.receiver is not None:
             try:
                 receiver = Receiver(cfg.receiver)
+                receiver_error = receiver.error
             except Exception as exc:  # noqa: BLE001
                 receiver_error = str(exc)
-                log(f"receiver not loaded (protected instances will be refused): {exc}")
+            if receiver_error:
+                log(f"receiver keys not loaded (protected instances will be quarantined): {receiver_error}")
         self.config, self.identity, self.error = cfg, identity, None
         self.receiver, self.receiver_error = receiver, receiver_error
         self.certs, self.engines = {}, {}
@@ -211,7 +213,8 @@ class Plugin:
             "Warnings": sorted(self.warnings),
             "Destinations": {n: {"Kind": d.kind, "Target": d.target} for n, d in (cfg.destinations.items() if cfg else [])},
             "Rules": len(cfg.rules) if cfg else 0,
-            "Receiver": ({"Counts": dict(receiver.counts), "Quarantine": str(receiver.quarantine_dir)}
+            "Receiver": ({"Counts": dict(receiver.counts), "Quarantine": str(receiver.quarantine_dir),
+                          "Error": receiver.error}
                          if receiver else ({"Error": s.receiver_error} if s.receiver_error else None)),
             "Queue": self.exporter.pending(),
             "Running": [j.summary() for j in jobs if j.state == "Running"],

@@ -66,3 +66,16 @@ def test_receiver_keeps_plain_and_quarantines_what_it_cannot_read(receiver, tmp_
     reasons = list((tmp_path / "q").glob("*.reason.json"))
     assert len(reasons) == 1 and "DICOM" in json.loads(reasons[0].read_text())["reason"]
     assert receiver.counts == {"stripped": 0, "plain": 1, "quarantined": 1, "refused": 0}
+
+
+def test_receiver_without_its_keys_quarantines_protected_instances(tmp_path):
+    from miadmark.keys import new_identity
+
+    new_identity("research", tmp_path)
+    (tmp_path / "research.key.pem").write_text("not a key")
+    cfg = parse_config("receiver:\n  quarantine: q/\n  keys: [{key: research.key.pem, cert: research.cert.pem}]\n",
+                       base=tmp_path)
+    receiver = Receiver(cfg.receiver)
+    assert receiver.error and "research.key.pem" in receiver.error
+    plain = sorted(CT.glob("*.dcm"))[0].read_bytes()
+    assert receiver.process(plain) == (KEEP, None)  # plain instances are unaffected
