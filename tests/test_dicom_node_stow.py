@@ -99,3 +99,25 @@ def test_set_nodelay_on_the_association_socket():
     finally:
         client.close()
         listener.close()
+
+
+def test_nodelay_set_on_both_ends_of_a_real_association():
+    from pynetdicom import evt
+
+    from dicom_node.transport import NODELAY_HANDLERS, scu_ae, storage_scp_ae
+    seen = []
+
+    def accepted(event):
+        seen.append(event.assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    server = storage_scp_ae("SCP").start_server(("127.0.0.1", 0), block=False,
+                                                evt_handlers=[*NODELAY_HANDLERS, (evt.EVT_ACCEPTED, accepted)])
+    try:
+        assoc = scu_ae("SCU", [("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2")]).associate(
+            "127.0.0.1", server.server_address[1], evt_handlers=NODELAY_HANDLERS)
+        assert assoc.is_established
+        assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assoc.release()
+        assert seen and seen[0] != 0
+    finally:
+        server.shutdown()

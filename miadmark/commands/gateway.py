@@ -12,7 +12,7 @@ import threading
 
 from ..config import ConfigError, load_config
 
-log = logging.getLogger("dicom_node.gateway")
+log = logging.getLogger("dicom_node")
 
 
 def register(sub) -> None:
