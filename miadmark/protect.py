@@ -36,6 +36,7 @@ from .engine import DEFAULT_PROFILE, Engine, ImageContext, Profile, get_engine
 from .errors import (AlreadyProtectedError, IntegrityError, MiadmarkError, NotProtectedError,
                      RecordCorruptError, UntrustedSignerError)
 from .keys import Identity, subject_name
+from .pixel_payload import apply_changed_words, encode_changed_words, word_dtype
 from .pixels import Pixels, decode, from_model, native_pixel_bytes, to_model
 from .record import (RECORD_CREATOR, Record, decode_file_meta, decrypt, encode_file_meta, encrypt,
                      recipients_of, sign_record, verify_record)
@@ -153,14 +154,13 @@ def _finish(ds: Dataset, prep: dict, x_new: np.ndarray, params: list[dict], reci
     _drop_group_lengths(prot)
     new_bytes = native_pixel_bytes(ds, px, new_stored)
     if px.native:
-        dtype = np.dtype(f"<u{px.bits_allocated // 8}")
-        if len(new_bytes) % dtype.itemsize:
-            dtype = np.dtype("<u1")
-        residual = np.frombuffer(original_pixels.value, dtype) - np.frombuffer(new_bytes, dtype)
-        payload_kind, payload, residual_dtype = "RESIDUAL", residual.tobytes(), dtype.str
+        dtype = word_dtype(px.bits_allocated, len(new_bytes))
+        payload_kind, word_type = "CHANGED_WORDS", dtype.str
+        payload = encode_changed_words(bytes(original_pixels.value), new_bytes, dtype)
         prot[PIXEL_DATA].value = new_bytes
     else:
-        payload_kind, payload, residual_dtype = "ORIGINAL", bytes(original_pixels.value), ""
+        payload_kind, word_type = "ORIGINAL", ""
+        payload = lzma.compress(bytes(original_pixels.value), preset=6)
         vr = "OB" if px.bits_allocated <= 8 else "OW"
         prot[PIXEL_DATA] = DataElement(PIXEL_DATA, vr, new_bytes)
         for tag in NATIVE_ONLY_DROP:
@@ -191,13 +191,13 @@ def _finish(ds: Dataset, prep: dict, x_new: np.ndarray, params: list[dict], reci
         params={"engine_version": __version__, "profile": profile_name, "device": str(engine.device),
                 "frames": params},
         payload_kind=payload_kind,
-        payload=lzma.compress(payload, preset=6),
+        payload=payload,
         added_tags=added + [0x04000500],
         file_meta=encode_file_meta(ds.file_meta),
         original_sha256=hashlib.sha256(canonical_bytes(ds)).hexdigest(),
         protected_uid=new_uid,
         pixel_vr=str(original_pixels.VR),
-        residual_dtype=residual_dtype,
+        word_type=word_type,
     )
     cms = encrypt(sign_record(record, signer), list(recipients))
     item = Dataset()
@@ -261,18 +261,14 @@ def _rebuild(ds: Dataset, record: Record) -> Dataset:
             del out[tag]
     for elem in record.modified:
         out[elem.tag] = copy.deepcopy(elem)
-    try:
-        payload = lzma.LZMADecompressor().decompress(record.payload)  # stops at the stream's end
-    except lzma.LZMAError:
-        raise RecordCorruptError("pixel payload does not decompress") from None
-    if record.payload_kind == "RESIDUAL":
-        dtype = np.dtype(record.residual_dtype)
-        protected_bytes = bytes(ds.PixelData)
-        if len(protected_bytes) != len(payload):
-            raise IntegrityError("Pixel Data length differs from the protected object's")
-        original = np.frombuffer(protected_bytes, dtype) + np.frombuffer(payload, dtype)
-        out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, original.tobytes())
+    if record.payload_kind == "CHANGED_WORDS":
+        pixels = apply_changed_words(bytes(ds.PixelData), record.payload, np.dtype(record.word_type))
+        out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, pixels)
     elif record.payload_kind == "ORIGINAL":
+        try:
+            payload = lzma.LZMADecompressor().decompress(record.payload)  # stops at the stream's end
+        except lzma.LZMAError:
+            raise RecordCorruptError("pixel payload does not decompress") from None
         encapsulated = decode_file_meta(record.file_meta).TransferSyntaxUID.is_encapsulated
         out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, payload, is_undefined_length=encapsulated)
     else:

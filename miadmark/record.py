@@ -13,15 +13,16 @@ The decrypted content is a DICOM dataset, Explicit VR Little Endian:
               attribute protect changed or removed (UIDs, ImageType, Photometric...)
   private block "MIADMARK RECORD 1.0" in group 0011:
     (0011,xx01) UT  JSON: engine version, profile, per-frame watermark parameters
-    (0011,xx02) CS  pixel payload kind: RESIDUAL (original - protected words, mod 2^BitsAllocated)
-                    or ORIGINAL (the original Pixel Data bytes, e.g. an encapsulated bitstream)
+    (0011,xx02) CS  pixel payload kind: CHANGED_WORDS (mask of the words the watermark changed and
+                    their original values, see miadmark.pixel_payload) or ORIGINAL (the original
+                    Pixel Data bytes: an encapsulated bitstream, big-endian data)
     (0011,xx03) OB  pixel payload, LZMA-compressed (padded to even length)
     (0011,xx04) AT  tags protect added (removed again by strip)
     (0011,xx05) OB  original File Meta Information, Explicit VR LE encoding
     (0011,xx06) LO  SHA-256 (hex) of the original's canonical encoding (see canonical_bytes)
     (0011,xx07) UI  SOP Instance UID of the protected object this record belongs to
     (0011,xx08) CS  original Pixel Data VR
-    (0011,xx09) LO  word dtype of the residual (<u1, <u2, <u4)
+    (0011,xx09) LO  word type of CHANGED_WORDS (<u1, <u2, <u4)
   private block "MIADMARK SIGNATURE 1.0" in group 7FF1 (sorts last, so it follows the signed bytes):
     (7FF1,xx01) LO  RSASSA-PSS-SHA256
     (7FF1,xx02) UT  signer certificate (PEM)
@@ -69,14 +70,14 @@ class Record:
 
     modified: Dataset  # original values of changed/removed top-level attributes
     params: dict[str, Any]
-    payload_kind: str  # "RESIDUAL" or "ORIGINAL"
+    payload_kind: str  # "CHANGED_WORDS" or "ORIGINAL"
     payload: bytes  # LZMA-compressed
     added_tags: list[int]
     file_meta: bytes
     original_sha256: str
     protected_uid: str
     pixel_vr: str
-    residual_dtype: str
+    word_type: str
     signer: x509.Certificate | None = field(default=None)
 
 
@@ -115,7 +116,7 @@ def _record_dataset(rec: Record) -> Dataset:
     block.add_new(0x06, "LO", rec.original_sha256)
     block.add_new(0x07, "UI", rec.protected_uid)
     block.add_new(0x08, "CS", rec.pixel_vr)
-    block.add_new(0x09, "LO", rec.residual_dtype)
+    block.add_new(0x09, "LO", rec.word_type)
     return ds
 
 
@@ -134,7 +135,7 @@ def _parse_record(ds: Dataset) -> Record:
             original_sha256=str(block[0x06].value),
             protected_uid=str(block[0x07].value),
             pixel_vr=str(block[0x08].value),
-            residual_dtype=str(block[0x09].value),
+            word_type=str(block[0x09].value),
         )
     except (KeyError, AttributeError, IndexError, ValueError, TypeError) as exc:
         raise RecordCorruptError(f"restoration record is incomplete ({type(exc).__name__})") from None
