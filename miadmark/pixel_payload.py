@@ -1,6 +1,6 @@
 """What the record keeps of the original Pixel Data: only the words the watermark changed.
 
-CHANGED_WORDS: a bitmask of the Pixel Data words that differ between original and protected
+CHANGED_WORDS: the word count (uint64 LE), a bitmask of the Pixel Data words that differ between original and protected
 (zero outside the watermark, so it packs to a few hundred bytes), then the original value of
 each changed word with its bytes split into planes (high bytes of neighbouring pixels are alike).
 Measured on a 512x512 CT slice with the transfer profile: 13 KB after LZMA, against 24 KB for
@@ -28,7 +28,8 @@ def encode_changed_words(original: bytes, protected: bytes, dtype: np.dtype) -> 
     before = np.frombuffer(original, dtype)
     changed = before != np.frombuffer(protected, dtype)
     planes = before[changed].view(np.uint8).reshape(-1, dtype.itemsize).T
-    return lzma.compress(np.packbits(changed).tobytes() + planes.tobytes(), preset=6)
+    header = np.uint64(len(before)).tobytes()
+    return lzma.compress(header + np.packbits(changed).tobytes() + planes.tobytes(), preset=6)
 
 
 def apply_changed_words(protected: bytes, payload: bytes, dtype: np.dtype) -> bytes:
@@ -39,11 +40,11 @@ def apply_changed_words(protected: bytes, payload: bytes, dtype: np.dtype) -> by
     if len(protected) % dtype.itemsize:
         raise IntegrityError("Pixel Data length does not fit the record's word type")
     words = np.frombuffer(protected, dtype).copy()
+    if len(data) < 8 or int(np.frombuffer(data[:8], "<u8")[0]) != len(words):
+        raise IntegrityError("Pixel Data length differs from the protected object's")
     mask_bytes = (len(words) + 7) // 8
-    if len(data) < mask_bytes:
-        raise IntegrityError("Pixel Data is longer than the protected object's")
-    changed = np.unpackbits(np.frombuffer(data[:mask_bytes], np.uint8), count=len(words)).astype(bool)
-    values = np.frombuffer(data[mask_bytes:], np.uint8)
+    changed = np.unpackbits(np.frombuffer(data[8:8 + mask_bytes], np.uint8), count=len(words)).astype(bool)
+    values = np.frombuffer(data[8 + mask_bytes:], np.uint8)
     if values.size != int(changed.sum()) * dtype.itemsize:
         raise IntegrityError("Pixel Data does not fit the record (length or changed words differ)")
     words[changed] = values.reshape(dtype.itemsize, -1).T.copy().view(dtype).ravel()
