@@ -210,7 +210,7 @@ def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, l
             ready, size = item
             t0 = time.perf_counter()
             try:
-                delivery = delivery or make_sender(plan)
+                delivery = delivery or make_sender(plan, request)
                 sent, failures = delivery.send(ready)
             except Exception as exc:  # noqa: BLE001 - the sender must keep draining the queue
                 sent, failures = 0, [f"protected instance for {uid}: not delivered ({exc})" for uid, _ in ready]
@@ -284,8 +284,9 @@ def _send_plain(target: Target, ids: list[str], request: ExportRequest | None) -
         time.sleep(0.1)
 
 
-def make_sender(plan: Plan):
-    """How protected objects reach the target (see senders.py: without the Python lock held)."""
+def make_sender(plan: Plan, request: ExportRequest | None = None):
+    """How protected objects reach the target (see senders.py: without the Python lock held).
+    Honours the export's LocalAet and, for C-MOVE, the move originator."""
     from . import senders
 
     target = plan.target
@@ -297,9 +298,11 @@ def make_sender(plan: Plan):
         if conf.get("UseDicomTls"):
             return senders.SdkSender(f"/modalities/{target.name}/store-straight", orthanc.RestApiPost, target.label)
         timeout = float(conf.get("Timeout") or config.get("DicomScuTimeout") or 10)
+        options = request.options if request is not None else {}
         return senders.DimseSender(called_ae=conf["AET"], host=conf["Host"], port=int(conf["Port"]),
-                                   calling_ae=conf.get("LocalAet") or local_ae(), sop_classes=plan.sop_classes,
-                                   timeout_s=max(timeout, 30.0))
+                                   calling_ae=options.get("LocalAet") or conf.get("LocalAet") or local_ae(),
+                                   sop_classes=plan.sop_classes, timeout_s=max(timeout, 30.0),
+                                   originator=(options.get("MoveOriginatorAet"), options.get("MoveOriginatorID")))
     entry = senders.peer_entry(config, target.name)
     if entry is None or senders.needs_orthanc_client(entry):
         return senders.SdkSender(f"/peers/{target.name}/store-straight", orthanc.RestApiPost, target.label)

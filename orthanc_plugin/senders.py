@@ -31,8 +31,9 @@ class DimseSender:
     """C-STORE over one association, kept open across batches of a job."""
 
     def __init__(self, *, called_ae: str, host: str, port: int, calling_ae: str, sop_classes: set[str],
-                 timeout_s: float = 30.0):
+                 timeout_s: float = 30.0, originator: tuple[str | None, int | None] = (None, None)):
         self.called_ae, self.host, self.port, self.calling_ae = called_ae, host, port, calling_ae
+        self.originator_aet, self.originator_id = originator
         self.sop_classes = sorted(sop_classes)
         self.timeout_s = timeout_s
         self.assoc = None
@@ -57,7 +58,11 @@ class DimseSender:
             self._open()
         sent, failures = 0, []
         for uid, ds in ready:
-            status = self.assoc.send_c_store(ds)
+            if self.originator_aet:
+                status = self.assoc.send_c_store(ds, originator_aet=self.originator_aet,
+                                                 originator_id=int(self.originator_id or 1))
+            else:
+                status = self.assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
             if code in OK_STATUSES:
                 sent += 1

@@ -129,6 +129,7 @@ class Plugin:
         self.control = Worker("control", log=log)  # plans and small decisions
         self.exporter = Worker("export", log=log)  # protect + send, one job at a time
         self.ingest = Worker("ingest", log=log)  # strip on ingestion
+        self.passer = Worker("pass", log=log)  # clean exports (Orthanc jobs, polled)
         self.auto_sent: dict[str, set[str]] = {}
         self.warnings: set[str] = set()
         self.started = False
@@ -141,7 +142,9 @@ class Plugin:
         cfg = self.settings.current()
         plan = self.control.call(exports.plan_export, cfg, target, request.resources, timeout=PLAN_TIMEOUT_S)
         job = Job(kind, f"export of {len(plan.decisions)} instances to {plan.destination} ({target.label})")
-        return self.exporter.submit(job, lambda j: self._run(plan, request, j)), plan
+        # clean-only exports do not wait behind a long protect job
+        worker = self.exporter if plan.ids("protect") else self.passer
+        return worker.submit(job, lambda j: self._run(plan, request, j)), plan
 
     def _run(self, plan, request, job) -> None:
         exports.run_export(plan, request, job, signer=self.settings.identity,
@@ -199,12 +202,12 @@ class Plugin:
             log(f"C-GET from modality {name!r} turned off: it would receive raw instances outside the rules")
 
     def job(self, job_id: str) -> Job | None:
-        return self.exporter.get(job_id)
+        return self.exporter.get(job_id) or self.passer.get(job_id)
 
     def status(self) -> dict:
         s = self.settings
         cfg = s.current()
-        jobs = self.exporter.jobs()
+        jobs = sorted(self.exporter.jobs() + self.passer.jobs(), key=lambda j: j.created)
         receiver = s.receiver
         return {
             "Config": str(s.path) if s.path else None,

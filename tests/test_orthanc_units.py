@@ -79,3 +79,10 @@ def test_receiver_without_its_keys_quarantines_protected_instances(tmp_path):
     assert receiver.error and "research.key.pem" in receiver.error
     plain = sorted(CT.glob("*.dcm"))[0].read_bytes()
     assert receiver.process(plain) == (KEEP, None)  # plain instances are unaffected
+
+
+def test_receiver_can_refuse_plain_instances(tmp_path):
+    cfg = parse_config("receiver:\n  quarantine: q/\n  plain: refuse\n", base=tmp_path)
+    receiver = Receiver(cfg.receiver)
+    assert receiver.process(sorted(CT.glob("*.dcm"))[0].read_bytes()) == (DISCARD, None)
+    assert receiver.counts["refused"] == 1
