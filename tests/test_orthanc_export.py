@@ -89,6 +89,7 @@ def sites(tmp_path_factory):
         "  plain:    {orthanc_modality: plain}\n"
         "  vendor:   {orthanc_modality: vendor}\n"
         "  stranger: {orthanc_modality: stranger}\n"
+        "  archive:  {orthanc_modality: archive}\n"
         "rules:\n"
         "  - send_to: [research, plain]\n"
         "    action: protect\n"
@@ -98,6 +99,8 @@ def sites(tmp_path_factory):
         "    action: protect\n"
         "    recipients: [stranger.cert.pem]\n"
         "    profile: plain\n"
+        "  - send_to: [archive]\n"
+        "    action: pass\n"
         "  - send_to: [vendor]\n"
         "    action: block\n")
     plain = OrthancProcess(tmp / "plain", aet="PLAIN", plugin=False)
@@ -107,7 +110,7 @@ def sites(tmp_path_factory):
         research.start()
         hospital = OrthancProcess(tmp / "hospital", aet="HOSPITAL", miadmark_config=tmp / "hospital.yaml",
                                   modalities={"research": research, "plain": plain, "vendor": plain,
-                                              "unnamed": plain, "stranger": research})
+                                              "unnamed": plain, "stranger": research, "archive": plain})
         hospital.start()
     except BaseException:
         plain.stop()
@@ -217,3 +220,16 @@ def test_receiver_quarantines_what_it_cannot_open(sites):
     assert all("NoRecipientKey" in r or "recipient" in r.lower() for r in reasons), reasons[:1]
     status = research.get_json("/miadmark/status")
     assert status["Receiver"]["Counts"]["quarantined"] >= SLICES
+
+
+def test_pass_destination_gets_the_originals_through_orthancs_own_route(sites):
+    hospital, plain, files = sites["hospital"], sites["plain"], sites["files"]
+    response = hospital.post("/modalities/archive/store", {"Resources": [sites["study"]], "Synchronous": True})
+    assert response.status_code == 200, response.text
+    assert response.json()["MiadMark"]["Content"]["Pass"] == SLICES
+    for f in files:
+        source = pydicom.dcmread(f)
+        found = plain.post("/tools/lookup", source.SOPInstanceUID).json()
+        assert found and found[0]["Type"] == "Instance"
+        stored = pydicom.dcmread(io.BytesIO(plain.get(f"/instances/{found[0]['ID']}/file").content))
+        assert _without_group_lengths(stored) == _without_group_lengths(source)
