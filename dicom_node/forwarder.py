@@ -45,31 +45,46 @@ class DeliveryError(Exception):
 
 # ------------------------------------------------------------------------------------------ senders
 
-def send_dimse(dest: Destination, calling_ae: str, items: list[Outgoing], *, max_pdu: int = 0) -> list[Result]:
-    """C-STORE every item over one association. Raises DeliveryError when none could be tried."""
-    ae = scu_ae(dest.calling_ae or calling_ae, [(i.sop_class, i.transfer_syntax) for i in items][:128],
-                max_pdu=max_pdu)
+def open_dimse(dest: Destination, calling_ae: str, items: list[Outgoing], *, max_pdu: int = 0):
+    """An association proposing the items' (SOP class, transfer syntax) pairs; DeliveryError if none."""
+    pairs = list(dict.fromkeys((i.sop_class, i.transfer_syntax) for i in items))[:128]
+    ae = scu_ae(dest.calling_ae or calling_ae, pairs, max_pdu=max_pdu)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=NODELAY_HANDLERS,
                          max_pdu=max_pdu)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "could not connect"
         raise DeliveryError(f"association to {dest.target} {why}")
+    return assoc
+
+
+def accepted_pairs(assoc) -> set[tuple[str, str]]:
+    return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+
+
+def send_on(assoc, items: list[Outgoing]) -> list[Result]:
+    """C-STORE each item (the spooled file as it is, no re-encoding) on an open association."""
     results: list[Result] = []
+    for item in items:
+        if not assoc.is_established:
+            results.append(Result(False, "association lost"))
+            continue
+        try:
+            status = assoc.send_c_store(item.path)
+        except (ValueError, AttributeError, OSError) as exc:
+            results.append(Result(False, f"not sent: {exc}"))
+            continue
+        results.append(Result(True) if status_ok(status) else Result(False, status_text(status)))
+    return results
+
+
+def send_dimse(dest: Destination, calling_ae: str, items: list[Outgoing], *, max_pdu: int = 0) -> list[Result]:
+    """C-STORE every item over one association. Raises DeliveryError when none could be tried."""
+    assoc = open_dimse(dest, calling_ae, items, max_pdu=max_pdu)
     try:
-        for item in items:
-            if not assoc.is_established:
-                results.append(Result(False, "association lost"))
-                continue
-            try:
-                status = assoc.send_c_store(item.path)
-            except (ValueError, AttributeError, OSError) as exc:
-                results.append(Result(False, f"not sent: {exc}"))
-                continue
-            results.append(Result(True) if status_ok(status) else Result(False, status_text(status)))
+        return send_on(assoc, items)
     finally:
         if assoc.is_established:
             assoc.release()
-    return results
 
 
 def send_stow(dest: Destination, items: list[Outgoing]) -> list[Result]:
@@ -193,8 +208,9 @@ class Forwarder(threading.Thread):
 
     # ------------------------------------------------------------------------------------ one batch
     def deliver(self, jobs: list[Job]) -> None:
-        gw, cfg = self.gateway, self.gateway.config
-        retry = cfg.gateway.retry
+        """One batch: one association (or one STOW-RS request). A DICOM association stays open while
+        more jobs for it arrive within LINGER_S, up to gateway.batch_size instances in all."""
+        cfg = self.gateway.config
         dest = cfg.destinations.get(self.destination)
         outgoing = self.prepare(jobs)
         if not outgoing:
@@ -204,28 +220,78 @@ class Forwarder(threading.Thread):
             if dest is None or dest.kind not in ("dimse", "stow"):
                 raise DeliveryError(f"destination {self.destination!r} is not a DICOM or STOW-RS destination "
                                     "in the running configuration")
-            if dest.kind == "dimse":
-                results = send_dimse(dest, cfg.gateway.ae_title, outgoing, max_pdu=cfg.gateway.max_pdu)
-            else:
+            if dest.kind == "stow":
                 results = send_stow(dest, outgoing)
+                self._reachable()
+                self._record(outgoing, results)
+                return
+            assoc = open_dimse(dest, cfg.gateway.ae_title, outgoing, max_pdu=cfg.gateway.max_pdu)
         except DeliveryError as exc:
-            self._failures += 1
-            states = [gw.queue.mark_failed(o.job, str(exc), max_attempts=retry.max_attempts, base_s=retry.base_s,
-                                           max_s=retry.max_s) for o in outgoing]
-            for o, state in zip(outgoing, states):
-                if state == "dead":
-                    self._finish(o, "dead", str(exc))
-            if self._down_since is None:
-                self._down_since = time.time()
-            waiting = gw.queue.counts().get(self.destination, {}).get("pending", 0)
-            delay = backoff_delay(self._failures, retry.base_s, retry.max_s)
-            log.warning("%s unreachable: %s; %d instance(s) waiting, next try in %.1f s",
-                        self.destination, exc, waiting, delay)
-            self.stopping.wait(delay)
+            self._unreachable(outgoing, exc)
             return
+        finally:
+            self._log_finished_studies()
+        self._reachable()
+        extra_claims: list[int] = []
+        try:
+            sent = 0
+            while outgoing:
+                self._record(outgoing, send_on(assoc, outgoing))
+                sent += len(outgoing)
+                if not assoc.is_established or sent >= cfg.gateway.batch_size or self.stopping.is_set():
+                    break
+                more = self._claim_linger(cfg.gateway.batch_size - sent)
+                if not more:
+                    break
+                extra_claims += [j.id for j in more]
+                fits = accepted_pairs(assoc)
+                prepared = self.prepare(more)
+                outgoing = [o for o in prepared if (o.sop_class, o.transfer_syntax) in fits]
+                later = {o.job.id for o in prepared} - {o.job.id for o in outgoing}
+                if later:  # needs a presentation context this association lacks: the next one
+                    with self._lock:
+                        self._inflight.difference_update(later)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            with self._lock:
+                self._inflight.difference_update(extra_claims)
+            self._log_finished_studies()
+
+    LINGER_S = 0.3
+
+    def _claim_linger(self, limit: int) -> list[Job]:
+        end = time.monotonic() + self.LINGER_S
+        while not self.stopping.is_set():
+            jobs = self._claim(limit)
+            if jobs or time.monotonic() >= end:
+                return jobs
+            time.sleep(0.02)
+        return []
+
+    def _reachable(self) -> None:
         if self._down_since is not None:
             log.info("%s reachable again after %.0f s", self.destination, time.time() - self._down_since)
         self._down_since, self._failures = None, 0
+
+    def _unreachable(self, outgoing: list[Outgoing], exc: Exception) -> None:
+        gw, retry = self.gateway, self.gateway.config.gateway.retry
+        self._failures += 1
+        for o in outgoing:
+            state = gw.queue.mark_failed(o.job, str(exc), max_attempts=retry.max_attempts, base_s=retry.base_s,
+                                         max_s=retry.max_s)
+            if state == "dead":
+                self._finish(o, "dead", str(exc))
+        if self._down_since is None:
+            self._down_since = time.time()
+        waiting = gw.queue.counts().get(self.destination, {}).get("pending", 0)
+        delay = backoff_delay(self._failures, retry.base_s, retry.max_s)
+        log.warning("%s unreachable: %s; %d instance(s) waiting, next try in %.1f s",
+                    self.destination, exc, waiting, delay)
+        self.stopping.wait(delay)
+
+    def _record(self, outgoing: list[Outgoing], results: list[Result]) -> None:
+        gw, retry = self.gateway, self.gateway.config.gateway.retry
         for o, res in zip(outgoing, results):
             if res.ok:
                 gw.queue.mark_done(o.job.id, o.sop_uid)
@@ -238,7 +304,6 @@ class Forwarder(threading.Thread):
                     self._finish(o, "dead", res.error)
                 else:
                     log.warning("%s: %s not accepted (%s); will retry", self.destination, o.job.sop_uid, res.error)
-        self._log_finished_studies()
 
     def prepare(self, jobs: list[Job]) -> list[Outgoing]:
         """Originals for pass, protected copies for protect; what cannot be protected is quarantined."""
