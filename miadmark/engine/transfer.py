@@ -9,8 +9,10 @@ plate (alpha <= plate_alpha_max, free texture). Parameters live at the surrogate
 are upsampled (smooth) into the full-resolution image. Optional: an L-inf perturbation outside the
 box and the lesion (`linf`, in grey levels of 255).
 
-Options (Profile.options): iterations (10), alpha_min (0.35), plate_alpha_max (0.5), stroke_min (0.55), contrast (0.25: the plate stays darker than the strokes, so the logo reads),
-step_alpha (0.08), step_texture (0.2), momentum (1.0), feature_weight (0.5), eot (1 sample / step),
+Options (Profile.options): iterations (15), alpha_min (0.35), plate_alpha_max (0.65),
+param_scale (0.5: alpha/texture maps at half the box's surrogate-scale size: smoother, transfers
+better), stroke_min (0.55), contrast (0.25: the plate stays darker than the strokes, so the logo
+reads), step_alpha (0.08), step_texture (0.2), momentum (1.0), feature_weight (0.5), eot (1 sample / step),
 candidates (8), cam_threshold (170), linf (0), surrogates (names).
 """
 
@@ -45,10 +47,10 @@ class TransferEngine(AdversarialEngine):
         images = images.to(self.device, torch.float32)
         ens = self.ensemble
         gen = torch.Generator().manual_seed(int(self.profile.seed))
-        iters = int(self.opt("iterations", 10))
+        iters = int(self.opt("iterations", 15))
         a_max = float(self.profile.alpha_max)
         a_min = min(a_max, float(self.opt("alpha_min", 0.35)))
-        p_max = float(self.opt("plate_alpha_max", 0.5))
+        p_max = float(self.opt("plate_alpha_max", 0.65))
         s_min = float(self.opt("stroke_min", 0.55))
         contrast = float(self.opt("contrast", 0.25))  # plate at least this much darker than the strokes
         st_a, st_t = float(self.opt("step_alpha", 0.08)), float(self.opt("step_texture", 0.2))
@@ -67,10 +69,13 @@ class TransferEngine(AdversarialEngine):
             L0 = cands[0][0]
             m, tex, logo_id = self.logo_low(L0.hs, L0.ws, L0.bh, L0.bw)
             hs, ws = L0.hs, L0.ws
-            a1 = torch.full((n, hs, ws), a_max, device=self.device)
-            t1 = tex.expand(n, 1, hs, ws).clone().clamp(min=s_min)
-            a2 = torch.zeros(n, hs, ws, device=self.device)
-            t2 = torch.full((n, 1, hs, ws), 0.3, device=self.device)
+            ps = float(self.opt("param_scale", 0.5))  # < 1: coarser, smoother maps (transfer better)
+            hp, wp = max(2, round(hs * ps)), max(2, round(ws * ps))
+            tex = F.interpolate(tex[None], size=(hp, wp), mode="bilinear", antialias=True, align_corners=False)[0]
+            a1 = torch.full((n, hp, wp), a_max, device=self.device)
+            t1 = tex.expand(n, 1, hp, wp).clone().clamp(min=s_min)
+            a2 = torch.zeros(n, hp, wp, device=self.device)
+            t2 = torch.full((n, 1, hp, wp), 0.3, device=self.device)
             # placement: query each lesion-free candidate with the initial logo, keep the most damaging
             k_max = max(len(cl) for cl in cands)
             best = torch.full((n,), -1e9, device=self.device)
