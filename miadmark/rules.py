@@ -17,6 +17,11 @@ API (stable; the Orthanc plugin and dicom_node import it):
         `when` matches. dataset=None: conditions on DICOM attributes are taken as matching (the
         destinations a called AE *may* reach).
 
+    rule_matches(rule, ds, *, destination=None, called_ae=None, calling_ae=None, unknown_matches=False)
+        -> (bool, reasons): does one rule's `when` hold (send_to is not looked at)? ds=None with
+        unknown_matches=True takes conditions on DICOM attributes as holding (False: as failing).
+        (`_match` is the same function under its old name, kept for existing callers.)
+
     Decision (frozen dataclass):
         action        "protect" | "pass" | "block"
         rule_index    0-based index into cfg.rules, None when no rule matched
@@ -108,6 +113,13 @@ def destinations_for(config: Config, *, called_ae: str | None, calling_ae: str |
 
 
 # ----------------------------------------------------------------------------------------- matching
+
+def rule_matches(rule: Rule, dataset: Dataset | None, *, destination: str | None = None,
+                 called_ae: str | None = None, calling_ae: str | None = None,
+                 unknown_matches: bool = False) -> tuple[bool, list[str]]:
+    return _match(rule, dataset, destination=destination, called_ae=called_ae, calling_ae=calling_ae,
+                  unknown_matches=unknown_matches)
+
 
 def _decision(index: int, rule: Rule, why: list[str], destination: str | None) -> Decision:
     where = f"rule {index + 1}" + (f" {rule.name!r}" if rule.name else "") + (f" (line {rule.line})" if rule.line else "")

@@ -135,3 +135,12 @@ def test_destination_key_and_numbers(tmp_path):
     assert decide(cfg, ds, destination="a").action == PASS
     assert decide(cfg, ds, destination="b").action == BLOCK
     assert decide(cfg, ct(SeriesNumber=4), destination="a").action == BLOCK
+
+
+def test_rule_matches_public_helper(cfg):
+    from miadmark.rules import rule_matches
+    rule = cfg.rules[1]  # called_ae RESEARCH and StudyDescription CHEST*
+    assert rule_matches(rule, None, called_ae="RESEARCH", unknown_matches=True)[0]
+    assert not rule_matches(rule, None, called_ae="RESEARCH", unknown_matches=False)[0]
+    ok, why = rule_matches(rule, ct(), called_ae="RESEARCH")
+    assert ok and len(why) == 2
