@@ -61,6 +61,7 @@ class Plan:
     called_ae: str | None
     decisions: list[tuple[str, Decision]] = field(default_factory=list)
     sop_classes: set[str] = field(default_factory=set)
+    skipped: int = 0  # blocked instances left out (auto-export only)
 
     def ids(self, action: str) -> list[str]:
         return [iid for iid, d in self.decisions if d.action == action]
@@ -75,7 +76,8 @@ class Plan:
     def describe(self) -> dict:
         reasons = sorted({d.reason for _, d in self.decisions})
         return {"Target": self.target.label, "Destination": self.destination,
-                "Protect": len(self.ids(PROTECT)), "Pass": len(self.ids(PASS)), "Rules": reasons[:10]}
+                "Protect": len(self.ids(PROTECT)), "Pass": len(self.ids(PASS)), "BlockedSkipped": self.skipped,
+                "Rules": reasons[:10]}
 
 
 # ---------------------------------------------------------------------------------- Orthanc lookups
@@ -155,8 +157,10 @@ def raw_export_allowed(cfg: Config | None, target: Target, called_ae: str | None
 
 # ---------------------------------------------------------------------------------- plan and run
 
-def plan_export(cfg: Config | None, target: Target, resources: list[str] | tuple[str, ...]) -> Plan:
-    """Decide every instance; raise Blocked if any is blocked (nothing is sent then)."""
+def plan_export(cfg: Config | None, target: Target, resources: list[str] | tuple[str, ...], *,
+                skip_blocked: bool = False) -> Plan:
+    """Decide every instance; raise Blocked if any is blocked (nothing is sent then), or with
+    skip_blocked (auto-export) leave the blocked ones out (counted in plan.skipped)."""
     if cfg is None:
         raise Blocked("the MIAD-MARK configuration is not loaded: every export is blocked (see GET /miadmark/status)")
     destination = destination_for(cfg, target)
@@ -175,10 +179,13 @@ def plan_export(cfg: Config | None, target: Target, resources: list[str] | tuple
             header = pydicom.dcmread(io.BytesIO(orthanc.GetDicomForInstance(iid)), stop_before_pixels=True)
             decision = decide(cfg, header, destination=destination, called_ae=called, calling_ae=calling)
             if decision.action == BLOCK:
+                if skip_blocked:
+                    plan.skipped += 1
+                    continue
                 raise Blocked(f"export to {destination} ({target.label}) blocked: {decision.reason}")
             plan.decisions.append((iid, decision))
             plan.sop_classes.add(str(header.get("SOPClassUID", "")))
-    if not plan.decisions:
+    if not plan.decisions and not plan.skipped:
         raise NotFound("no instances to send")
     return plan
 

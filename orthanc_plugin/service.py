@@ -172,7 +172,9 @@ class Plugin:
             self.exporter.submit(job, lambda j, t=target, n=name: self._auto(study, t, n, j))
 
     def _auto(self, study: str, target: Target, name: str, job: Job) -> None:
-        plan = exports.plan_export(self.settings.current(), target, [study])
+        plan = exports.plan_export(self.settings.current(), target, [study], skip_blocked=True)
+        if plan.skipped:
+            log(f"auto-export of study {study} to {name}: {plan.skipped} instances left out (blocked by the rules)")
         sent = self.auto_sent.setdefault(name, set())
         plan.decisions = [(iid, d) for iid, d in plan.decisions if iid not in sent]
         if not plan.decisions:
