@@ -17,8 +17,10 @@ def _use_project_environment() -> None:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     before = list(sys.path)
     site_packages = os.path.join(venv, "lib", version, "site-packages")
-    if os.path.isdir(site_packages):
-        site.addsitedir(site_packages)  # also runs its .pth files (the editable install of miadmark)
+    if not os.path.isdir(site_packages):
+        raise RuntimeError(f"MIAD-MARK: no {site_packages}: set MIADMARK_VENV to the project's virtual "
+                           f"environment (a CPython {sys.version_info.major}.{sys.version_info.minor} venv)")
+    site.addsitedir(site_packages)  # also runs its .pth files (the editable install of miadmark)
     added = [p for p in sys.path if p not in before]
     sys.path[:] = [repo] + added + [p for p in before if p != repo]
 
