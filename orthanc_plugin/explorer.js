@@ -1,5 +1,6 @@
 // MIAD-MARK: a "Protect and send" button on a study's page in Orthanc Explorer.
-$('#study').live('pagebeforeshow', function() {
+// Same pattern as the Orthanc Book's "Open in OHIF" example: added once, enhanced by jQuery Mobile.
+$('#study').live('pagebeforecreate', function() {
   if ($('#miadmark-protect').length) return;
   var button = $('<a>')
     .attr('id', 'miadmark-protect').attr('data-role', 'button').attr('href', '#')
@@ -8,7 +9,6 @@ $('#study').live('pagebeforeshow', function() {
   var anchor = $('#study-delete');
   if (anchor.length) button.insertBefore(anchor.parent().parent());
   else $('#study-info').parent().append(button);
-  button.button();
   button.click(function(e) {
     e.preventDefault();
     var study = $.mobile.pageData.uuid;
