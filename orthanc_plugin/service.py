@@ -7,12 +7,14 @@ cannot decide is refused; an incoming instance it cannot handle is quarantined, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from pathlib import Path
 
 import orthanc
@@ -362,9 +364,39 @@ def http_filter(uri, **request) -> bool:
         return False
 
 
+REFUSED_STATUS = 0x0110  # the one generic C-STORE failure a receiver answers (as dicom_node does)
+_REFUSED: "OrderedDict[str, float]" = OrderedDict()  # sha256 of instances to refuse in the C-STORE filter
+_REFUSED_LOCK = threading.Lock()
+
+
+def _refuse(data: bytes, origin):
+    """Not stored. Over DICOM, Orthanc 1.10 answers a DISCARD with success (checked): instead keep it
+    here and let the C-STORE filter, which Orthanc calls right after this callback with the same
+    bytes (checked), answer one generic failure status and drop it. Elsewhere (REST): DISCARD."""
+    if origin == orthanc.InstanceOrigin.DICOM_PROTOCOL:
+        with _REFUSED_LOCK:
+            _REFUSED[hashlib.sha256(data).hexdigest()] = time.time()
+            while len(_REFUSED) > 1000:
+                _REFUSED.popitem(last=False)
+        return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
+    return orthanc.ReceivedInstanceAction.DISCARD, None
+
+
+def cstore_filter(instance) -> int:
+    """IncomingCStoreInstanceFilter: refuse what received_instance marked (0 = accept)."""
+    if not _REFUSED:
+        return 0
+    try:
+        digest = hashlib.sha256(instance.GetInstanceData()).hexdigest()
+    except Exception:  # noqa: BLE001 - fail closed while a refusal is pending
+        return REFUSED_STATUS
+    with _REFUSED_LOCK:
+        return REFUSED_STATUS if _REFUSED.pop(digest, None) is not None else 0
+
+
 def received_instance(data: bytes, origin):
     """ReceivedInstanceCallback: strip protected instances; an exception here would store the
-    instance as received, so everything is caught and answered DISCARD."""
+    instance as received, so everything is caught and the instance refused."""
     from .receiver import DISCARD, KEEP, MODIFY, might_be_protected
 
     try:
@@ -376,9 +408,9 @@ def received_instance(data: bytes, origin):
                 return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None  # not a receiving site
             if not might_be_protected(data):
                 return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
-            log("protected instance discarded: the receiver is not loaded (" + str(settings.receiver_error
+            log("protected instance refused: the receiver is not loaded (" + str(settings.receiver_error
                 or settings.error) + ")")
-            return orthanc.ReceivedInstanceAction.DISCARD, None
+            return _refuse(data, origin)
         if not might_be_protected(data) and receiver.config.plain == "store":
             receiver.counts["plain"] += 1
             return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
@@ -387,10 +419,10 @@ def received_instance(data: bytes, origin):
             return orthanc.ReceivedInstanceAction.MODIFY, out
         if action == KEEP:
             return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
-        return orthanc.ReceivedInstanceAction.DISCARD, None
+        return _refuse(data, origin)
     except BaseException as exc:  # noqa: BLE001 - fail closed
         try:
-            log(f"incoming instance discarded: {type(exc).__name__}: {exc}")
+            log(f"incoming instance refused: {type(exc).__name__}: {exc}")
         finally:
             return orthanc.ReceivedInstanceAction.DISCARD, None  # noqa: B012
 
@@ -461,6 +493,7 @@ def install() -> None:
     orthanc.RegisterRestCallback(f"/jobs/({JOB_PREFIX}[0-9a-f-]+)", _rest(_job_route, ("GET",)))
     orthanc.RegisterIncomingHttpRequestFilter(http_filter)
     orthanc.RegisterReceivedInstanceCallback(received_instance)
+    orthanc.RegisterIncomingCStoreInstanceFilter(cstore_filter)
     orthanc.RegisterOnChangeCallback(on_change)
     orthanc.RegisterMoveCallback(on_move)  # C-MOVE SCP: moves to a target go through the rules too
     orthanc.ExtendOrthancExplorer((HERE / "explorer.js").read_text(encoding="utf-8"))

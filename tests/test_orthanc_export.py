@@ -217,7 +217,10 @@ def test_receiver_quarantines_what_it_cannot_open(sites):
     before = set(research.instances())
     # "stranger" is the research Orthanc, but the record is addressed to another site's key.
     response = hospital.post("/modalities/stranger/store", [sites["study"]])
-    assert response.status_code == 200, response.text  # the sender did its part
+    # The receiver answers each C-STORE with one generic failure status; the export reports it.
+    assert response.status_code == 500, response.text
+    assert response.json()["FailedInstancesCount"] == SLICES
+    assert "0x0110" in response.json()["MiadMark"]["Errors"][0]
     quarantine = tmp / "quarantine"
     found = research.wait_for(lambda: len(list(quarantine.glob("*.reason.json"))) >= SLICES, timeout=30)
     assert found, research.log_tail()
@@ -239,3 +242,22 @@ def test_pass_destination_gets_the_originals_through_orthancs_own_route(sites):
         assert found and found[0]["Type"] == "Instance"
         stored = pydicom.dcmread(io.BytesIO(plain.get(f"/instances/{found[0]['ID']}/file").content))
         assert _without_group_lengths(stored) == _without_group_lengths(source)
+
+
+def test_tampered_upload_over_rest_is_quarantined_not_stored(sites):
+    plain, research, tmp = sites["plain"], sites["research"], sites["tmp"]
+    protected = None
+    for iid in plain.instances():
+        data = plain.get(f"/instances/{iid}/file").content
+        if b"\x00\x04\x00\x05" in data[:data.rfind(b"\xe0\x7f\x10\x00")]:
+            protected = pydicom.dcmread(io.BytesIO(data))
+            break
+    assert protected is not None, "no protected instance at the plain receiver (run the whole module)"
+    pixels = bytearray(protected.PixelData)
+    pixels[len(pixels) // 2] ^= 0x01  # one bit of one pixel
+    protected.PixelData = bytes(pixels)
+    before = set(research.instances())
+    count = len(list((tmp / "quarantine").glob("*.reason.json")))
+    research.post("/instances", dataset_to_bytes(protected))
+    assert set(research.instances()) == before
+    assert len(list((tmp / "quarantine").glob("*.reason.json"))) == count + 1
