@@ -201,3 +201,22 @@ def test_a_bad_configuration_keeps_the_running_rules(sites):
     finally:
         config.write_text(good)
     assert hospital.get_json("/miadmark/status")["Error"] is None
+
+
+def test_dicomweb_plugin_loaded_first_cannot_send_raw(sites, tmp_path):
+    """With libOrthancDicomWeb.so before libOrthancPython.so the DICOMweb plugin's own stow route
+    answers first: the plugin detects it and refuses that route for protect destinations."""
+    from orthanc_plugin.testing import DICOMWEB_PLUGIN, PYTHON_PLUGIN
+
+    plain = sites["plain"]
+    hospital = OrthancProcess(tmp_path / "h2", aet="HOSPITAL2", miadmark_config=sites["config"],
+                              dicomweb={"cloud": plain},
+                              extra={"Plugins": [str(DICOMWEB_PLUGIN), str(PYTHON_PLUGIN)]}).start()
+    try:
+        study = hospital.upload(sites["files"][0])["ParentStudy"]
+        before = set(plain.instances())
+        response = hospital.post("/dicom-web/servers/cloud/stow", {"Resources": [study], "Synchronous": True})
+        assert response.status_code == 403
+        assert set(plain.instances()) == before
+    finally:
+        hospital.stop()
