@@ -105,16 +105,26 @@ class HttpSender:
             try:
                 response = self.session.post(self.url, data=dataset_to_bytes(ds), timeout=self.timeout_s,
                                              headers={"Content-Type": "application/dicom"})
-                if response.status_code == 200:
+                status = _orthanc_status(response)
+                if response.status_code == 200 and status in ("Success", "AlreadyStored", None):
                     sent += 1
                     continue
-                failures.append(f"protected instance for {uid}: peer {self.name} answered HTTP {response.status_code}")
+                failures.append(f"protected instance for {uid}: peer {self.name} answered HTTP "
+                                f"{response.status_code}" + (f" ({status})" if status else ""))
             except requests.RequestException as exc:
                 failures.append(f"protected instance for {uid}: peer {self.name}: {type(exc).__name__}")
         return sent, failures
 
     def close(self) -> None:
         self.session.close()
+
+
+def _orthanc_status(response) -> str | None:
+    """Orthanc's "Status" of an upload ("FilteredOut" when a plugin refused it)."""
+    try:
+        return response.json().get("Status")
+    except Exception:  # noqa: BLE001 - not Orthanc, or not JSON
+        return None
 
 
 class StowSender:

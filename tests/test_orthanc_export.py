@@ -90,12 +90,13 @@ def sites(tmp_path_factory):
         "  vendor:   {orthanc_modality: vendor}\n"
         "  stranger: {orthanc_modality: stranger}\n"
         "  archive:  {orthanc_modality: archive}\n"
+        "  strangerpeer: {orthanc_peer: strangerpeer}\n"
         "rules:\n"
         "  - send_to: [research, plain]\n"
         "    action: protect\n"
         "    recipients: [research.cert.pem]\n"
         "    profile: plain\n"
-        "  - send_to: [stranger]\n"
+        "  - send_to: [stranger, strangerpeer]\n"
         "    action: protect\n"
         "    recipients: [stranger.cert.pem]\n"
         "    profile: plain\n"
@@ -110,7 +111,8 @@ def sites(tmp_path_factory):
         research.start()
         hospital = OrthancProcess(tmp / "hospital", aet="HOSPITAL", miadmark_config=tmp / "hospital.yaml",
                                   modalities={"research": research, "plain": plain, "vendor": plain,
-                                              "unnamed": plain, "stranger": research, "archive": plain})
+                                              "unnamed": plain, "stranger": research, "archive": plain},
+                                  peers={"strangerpeer": research})
         hospital.start()
     except BaseException:
         plain.stop()
@@ -261,3 +263,13 @@ def test_tampered_upload_over_rest_is_quarantined_not_stored(sites):
     research.post("/instances", dataset_to_bytes(protected))
     assert set(research.instances()) == before
     assert len(list((tmp / "quarantine").glob("*.reason.json"))) == count + 1
+
+
+def test_peer_that_cannot_open_reports_failure_to_the_sender(sites):
+    hospital, research = sites["hospital"], sites["research"]
+    before = set(research.instances())
+    response = hospital.post("/peers/strangerpeer/store", {"Resources": [sites["study"]]})
+    assert response.status_code == 500, response.text
+    answer = response.json()
+    assert answer["FailedInstancesCount"] == SLICES and "FilteredOut" in answer["MiadMark"]["Errors"][0]
+    assert set(research.instances()) == before
