@@ -57,7 +57,11 @@ class DimseSender:
         if self.assoc is None or not self.assoc.is_established:
             self._open()
         sent, failures = 0, []
-        for uid, ds in ready:
+        for index, (uid, ds) in enumerate(ready):
+            if self.assoc is None:  # the association was lost: the rest of the batch is not sent
+                failures += [f"protected instance for {u}: not sent (association to {self.called_ae} lost)"
+                             for u, _ in ready[index:]]
+                break
             if self.originator_aet:
                 status = self.assoc.send_c_store(ds, originator_aet=self.originator_aet,
                                                  originator_id=int(self.originator_id or 1))
@@ -71,7 +75,6 @@ class DimseSender:
                                 + (f"0x{code:04X}" if code is not None else "nothing"))
                 if not self.assoc.is_established:
                     self.assoc = None
-                    break
         return sent, failures
 
     def close(self) -> None:

@@ -86,3 +86,25 @@ def test_receiver_can_refuse_plain_instances(tmp_path):
     receiver = Receiver(cfg.receiver)
     assert receiver.process(sorted(CT.glob("*.dcm"))[0].read_bytes()) == (DISCARD, None)
     assert receiver.counts["refused"] == 1
+
+
+def test_dimse_sender_counts_every_instance_when_the_association_drops():
+    from types import SimpleNamespace
+
+    from orthanc_plugin.senders import DimseSender
+
+    class Assoc:
+        is_established = True
+        calls = 0
+
+        def send_c_store(self, ds):
+            Assoc.calls += 1
+            if Assoc.calls == 2:
+                self.is_established = False
+                return SimpleNamespace()  # no response: aborted
+            return SimpleNamespace(Status=0x0000)
+
+    sender = DimseSender(called_ae="X", host="127.0.0.1", port=1, calling_ae="Y", sop_classes=set())
+    sender.assoc = Assoc()
+    sent, failures = sender.send([(f"uid{i}", object()) for i in range(4)])
+    assert sent == 1 and len(failures) == 3 and "nothing" in failures[0] and "lost" in failures[2]
