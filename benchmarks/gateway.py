@@ -75,13 +75,30 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing listening on {port}")
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one when pid is None)."""
+    """User + system CPU seconds of a process and its live children (this one when pid is None)."""
     if pid is None:
         t = os.times()
         return t.user + t.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    pids, total = [pid], 0.0
+    for entry in Path("/proc").iterdir():  # children: the gateway's forwarding process
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    for p in pids:
+        try:
+            fields = _stat(p)
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
 
 
 def count_lines(path: Path, word: str) -> int:
@@ -98,6 +115,8 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=288, help="instances per pass/direct run")
     ap.add_argument("--protect-count", type=int, default=96, help="instances for the protect run (0 = skip)")
     ap.add_argument("--device", default="cpu", help="protect device: cpu, cuda, auto")
+    ap.add_argument("--forward", default="process", choices=["process", "thread"],
+                    help="gateway forwarding in a child process (default, as deployed) or in threads")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
 
@@ -151,7 +170,8 @@ receiver:
     try:
         rx = subprocess.Popen(cmd + ["receive", "--config", "site.yaml"], cwd=work, stdout=log, stderr=log)
         procs.append(rx)
-        gw = subprocess.Popen(cmd + ["gateway", "--config", "site.yaml"], cwd=work, stdout=log, stderr=log)
+        gw = subprocess.Popen(cmd + ["gateway", "--config", "site.yaml", "--forward", args.forward], cwd=work,
+                              stdout=log, stderr=log)
         procs.append(gw)
         wait_port(rx_port, rx)
         wait_port(gw_port, gw)
@@ -193,7 +213,8 @@ receiver:
               f"one association)  [{cpu_line(cpu0, len(batch))}]")
         cpu0 = cpu_snapshot()
         results["pass"], accept_rate = through_gateway("ARCHIVE", batch, 600)
-        print(f"through the gateway, rule pass     : {results['pass']:7.1f} instances/s end to end "
+        print(f"through the gateway, rule pass     : {results['pass']:7.1f} instances/s end to end, "
+              f"forwarding in a {args.forward} "
               f"(gateway accepted {accept_rate:.1f}/s)  ratio {results['pass'] / results['direct']:.2f}  "
               f"[{cpu_line(cpu0, len(batch))}]")
         if args.protect_count:

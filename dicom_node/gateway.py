@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -25,8 +26,7 @@ from miadmark.config import Config
 from miadmark.rules import BLOCK, route
 
 from .audit import AuditLog
-from .forwarder import Forwarder
-from .protection import Protector
+from .forwarding import SENDABLE, Forwarding
 from .quarantine import quarantine
 from .reload import ConfigWatcher
 from .spool import Spool
@@ -36,7 +36,6 @@ from .workqueue import NewJob, Queue
 
 log = logging.getLogger("dicom_node.gateway")
 CANNOT_UNDERSTAND = 0xC000
-SENDABLE = ("dimse", "stow")
 
 
 def spool_bytes(event, calling: str, called: str) -> bytes:
@@ -49,17 +48,27 @@ def spool_bytes(event, calling: str, called: str) -> bytes:
 
 
 class Gateway:
-    def __init__(self, config: Config, *, bind: str | None = None, port: int | None = None):
+    """forward="thread": forwarders run in this process (tests); "process": in a child process
+    with its own GIL (what `miadmark gateway` runs); "none": receive and queue only."""
+
+    def __init__(self, config: Config, *, bind: str | None = None, port: int | None = None,
+                 forward: str = "thread"):
+        if forward not in ("thread", "process", "none"):
+            raise ValueError(f"forward must be thread, process or none, not {forward!r}")
         self.config = config
+        self.forward = forward
         self.bind = bind or config.gateway.bind
         self.port = config.gateway.port if port is None else port
         self.spool = Spool(config.gateway.spool)
         self.queue = Queue(self.spool.queue_path)
         self.audit = AuditLog(config.gateway.audit)
-        self.protector = Protector(config)
-        self.forwarders: dict[str, Forwarder] = {}
+        self.forwarding: Forwarding | None = None
+        self._child = None
+        self._child_wake = None
+        self._child_reload = None
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
         self.receipts = AssociationTally(log, "received")
-        self._file_lock = threading.Lock()
         self._server = None
         self._watcher: ConfigWatcher | None = None
         self.ae = storage_scp_ae(config.gateway.ae_title, max_pdu=config.gateway.max_pdu)
@@ -68,7 +77,10 @@ class Gateway:
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self, *, watch: bool = True) -> "Gateway":
         self.recover()
-        self._start_forwarders()
+        if self.forward == "thread":
+            self.forwarding = Forwarding(self.config).start()
+        elif self.forward == "process":
+            self._spawn_forwarder()
         handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, self.handle_store),
                     (evt.EVT_RELEASED, self._assoc_done), (evt.EVT_ABORTED, self._assoc_done)]
         self._server = self.ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
@@ -78,23 +90,57 @@ class Gateway:
             self._watcher.start()
         pending = sum(c.get("pending", 0) for c in self.queue.counts().values())
         log.info("gateway %s listening on %s:%d; %d destination(s), %d rule(s), %d instance(s) pending from before",
-                 self.config.gateway.ae_title, self.bind, self.port, len(self.forwarders), len(self.config.rules),
-                 pending)
+                 self.config.gateway.ae_title, self.bind, self.port, len(self.config.destinations),
+                 len(self.config.rules), pending)
         return self
 
+    def _spawn_forwarder(self) -> None:
+        import multiprocessing
+
+        from .forwarding import run_child
+        if self.config.path is None:
+            raise ValueError("forward='process' needs a configuration loaded from a file")
+        ctx = multiprocessing.get_context("spawn")
+        if self._child_wake is None:
+            self._child_wake, self._child_reload = ctx.Event(), ctx.Event()
+        self._child = ctx.Process(target=run_child, name="miadmark-forward", daemon=False,
+                                  args=(self.config, self._child_wake, self._child_reload, os.getpid(),
+                                        logging.getLogger().getEffectiveLevel()))
+        self._child.start()
+        if self._supervisor is None:
+            self._supervisor = threading.Thread(target=self._supervise, name="forwarder-supervisor", daemon=True)
+            self._supervisor.start()
+
+    def _supervise(self) -> None:
+        """Restart the forwarding process if it dies (it should not; a crash must not stop delivery)."""
+        while not self._stopping.wait(1.0):
+            child = self._child
+            if child is not None and not child.is_alive() and not self._stopping.is_set():
+                log.error("forwarding process exited (code %s); restarting it", child.exitcode)
+                if self._stopping.wait(2.0):
+                    break
+                self._spawn_forwarder()
+
     def stop(self) -> None:
+        self._stopping.set()
         if self._watcher:
             self._watcher.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        for fwd in self.forwarders.values():
-            fwd.stop()
-        for fwd in self.forwarders.values():
-            fwd.join(timeout=30)
+        if self.forwarding is not None:
+            self.forwarding.stop()
+        if self._child is not None:
+            self._child.terminate()  # SIGTERM: the forwarder finishes its current instance
+            self._child.join(45)
+            if self._child.is_alive():
+                self._child.kill()
+            self._child = None
         self.queue.close()
 
     def reload(self, reason: str = "SIGHUP") -> bool:
+        if self._child_reload is not None:
+            self._child_reload.set()  # the forwarding process reloads too (no signal: no startup race)
         if self._watcher is None:
             return False
         return self._watcher.reload(reason)
@@ -105,25 +151,20 @@ class Gateway:
             if getattr(old, name) != getattr(config.gateway, name):
                 log.warning("gateway.%s changed: takes effect at the next restart", name)
         self._apply_allowlist(config)
-        self.protector.configure(config)
         self.config = config
-        self._start_forwarders()
+        if self.forwarding is not None:
+            self.forwarding.apply_config(config)
 
     def _apply_allowlist(self, config: Config) -> None:
         allow = config.gateway.allow_calling
         self.ae.require_calling_aet = list(allow) if allow else []
 
-    def _start_forwarders(self) -> None:
-        names = set(self.config.destinations)
-        names |= set(self.queue.counts())  # jobs queued for destinations since removed keep retrying
-        for name in sorted(names):
-            dest = self.config.destinations.get(name)
-            if dest is not None and dest.kind not in SENDABLE:
-                continue  # orthanc_* destinations are for the Orthanc plugin
-            if name not in self.forwarders:
-                fwd = Forwarder(self, name)
-                self.forwarders[name] = fwd
-                fwd.start()
+    def _wake(self, destinations) -> None:
+        if self.forwarding is not None:
+            for d in destinations:
+                self.forwarding.wake(d)
+        elif self._child_wake is not None:
+            self._child_wake.set()
 
     # ----------------------------------------------------------------------------- receive path
     def handle_store(self, event) -> int:
@@ -159,11 +200,10 @@ class Gateway:
             log.debug("%s blocked: %s", sop_uid, blocked[0].reason if blocked else "")
             return REFUSED_NOT_AUTHORIZED
         try:
-            with self._file_lock:
-                rel = self.spool.store(data, sop_uid)
-                self.queue.add(file=rel, sop_uid=sop_uid, sop_class=str(event.request.AffectedSOPClassUID),
-                               transfer_syntax=str(event.context.transfer_syntax), study_uid=study,
-                               series_uid=series, calling_ae=calling, called_ae=called, jobs=jobs)
+            rel = self.spool.store(data, sop_uid)
+            self.queue.add(file=rel, sop_uid=sop_uid, sop_class=str(event.request.AffectedSOPClassUID),
+                           transfer_syntax=str(event.context.transfer_syntax), study_uid=study,
+                           series_uid=series, calling_ae=calling, called_ae=called, jobs=jobs)
         except Exception as exc:  # noqa: BLE001 - disk full, database locked: tell the sender to retry
             log.error("%s from %s: cannot spool (%s: %s), answered failure", sop_uid, calling,
                       type(exc).__name__, exc)
@@ -172,13 +212,7 @@ class Gateway:
         self.audit.write("received", **base, queued=[{"destination": j.destination, "action": j.action,
                                                       "rule": j.rule} for j in jobs])
         self.receipts.count(assoc, study, "queued", calling)
-        for j in jobs:
-            fwd = self.forwarders.get(j.destination)
-            if fwd is None:
-                self._start_forwarders()
-                fwd = self.forwarders.get(j.destination)
-            if fwd is not None:
-                fwd.wake.set()
+        self._wake({j.destination for j in jobs})
         return SUCCESS
 
     def recover(self) -> int:
@@ -226,21 +260,17 @@ class Gateway:
     def _assoc_done(self, event) -> None:
         self.receipts.flush(event.assoc)
 
-    # ------------------------------------------------------------------------- used by forwarders
+    # ----------------------------------------------------------------------------------- helpers
     def quarantine_object(self, src: Path, **details) -> Path:
         return quarantine(self.config.gateway.quarantine, None, source=src, **details)
 
     def release_file(self, rel: str) -> None:
-        """Delete a spooled original (and its protected copies) once no job needs it."""
-        with self._file_lock:
-            con = self.queue._con()
-            busy = con.execute("SELECT COUNT(*) FROM jobs WHERE file=? AND state IN ('pending','dead')",
-                               (rel,)).fetchone()[0]
-            if busy:
-                return
-            src = self.spool.path(rel)
-            for path in [src, *self.spool.protected.glob(f"{Path(rel).stem}.{'?' * 12}.dcm")]:
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
+        busy = self.queue._con().execute("SELECT COUNT(*) FROM jobs WHERE file=? AND state IN ('pending','dead')",
+                                         (rel,)).fetchone()[0]
+        if not busy:
+            for path in [self.spool.path(rel), *self.spool.protected_copies(rel)]:
+                path.unlink(missing_ok=True)
+
+    @property
+    def forwarders(self) -> dict:
+        return self.forwarding.forwarders if self.forwarding is not None else {}

@@ -16,8 +16,9 @@ log = logging.getLogger("dicom_node.reload")
 class ConfigWatcher(threading.Thread):
     """Polls the file's content hash every `interval` s; calls apply(new_config) when it changes."""
 
-    def __init__(self, path: str | Path, apply: Callable[[Config], None], interval: float = 2.0):
+    def __init__(self, path: str | Path, apply: Callable[[Config], None], interval: float = 2.0, who: str = ""):
         super().__init__(name="config-watch", daemon=True)
+        self.who = f" [{who}]" if who else ""
         self.path = Path(path)
         self.apply = apply
         self.interval = interval
@@ -38,11 +39,11 @@ class ConfigWatcher(threading.Thread):
             try:
                 config = load_config(self.path)
             except ConfigError as exc:
-                log.error("configuration reload (%s) refused, keeping the running rules: %s", reason, exc)
+                log.error("configuration reload (%s) refused, keeping the running rules%s: %s", reason, self.who, exc)
                 return False
             self.apply(config)
-            log.info("configuration reloaded (%s): %d rule(s), %d destination(s)", reason, len(config.rules),
-                     len(config.destinations))
+            log.info("configuration reloaded (%s)%s: %d rule(s), %d destination(s)", reason, self.who,
+                     len(config.rules), len(config.destinations))
             return True
 
     def run(self) -> None:

@@ -1,8 +1,11 @@
 """The gateway's spool folder: received originals, protected copies, the queue database.
 
-    <spool>/objects/<SOPInstanceUID>.dcm          originals exactly as received (file meta + bytes)
-    <spool>/protected/<SOPInstanceUID>.<key>.dcm  protected copy per (rule recipients, profile)
-    <spool>/queue.sqlite                          the work queue (WAL)
+    <spool>/objects/<SOPInstanceUID>.<receipt>.dcm          originals as received (meta + dataset bytes)
+    <spool>/protected/<SOPInstanceUID>.<receipt>.<key>.dcm  protected copy per (rule recipients, profile)
+    <spool>/queue.sqlite                                    the work queue (WAL)
+
+<receipt> is unique per C-STORE received, so a repeated receipt of one instance never shares a
+file with an earlier one still being delivered or cleaned up (no lock between the two sides).
 
 A protected copy is made once and kept until delivered, so a resend after a crash sends the same
 object (same new SOP Instance UID) and the destination sees a harmless duplicate.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from pathlib import Path
 
 from miadmark.dicomio import write_atomic
@@ -37,7 +41,7 @@ class Spool:
     def store(self, data: bytes, sop_uid: str) -> str:
         """Durably write a received instance; returns its name relative to the spool root."""
         name = safe_uid(sop_uid) or "x" + hashlib.sha256(str(sop_uid).encode()).hexdigest()[:32]
-        rel = f"objects/{name}.dcm"
+        rel = f"objects/{name}.{uuid.uuid4().hex[:12]}.dcm"
         write_atomic(data, self.root / rel)
         return rel
 
@@ -47,3 +51,6 @@ class Spool:
     def protected_path(self, rel: str, recipients: tuple[str, ...], profile: str | None) -> Path:
         key = hashlib.sha256(repr((sorted(recipients), profile)).encode()).hexdigest()[:12]
         return self.protected / f"{Path(rel).stem}.{key}.dcm"
+
+    def protected_copies(self, rel: str) -> list[Path]:
+        return list(self.protected.glob(f"{Path(rel).stem}.{'?' * 12}.dcm"))

@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="the site YAML file")
     p.add_argument("--bind", help="listen address (default: gateway.bind)")
     p.add_argument("--port", type=int, help="listen port (default: gateway.port)")
+    p.add_argument("--forward", choices=["process", "thread", "none"], default="process",
+                   help="where forwarding runs: a child process (default, own CPU core), threads of this "
+                        "process, or nowhere (receive and queue only)")
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,7 @@ def run(args) -> int:
     quiet_pynetdicom(args)
     try:
         cfg = load_config(args.config)
-        gateway = Gateway(cfg, bind=args.bind, port=args.port).start()
+        gateway = Gateway(cfg, bind=args.bind, port=args.port, forward=args.forward).start()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
