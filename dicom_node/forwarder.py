@@ -240,7 +240,8 @@ class Forwarder(threading.Thread):
                 sent += len(outgoing)
                 if not assoc.is_established or sent >= cfg.gateway.batch_size or self.stopping.is_set():
                     break
-                more = self._claim_linger(cfg.gateway.batch_size - sent)
+                # small rounds: protecting a round keeps the association idle, and peers time out
+                more = self._claim_linger(min(cfg.gateway.batch_size - sent, self.ROUND))
                 if not more:
                     break
                 extra_claims += [j.id for j in more]
@@ -258,7 +259,8 @@ class Forwarder(threading.Thread):
                 self._inflight.difference_update(extra_claims)
             self._log_finished_studies()
 
-    LINGER_S = 0.3
+    LINGER_S = 0.3  # keep an association open this long for more work
+    ROUND = 16  # instances claimed at a time while an association is open
 
     def _claim_linger(self, limit: int) -> list[Job]:
         end = time.monotonic() + self.LINGER_S
