@@ -201,6 +201,9 @@ def test_protect_route_ct_series(site):
         assert ds.SOPInstanceUID not in source_uids
         orig = pydicom.dcmread(by_pos[str(ds.ImagePositionPatient)])
         assert not np.array_equal(ds.pixel_array, orig.pixel_array), path.name
+    # the gateway records a delivery after the destination's answer: wait for the last records
+    assert wait_for(lambda: cfg.gateway.audit.read_bytes().count(b'"event":"sent"') == 192, timeout=60)
+    assert wait_for(lambda: "sent (protect, rule 1)" in (tmp / "gateway.log").read_text(), timeout=30)
     audit = read_audit(cfg.gateway.audit)
     sent = [r for r in audit if r["event"] == "sent"]
     assert len(sent) == 192 and {r["destination"] for r in sent} == {"research", "partner"}

@@ -221,7 +221,7 @@ def test_spooled_file_without_queue_row_is_recovered(site):
     start(gateway=False)
     gw2 = Gateway(load_config(cfg_path)).start()
     try:
-        assert wait_for(lambda: len(stored_files(cfg.receiver.store)) == 3)
-        assert gw2.queue.counts()["archive"]["done"] == 3
+        assert wait_for(lambda: gw2.queue.counts()["archive"]["done"] == 3)
+        assert len(stored_files(cfg.receiver.store)) == 3
     finally:
         gw2.stop()
