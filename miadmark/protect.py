@@ -19,9 +19,9 @@ import copy
 import hashlib
 import lzma
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from pydicom.dataelem import DataElement
@@ -32,7 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from . import __version__
 from .dicomio import canonical_bytes, parse_all
-from .engine import DEFAULT_PROFILE, Engine, ImageContext, Profile, get_engine
+from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine
 from .errors import (AlreadyProtectedError, IntegrityError, MiadmarkError, NotProtectedError,
                      RecordCorruptError, UntrustedSignerError)
 from .keys import Identity, subject_name
@@ -40,6 +40,9 @@ from .pixel_payload import apply_changed_words, encode_changed_words, word_dtype
 from .pixels import Pixels, decode, from_model, native_pixel_bytes, to_model
 from .record import (RECORD_CREATOR, Record, decode_file_meta, decrypt, encode_file_meta, encrypt,
                      recipients_of, sign_record, verify_record)
+
+if TYPE_CHECKING:
+    from .engine.base import Engine
 
 PIXEL_DATA = 0x7FE00010
 NATIVE_ONLY_DROP = (0x7FE00001, 0x7FE00002)  # extended offset table: meaningless once native
@@ -110,6 +113,8 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
 
 def _run_engine(engine: Engine, x: np.ndarray, lesion: np.ndarray, contexts: list[ImageContext]
                 ) -> tuple[np.ndarray, list[dict]]:
+    import torch  # only protect needs it: strip and inspect start without torch
+
     x_t = torch.from_numpy(x).to(engine.device)
     lesion_t = torch.from_numpy(lesion).to(engine.device) if lesion.any() else None
     out = engine.watermark(x_t, lesion_t, contexts)

@@ -13,26 +13,7 @@ from typing import Any
 
 import torch
 
-
-@dataclass(frozen=True)
-class Profile:
-    """How to watermark. Engines read the fields they need and ignore the rest."""
-
-    name: str = "plain"
-    max_area_fraction: float = 1 / 9  # the logo's bounding box covers at most this much of the image
-    alpha_max: float = 0.6  # transparency cap (Adv-watermark caps it too)
-    logo: str | None = None  # PNG path (alpha channel = shape); None renders the default logo
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ImageContext:
-    """What the engine may know about one image besides its pixels (no patient data)."""
-
-    modality: str = ""
-    photometric: str = ""
-    sop_instance_uid: str = ""
+from .profile import ImageContext, Profile  # noqa: F401 - re-exported for engines
 
 
 @dataclass
