@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from miadmark.dicomio import canonical_bytes, dataset_from_bytes, dataset_to_bytes, read_dicom
 from miadmark.keys import load_identity, new_identity
+from miadmark.machine import describe
 from miadmark.protect import protect_many, strip
 
 SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data"
@@ -58,8 +58,7 @@ def main() -> None:
     size_in = sum(os.path.getsize(f) for f in files)
     size_out = sum(len(p) for p in protected)
     record = sum(len(read_record_bytes(p)) for p in protected) / len(protected)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, device cpu")
+    print(f"{describe()}, torch {torch.__version__}, {torch.get_num_threads()} threads, protect on cpu")
     print(f"series: {len(files)} CT slices 512x512 16-bit, profile {args.profile}")
     print(f"baseline read+encode: {baseline * 1000:.1f} ms/slice")
     print(f"protect: {t_protect * 1000:.1f} ms/slice ({t_protect / baseline:.1f}x baseline)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,16 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from miadmark.engine import Profile, get_engine  # noqa: E402
 from miadmark.engine.ensemble import Ensemble  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from miadmark.machine import cpu_model  # noqa: E402
 
 
 def images(n: int, size: int) -> torch.Tensor:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -29,32 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dicom_node.storescu import send_files  # noqa: E402
+from miadmark.machine import describe  # noqa: E402
 
 DEFAULT_FILES = REPO.parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data"
 
 
 def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = "none"
-    try:
-        import torch
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-    except Exception:  # noqa: BLE001
-        pass
-    import pynetdicom
     import pydicom
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"machine: {platform.node()} {platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, "
-            f"load {load}, GPU {gpu}; python {platform.python_version()}, pynetdicom {pynetdicom.__version__}, "
-            f"pydicom {pydicom.__version__}")
+    import pynetdicom
+
+    return f"{describe()}, pynetdicom {pynetdicom.__version__}, pydicom {pydicom.__version__}"
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ import html
 import json
 import logging
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from .engine.logo import logo_tensors
 from .surrogates import BLACKBOX_DIR, DEFAULT_SURROGATES, WEIGHTS_DIR
 from .surrogates.data import load_dataset
 from .surrogates.train import load
+from .machine import cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +83,6 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch: int = 128
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
             correct += int((model(x).argmax(1) == labels[i:i + batch]).sum())
     return correct / max(1, len(images))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _png(t: torch.Tensor, path: Path) -> None:
@@ -233,7 +223,7 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
         "lesion_mask": f"Grad-CAM of the surrogates >= {cam_thr:g}/255, "
                        "passed to the engine",
         "accuracy_summary": summary, "accuracy": acc, "quality": quality,
-        "machine": {"cpu": _cpu_model(), "cores": __import__("os").cpu_count(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_model(), "cores": __import__("os").cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": str(engine.device)},
         "command": command or " ".join(sys.argv), "examples": examples,
         "params_first": params[:3],

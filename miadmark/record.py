@@ -52,7 +52,6 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
 
 from .errors import NoRecipientKeyError, RecordCorruptError, SignatureInvalidError
 from .keys import Identity

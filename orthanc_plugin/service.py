@@ -397,7 +397,7 @@ def cstore_filter(instance) -> int:
 def received_instance(data: bytes, origin):
     """ReceivedInstanceCallback: strip protected instances; an exception here would store the
     instance as received, so everything is caught and the instance refused."""
-    from .receiver import DISCARD, KEEP, MODIFY, might_be_protected
+    from .receiver import KEEP, MODIFY, might_be_protected
 
     try:
         settings = PLUGIN.settings

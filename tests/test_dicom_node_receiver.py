@@ -17,7 +17,7 @@ from dicom_node.storescu import send_files
 from dicom_node.transport import PROCESSING_FAILURE
 from miadmark.config import load_config
 from miadmark.dicomio import dataset_to_bytes, read_dicom, write_dicom_atomic
-from miadmark.keys import load_certificate, load_identity, new_identity
+from miadmark.keys import load_identity, new_identity
 from miadmark.protect import protect
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"

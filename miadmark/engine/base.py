@@ -8,7 +8,7 @@ to stored values and enforces the lesion invariant a second time.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
