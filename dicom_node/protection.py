@@ -108,7 +108,7 @@ class Protector:
                     outputs = protect_many(datasets, recipients=certs, signer=signer,
                                            profile=profile or DEFAULT_PROFILE, device=self.config.gateway.device,
                                            engine=engine)
-                except (MiadmarkError, NotImplementedError, ValueError) as exc:
+                except (MiadmarkError, ValueError) as exc:
                     outputs = [exc] * len(todo)
                 except Exception as exc:  # noqa: BLE001 - fail closed on anything
                     log.exception("protect failed")

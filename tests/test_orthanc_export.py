@@ -20,17 +20,6 @@ from orthanc_plugin.testing import OrthancProcess, missing
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 
 
-def _core_ready() -> bool:
-    from miadmark.protect import protect
-
-    try:
-        protect(pydicom.Dataset(), recipients=[], signer=None)
-    except NotImplementedError:
-        return False
-    except Exception:  # noqa: BLE001 - implemented (it refuses an empty dataset)
-        return True
-    return True
-
 SLICES = 8
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -69,9 +58,6 @@ def _body_bytes(data: bytes) -> tuple[str, bytes]:
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
     from miadmark.keys import new_identity
-
-    if not _core_ready():
-        pytest.skip("miadmark.protect is not implemented yet (core issue 3)")
 
     tmp = tmp_path_factory.mktemp("orthanc")
     new_identity("hospital", tmp)
