@@ -9,11 +9,14 @@ plate (alpha <= plate_alpha_max, free texture). Parameters live at the surrogate
 are upsampled (smooth) into the full-resolution image. Optional: an L-inf perturbation outside the
 box and the lesion (`linf`, in grey levels of 255).
 
-Options (Profile.options): iterations (15), alpha_min (0.35), plate_alpha_max (0.65),
-param_scale (0.5: alpha/texture maps at half the box's surrogate-scale size: smoother, transfers
-better), stroke_min (0.55), contrast (0.25: the plate stays darker than the strokes, so the logo
-reads), step_alpha (0.08), step_texture (0.2), momentum (1.0), feature_weight (0.5), eot (1 sample / step),
-candidates (8), cam_threshold (170), linf (0), surrogates (names).
+Options (Profile.options): iterations (30), alpha_min (0.35), stroke_alpha_max (profile.alpha_max
++ 0.15 = 0.75 by default, at most 1), plate_alpha_max (0.8), param_scale (0.5: alpha/texture maps at
+half the box's surrogate-scale size: smoother, transfers better), stroke_min (0.4), contrast (0.15:
+the plate stays darker than the strokes, so the logo reads), step_alpha (0.05), step_texture (0.12),
+momentum (1.0), feature_weight (0.5), loss ("ce"; "cw" / "cwm": logit margin capped at kappa (5) on
+the ensemble mean / per model), eot (1 sample / step), candidates (8), cam_threshold (170), linf (0),
+surrogates (names). Defaults before the 2026-11-27 retune: 15 iterations, strokes <= alpha_max (0.6),
+plate <= 0.65, stroke_min 0.55, contrast 0.25, steps 0.08 / 0.2.
 """
 
 from __future__ import annotations
@@ -28,9 +31,22 @@ from .base import ImageContext, WatermarkBatch
 from .eot import random_transform
 
 
-def _loss(ens, x, y, f_clean, fw):
+def _loss(ens, x, y, f_clean, fw, kind="ce", kappa=5.0):
     logits, feats = ens.outputs(x)
-    ce = F.cross_entropy(torch.stack(logits).mean(0), y, reduction="none")
+    z = torch.stack(logits).mean(0)
+    if kind == "cw":  # logit margin: max other logit - true logit, capped at kappa
+        zy = z.gather(1, y[:, None])[:, 0]
+        zo = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), -1e9).amax(1)
+        ce = (zo - zy).clamp(max=kappa)
+    elif kind == "cwm":  # per-model margin, averaged
+        ms = []
+        for zz in logits:
+            zy = zz.gather(1, y[:, None])[:, 0]
+            zo = zz.masked_fill(F.one_hot(y, zz.shape[1]).bool(), -1e9).amax(1)
+            ms.append((zo - zy).clamp(max=kappa))
+        ce = torch.stack(ms).mean(0)
+    else:
+        ce = F.cross_entropy(z, y, reduction="none")
     fl = torch.stack([1 - F.cosine_similarity(f, fc, dim=1) for f, fc in zip(feats, f_clean)]).mean(0)
     return ce + fw * fl
 
@@ -47,17 +63,19 @@ class TransferEngine(AdversarialEngine):
         images = images.to(self.device, torch.float32)
         ens = self.ensemble
         gen = torch.Generator().manual_seed(int(self.profile.seed))
-        iters = int(self.opt("iterations", 15))
-        a_max = float(self.profile.alpha_max)
+        iters = int(self.opt("iterations", 30))
+        a_max = min(1.0, float(self.opt("stroke_alpha_max", float(self.profile.alpha_max) + 0.15)))
         a_min = min(a_max, float(self.opt("alpha_min", 0.35)))
-        p_max = float(self.opt("plate_alpha_max", 0.65))
-        s_min = float(self.opt("stroke_min", 0.55))
-        contrast = float(self.opt("contrast", 0.25))  # plate at least this much darker than the strokes
-        st_a, st_t = float(self.opt("step_alpha", 0.08)), float(self.opt("step_texture", 0.2))
+        p_max = float(self.opt("plate_alpha_max", 0.8))
+        s_min = float(self.opt("stroke_min", 0.4))
+        contrast = float(self.opt("contrast", 0.15))  # plate at least this much darker than the strokes
+        st_a, st_t = float(self.opt("step_alpha", 0.05)), float(self.opt("step_texture", 0.12))
         mu, fw = float(self.opt("momentum", 1.0)), float(self.opt("feature_weight", 0.5))
         eot = max(1, int(self.opt("eot", 1)))
         linf = float(self.opt("linf", 0)) / 255.0
         use_eot = bool(self.opt("transforms", True))
+        lk_, kap = str(self.opt("loss", "ce")), float(self.opt("kappa", 5.0))
+        lossf = lambda x_: _loss(ens, x_, y, f_clean, fw, lk_, kap)  # noqa: E731
 
         with torch.no_grad():
             les, les_src = self.lesion_mask(images, lesion)
@@ -82,7 +100,7 @@ class TransferEngine(AdversarialEngine):
             lays = [cl[0] for cl in cands]
             for k in range(k_max):
                 lk = [cl[min(k, len(cl) - 1)] for cl in cands]
-                loss = _loss(ens, ens.prep(self.paste_full(g, les, lk, a1, t1)), y, f_clean, fw)
+                loss = lossf(ens.prep(self.paste_full(g, les, lk, a1, t1)))
                 for i in range(n):
                     if loss[i] > best[i]:
                         best[i], lays[i] = loss[i], lk[i]
@@ -107,7 +125,7 @@ class TransferEngine(AdversarialEngine):
                 if linf > 0:
                     xa = xa + delta * out_box
                 xa = random_transform(xa.clamp(0, 1), gen) if use_eot else xa
-                total = total + _loss(ens, xa, y, f_clean, fw).sum()
+                total = total + lossf(xa).sum()
             grads = torch.autograd.grad(total, params)
             with torch.no_grad():
                 for j, (p, gr) in enumerate(zip(params, grads)):
