@@ -261,6 +261,7 @@ def strip(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x509.Cert
 
 def _rebuild(ds: Dataset, record: Record) -> Dataset:
     out = copy.deepcopy(ds)
+    file_meta = decode_file_meta(record.file_meta)
     for tag in record.added_tags:
         if tag in out:
             del out[tag]
@@ -274,11 +275,11 @@ def _rebuild(ds: Dataset, record: Record) -> Dataset:
             payload = lzma.LZMADecompressor().decompress(record.payload)  # stops at the stream's end
         except lzma.LZMAError:
             raise RecordCorruptError("pixel payload does not decompress") from None
-        encapsulated = decode_file_meta(record.file_meta).TransferSyntaxUID.is_encapsulated
+        encapsulated = file_meta.TransferSyntaxUID.is_encapsulated
         out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, payload, is_undefined_length=encapsulated)
     else:
         raise RecordCorruptError(f"unknown pixel payload kind {record.payload_kind!r}")
-    out.file_meta = decode_file_meta(record.file_meta)
+    out.file_meta = file_meta
     return out
 
 
