@@ -10,7 +10,7 @@ from importlib import import_module
 # Modules under miadmark.commands; each defines register(subparsers) and sets args.func.
 COMMAND_MODULES = [
     "keys", "protect", "strip", "inspect", "demo",
-    "train",
+    "train", "train_prior",
     "evaluate",
     "gateway", "receive", "rules", "queue",
 ]

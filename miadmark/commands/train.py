@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--logo-augment", action="store_true",
                    help="paste random logos while training (a careful third party)")
+    p.add_argument("--adv-eps", type=float, default=0.0,
+                   help="fast adversarial training at this L-inf budget (grey levels of 255); 0: off")
     p.set_defaults(func=run)
 
 
@@ -38,10 +40,12 @@ def run(args) -> int:
             parts += [flag, str(val)]
     if args.logo_augment:
         parts.append("--logo-augment")
+    if args.adv_eps:
+        parts += ["--adv-eps", f"{args.adv_eps:g}"]
     command = " ".join(shlex.quote(p) for p in parts)
     meta = train(args.data, args.arch, args.out, epochs=args.epochs, device=str(resolve_device(args.device)),
                  seed=args.seed, logo_augment=args.logo_augment, size=args.size, batch=args.batch, lr=args.lr,
-                 split_seed=args.split_seed, command=command)
+                 split_seed=args.split_seed, command=command, adv_eps=args.adv_eps)
     print(f"{args.out}: {meta['arch']} val_accuracy {meta['val_accuracy']:.4f} "
           f"({meta['n_val']} validation images, {meta['train_seconds']:.0f}s)")
     return 0

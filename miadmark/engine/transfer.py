@@ -9,13 +9,18 @@ plate (alpha <= plate_alpha_max, free texture). Parameters live at the surrogate
 are upsampled (smooth) into the full-resolution image. Optional: an L-inf perturbation outside the
 box and the lesion (`linf`, in grey levels of 255).
 
+Start: the plain logo and each map set of the universal prior (`prior.py`, optimized once over the
+training images: one per target class and one untargeted) are tried at every candidate placement;
+each image starts from the pair its surrogates find most damaging, then takes the per-image steps.
+
 Options (Profile.options): iterations (30), alpha_min (0.35), stroke_alpha_max (profile.alpha_max
 + 0.15 = 0.75 by default, at most 1), plate_alpha_max (0.8), param_scale (0.5: alpha/texture maps at
 half the box's surrogate-scale size: smoother, transfers better), stroke_min (0.4), contrast (0.15:
 the plate stays darker than the strokes, so the logo reads), step_alpha (0.05), step_texture (0.12),
 momentum (1.0), feature_weight (0.5), loss ("ce"; "cw" / "cwm": logit margin capped at kappa (5) on
-the ensemble mean / per model), eot (1 sample / step), candidates (8), cam_threshold (170), linf (0),
-surrogates (names). Defaults before the 2026-11-27 retune: 15 iterations, strokes <= alpha_max (0.6),
+the ensemble mean / per model; "cem": per-model cross-entropy capped at kappa), eot (1 sample / step),
+candidates (8), cam_threshold (170), linf (0), surrogates (names), prior (None: the committed prior
+made for these surrogates; a path; False: none). Defaults before the 2026-11-27 retune: 15 iterations, strokes <= alpha_max (0.6),
 plate <= 0.65, stroke_min 0.55, contrast 0.25, steps 0.08 / 0.2.
 """
 
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from .adversarial import AdversarialEngine, contexts_ok
 from .base import ImageContext, WatermarkBatch
 from .eot import random_transform
+from .prior import clamp_maps, default_prior, fit_prior, load_prior
 
 
 def _loss(ens, x, y, f_clean, fw, kind="ce", kappa=5.0):
@@ -45,6 +51,8 @@ def _loss(ens, x, y, f_clean, fw, kind="ce", kappa=5.0):
             zo = zz.masked_fill(F.one_hot(y, zz.shape[1]).bool(), -1e9).amax(1)
             ms.append((zo - zy).clamp(max=kappa))
         ce = torch.stack(ms).mean(0)
+    elif kind == "cem":  # per-model cross-entropy, each capped at kappa: no model is pushed far past wrong
+        ce = torch.stack([F.cross_entropy(zz, y, reduction="none").clamp(max=kappa) for zz in logits]).mean(0)
     else:
         ce = F.cross_entropy(z, y, reduction="none")
     fl = torch.stack([1 - F.cosine_similarity(f, fc, dim=1) for f, fc in zip(feats, f_clean)]).mean(0)
@@ -55,10 +63,27 @@ class TransferEngine(AdversarialEngine):
     name = "transfer"
     cam_threshold_default = 170.0
 
+    def prior_inits(self, n: int, hp: int, wp: int, limits: tuple) -> list[tuple]:
+        """Starting maps from the universal prior (option `prior`: a path, or None for the default file
+        made for this ensemble, or False for none), clamped to this run's logo limits."""
+        path = self.opt("prior", None)
+        if path is False:
+            return []
+        if path is None:
+            path = default_prior(self.ensemble.names)
+            if path is None:
+                return []
+        out = []
+        for maps in load_prior(path)["priors"].values():
+            a1, t1, a2, t2 = (t.clone() for t in fit_prior(maps, n, hp, wp, self.device))
+            clamp_maps(a1, t1, a2, t2, *limits)
+            out.append((a1, t1, a2, t2))
+        return out
+
     def _watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
                    contexts: list[ImageContext]) -> WatermarkBatch:
         t0 = time.perf_counter()
-        n, c, h, w = images.shape
+        n, _, h, w = images.shape
         contexts_ok(contexts, n)
         images = images.to(self.device, torch.float32)
         ens = self.ensemble
@@ -75,7 +100,9 @@ class TransferEngine(AdversarialEngine):
         linf = float(self.opt("linf", 0)) / 255.0
         use_eot = bool(self.opt("transforms", True))
         lk_, kap = str(self.opt("loss", "ce")), float(self.opt("kappa", 5.0))
-        lossf = lambda x_: _loss(ens, x_, y, f_clean, fw, lk_, kap)  # noqa: E731
+
+        def lossf(x_):
+            return _loss(ens, x_, y, f_clean, fw, lk_, kap)
 
         with torch.no_grad():
             les, les_src = self.lesion_mask(images, lesion)
@@ -85,7 +112,7 @@ class TransferEngine(AdversarialEngine):
             f_clean = [f.detach() for f in ens.outputs(xs)[1]]
             cands = self.layouts(images, les)
             L0 = cands[0][0]
-            m, tex, logo_id = self.logo_low(L0.hs, L0.ws, L0.bh, L0.bw)
+            _, tex, logo_id = self.logo_low(L0.hs, L0.ws, L0.bh, L0.bw)
             hs, ws = L0.hs, L0.ws
             ps = float(self.opt("param_scale", 0.5))  # < 1: coarser, smoother maps (transfer better)
             hp, wp = max(2, round(hs * ps)), max(2, round(ws * ps))
@@ -94,16 +121,20 @@ class TransferEngine(AdversarialEngine):
             t1 = tex.expand(n, 1, hp, wp).clone().clamp(min=s_min)
             a2 = torch.zeros(n, hp, wp, device=self.device)
             t2 = torch.full((n, 1, hp, wp), 0.3, device=self.device)
-            # placement: query each lesion-free candidate with the initial logo, keep the most damaging
+            inits = [(a1, t1, a2, t2)] + self.prior_inits(n, hp, wp, (a_min, a_max, p_max, s_min, contrast))
+            # placement and start: query each lesion-free candidate with each start, keep the most damaging
             k_max = max(len(cl) for cl in cands)
             best = torch.full((n,), -1e9, device=self.device)
             lays = [cl[0] for cl in cands]
-            for k in range(k_max):
-                lk = [cl[min(k, len(cl) - 1)] for cl in cands]
-                loss = lossf(ens.prep(self.paste_full(g, les, lk, a1, t1)))
-                for i in range(n):
-                    if loss[i] > best[i]:
-                        best[i], lays[i] = loss[i], lk[i]
+            choice = [0] * n
+            for j, (b1, u1, b2, u2) in enumerate(inits):
+                for k in range(k_max):
+                    lk = [cl[min(k, len(cl) - 1)] for cl in cands]
+                    loss = lossf(ens.prep(self.paste_full(g, les, lk, b1, u1, b2, u2)))
+                    for i in range(n):
+                        if loss[i] > best[i]:
+                            best[i], lays[i], choice[i] = loss[i], lk[i], j
+            a1, t1, a2, t2 = (torch.stack([inits[choice[i]][q][i] for i in range(n)]).clone() for q in range(4))
 
         # lesion at surrogate scale (any lesion pixel inside a low-res pixel freezes it)
         les_low = F.adaptive_max_pool2d(les[:, None].float(), (ens.size, ens.size))[:, 0] > 0
@@ -113,7 +144,6 @@ class TransferEngine(AdversarialEngine):
         out_box = out_box * (~les_low[:, None]).float()
         delta = torch.zeros(n, 1, ens.size, ens.size, device=self.device)
 
-        lo_a1, hi_a1 = a_min, a_max
         params = [a1, t1, a2, t2] + ([delta] if linf > 0 else [])
         mom = [torch.zeros_like(p) for p in params]
         for p in params:
@@ -133,10 +163,7 @@ class TransferEngine(AdversarialEngine):
                     mom[j] = mu * mom[j] + gr
                     step = st_a if j in (0, 2) else (linf / 4 if j == 4 else st_t)
                     p.add_(step * mom[j].sign())
-                a1.clamp_(lo_a1, hi_a1)
-                t1.clamp_(s_min, 1.0)
-                a2.clamp_(0.0, p_max)
-                t2.copy_(torch.minimum(t2.clamp(0.0, 1.0), (t1 - contrast).clamp_min(0.0)))
+                clamp_maps(a1, t1, a2, t2, a_min, a_max, p_max, s_min, contrast)
                 if linf > 0:
                     delta.clamp_(-linf, linf)
 
