@@ -63,3 +63,22 @@ def test_default_prior_matches_the_default_surrogates():
     path = default_prior(list(DEFAULT_SURROGATES))
     assert path is not None and path.exists(), "the committed prior must be made for the default ensemble"
     assert default_prior(["no_such_model"]) is None
+
+
+def test_chest_radiographs_go_to_the_chest_surrogate():
+    from miadmark.engine import ImageContext
+    from miadmark.surrogates import surrogate_paths
+
+    if not surrogate_paths(["chest_xray28_resnet10_logoaug"]):
+        import pytest
+
+        pytest.skip("no chest surrogate committed")
+    x = brainlike(3, 1, 96)
+    ctx = [ImageContext(modality="DX"), ImageContext(modality="MR"), ImageContext(modality="CR")]
+    res = get_engine(Profile(name="transfer", options=FAST), "cpu").watermark(x, None, ctx)
+    assert [p["surrogates"] for p in res.params] == [["chest_xray28_resnet10_logoaug"], list(DEFAULT_SURROGATES),
+                                                    ["chest_xray28_resnet10_logoaug"]]
+    alone = get_engine(Profile(name="transfer", options=FAST), "cpu").watermark(x[1:2], None, ctx[1:2])
+    assert torch.equal(res.images[1:2], alone.images), "a mixed batch is watermarked group by group"
+    named = get_engine(Profile(name="transfer", options={**FAST, "surrogates": list(DEFAULT_SURROGATES)}), "cpu")
+    assert {tuple(p["surrogates"]) for p in named.watermark(x, None, ctx).params} == {tuple(DEFAULT_SURROGATES)}

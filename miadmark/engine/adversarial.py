@@ -4,6 +4,7 @@ lesion-free placement on anatomy, compositing at low and at full resolution."""
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from .base import Engine, ImageContext, WatermarkBatch
 from .ensemble import Ensemble, gradcam_lesion
+from ..surrogates import surrogates_for_modality
 from .logo import box_size, logo_tensors
 
 
@@ -47,10 +49,38 @@ class AdversarialEngine(Engine):
 
     def watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
                   contexts: list[ImageContext]) -> WatermarkBatch:
-        """Batched: chunks of at most options['max_batch'] (32) images go through `_watermark`."""
-        bs = max(1, int(self.opt("max_batch", 32)))
+        """Images go to the surrogates of their modality (chest radiographs to the chest X-ray model,
+        the rest to the brain-MRI ensemble, unless options['surrogates'] names one ensemble for all),
+        in chunks of at most options['max_batch'] (32) through `_watermark`."""
         n = images.shape[0]
         contexts_ok(contexts, n)
+        groups: dict[tuple, list[int]] = {}
+        for i in range(n):
+            groups.setdefault(self._surrogates_for(contexts[i] if contexts else None), []).append(i)
+        out = torch.empty(images.shape, dtype=torch.float32, device=self.device)
+        params: list = [None] * n
+        for names, idx in groups.items():
+            sel = torch.tensor(idx, device=images.device)
+            self._local.names = list(names)
+            try:
+                r = self._chunked(images[sel], None if lesion is None else lesion[sel],
+                                  [contexts[i] for i in idx] if contexts else [])
+            finally:
+                self._local.names = None
+            out[sel.to(self.device)] = r.images.to(self.device)
+            for k, i in enumerate(idx):
+                params[i] = r.params[k]
+        return WatermarkBatch(images=out, params=params)
+
+    def _surrogates_for(self, ctx: ImageContext | None) -> tuple:
+        named = self.opt("surrogates", None)
+        if named:
+            return tuple(named)
+        return tuple(surrogates_for_modality(ctx.modality if ctx else ""))
+
+    def _chunked(self, images, lesion, contexts) -> WatermarkBatch:
+        bs = max(1, int(self.opt("max_batch", 32)))
+        n = images.shape[0]
         if n <= bs:
             return self._watermark(images, lesion, contexts)
         outs, params = [], []
@@ -68,10 +98,16 @@ class AdversarialEngine(Engine):
         return self.profile.options.get(key, default)
 
     @property
+    def _local(self) -> threading.local:  # the group being watermarked, per thread (engines are shared)
+        if "_tls" not in self.__dict__:
+            self.__dict__["_tls"] = threading.local()
+        return self.__dict__["_tls"]
+
+    @property
     def ensemble(self) -> Ensemble:
-        if not hasattr(self, "_ens"):
-            self._ens = Ensemble.get(self.opt("surrogates", None), self.device)
-        return self._ens
+        """The surrogates of the images now being watermarked (Ensemble.get caches the models)."""
+        names = getattr(self._local, "names", None) or self.opt("surrogates", None)
+        return Ensemble.get(names, self.device)
 
     # ---- lesion --------------------------------------------------------------------------
     def lesion_mask(self, images: torch.Tensor, lesion: torch.Tensor | None) -> tuple[torch.Tensor, str]:

@@ -20,8 +20,8 @@ the plate stays darker than the strokes, so the logo reads), step_alpha (0.05), 
 momentum (1.0), feature_weight (0.5), loss ("ce"; "cw" / "cwm": logit margin capped at kappa (5) on
 the ensemble mean / per model; "cem": per-model cross-entropy capped at kappa), eot (1 sample / step),
 candidates (8), cam_threshold (170), linf (0), surrogates (names), prior (None: the committed prior
-made for these surrogates; a path; False: none). Defaults before the 2026-11-27 retune: 15 iterations, strokes <= alpha_max (0.6),
-plate <= 0.65, stroke_min 0.55, contrast 0.25, steps 0.08 / 0.2.
+made for these surrogates; a path; False: none). Defaults before the 2026-11-27 retune: 15
+iterations, strokes <= alpha_max (0.6), plate <= 0.65, stroke_min 0.55, contrast 0.25, steps 0.08 / 0.2.
 """
 
 from __future__ import annotations
