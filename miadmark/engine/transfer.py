@@ -80,6 +80,32 @@ class TransferEngine(AdversarialEngine):
             out.append((a1, t1, a2, t2))
         return out
 
+    def pick_start(self, xs, y, f_clean, cands, inits, lossf_for) -> tuple[list, list[int]]:
+        """Query every (start maps, lesion-free placement) pair at the surrogates' scale, all starts in
+        one batch; per image keep the most damaging. Returns the layouts and the chosen start index."""
+        n, n_starts = xs.shape[0], len(inits)
+        L0 = cands[0][0]
+        m_low, _, _ = self.logo_low(L0.hs, L0.ws, L0.bh, L0.bw)
+
+        def up(t):
+            t = t if t.dim() == 4 else t[:, None]
+            return F.interpolate(t, size=(L0.hs, L0.ws), mode="bilinear", align_corners=False)
+
+        a1, t1, a2, t2 = (torch.cat([up(st[q]) for st in inits]) for q in range(4))
+        xs_all, y_all = xs.repeat(n_starts, 1, 1, 1), y.repeat(n_starts)
+        f_all = [f.repeat(n_starts, 1) for f in f_clean]
+        k_max = max(len(cl) for cl in cands)
+        losses = []
+        for k in range(k_max):
+            lk = [cl[min(k, len(cl) - 1)] for cl in cands]
+            comp = self.paste_low(xs_all, lk * n_starts, m_low, a1[:, 0], t1, a2[:, 0], t2).clamp(0, 1)
+            losses.append(lossf_for(comp, y_all, f_all).view(n_starts, n))
+        loss = torch.stack(losses)  # (placement, start, image)
+        flat = loss.permute(2, 0, 1).reshape(n, -1).argmax(1)
+        ks, js = (flat // n_starts).tolist(), (flat % n_starts).tolist()
+        lays = [cands[i][min(ks[i], len(cands[i]) - 1)] for i in range(n)]
+        return lays, js
+
     def _watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
                    contexts: list[ImageContext]) -> WatermarkBatch:
         t0 = time.perf_counter()
@@ -104,6 +130,9 @@ class TransferEngine(AdversarialEngine):
         def lossf(x_):
             return _loss(ens, x_, y, f_clean, fw, lk_, kap)
 
+        def lossf_for(x_, y_, f_):
+            return _loss(ens, x_, y_, f_, fw, lk_, kap)
+
         with torch.no_grad():
             les, les_src = self.lesion_mask(images, lesion)
             g = images.mean(1, keepdim=True)
@@ -122,18 +151,7 @@ class TransferEngine(AdversarialEngine):
             a2 = torch.zeros(n, hp, wp, device=self.device)
             t2 = torch.full((n, 1, hp, wp), 0.3, device=self.device)
             inits = [(a1, t1, a2, t2)] + self.prior_inits(n, hp, wp, (a_min, a_max, p_max, s_min, contrast))
-            # placement and start: query each lesion-free candidate with each start, keep the most damaging
-            k_max = max(len(cl) for cl in cands)
-            best = torch.full((n,), -1e9, device=self.device)
-            lays = [cl[0] for cl in cands]
-            choice = [0] * n
-            for j, (b1, u1, b2, u2) in enumerate(inits):
-                for k in range(k_max):
-                    lk = [cl[min(k, len(cl) - 1)] for cl in cands]
-                    loss = lossf(ens.prep(self.paste_full(g, les, lk, b1, u1, b2, u2)))
-                    for i in range(n):
-                        if loss[i] > best[i]:
-                            best[i], lays[i], choice[i] = loss[i], lk[i], j
+            lays, choice = self.pick_start(xs, y, f_clean, cands, inits, lossf_for)
             a1, t1, a2, t2 = (torch.stack([inits[choice[i]][q][i] for i in range(n)]).clone() for q in range(4))
 
         # lesion at surrogate scale (any lesion pixel inside a low-res pixel freezes it)
