@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .adversarial import AdversarialEngine, Layout
 from .eot import random_transform
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ def train_prior(ens, xs: torch.Tensor, labels: torch.Tensor, logo_mask: torch.Te
     that scale (its box is 1/3 of the side for the default 1/9 area). targets: class indices and/or
     None (untargeted); default all classes and None."""
     gen = torch.Generator().manual_seed(seed)
-    S = xs.shape[-1]
     hs, ws = logo_mask.shape
     hp, wp = max(2, round(hs * param_scale)), max(2, round(ws * param_scale))
     cy, cx, top = candidate_boxes(xs, hs, ws)
@@ -66,6 +66,9 @@ def train_prior(ens, xs: torch.Tensor, labels: torch.Tensor, logo_mask: torch.Te
     n_cls = ens.models[0].num_classes
     priors = {}
     t0 = time.time()
+
+    def one(t):  # the same maps for every image of the batch
+        return t.expand(batch, *t.shape[1:])
 
     def up(t):
         return F.interpolate(t[None] if t.dim() == 3 else t[None, None], size=(hs, ws), mode="bilinear",
@@ -86,14 +89,10 @@ def train_prior(ens, xs: torch.Tensor, labels: torch.Tensor, logo_mask: torch.Te
             idx = pool[torch.randint(len(pool), (batch,), generator=gen)]
             xb = xs[idx]
             pos = top[idx, torch.randint(top.shape[1], (batch,), generator=gen)]
-            A1, T1, A2, T2 = up(a1)[0], up(t1), up(a2)[0], up(t2)
-            deltas = []
-            for i in range(batch):
-                y0, x0 = int(cy[pos[i]]), int(cx[pos[i]])
-                reg = xb[i, :, y0:y0 + hs, x0:x0 + ws]
-                d = m * A1 * (T1 - reg) + (1 - m) * A2 * (T2 - reg)
-                deltas.append(F.pad(d, (x0, S - x0 - ws, y0, S - y0 - hs)))
-            xa = random_transform((xb + torch.stack(deltas)).clamp(0, 1), gen)
+            lays = [Layout(0, 0, 0, 0, int(cy[k]), int(cx[k]), hs, ws) for k in pos.tolist()]
+            comp = AdversarialEngine.paste_low(xb, lays, m, one(up(a1)), one(up(t1)[None]), one(up(a2)),
+                                               one(up(t2)[None]))
+            xa = random_transform(comp.clamp(0, 1), gen)
             logits, _ = ens.outputs(xa)
             if target is None:  # untargeted: push the true class down, capped so no model dominates
                 loss = -sum(F.cross_entropy(z, labels[idx]).clamp(max=4.0) for z in logits)
