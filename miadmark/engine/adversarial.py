@@ -57,20 +57,25 @@ class AdversarialEngine(Engine):
         groups: dict[tuple, list[int]] = {}
         for i in range(n):
             groups.setdefault(self._surrogates_for(contexts[i] if contexts else None), []).append(i)
+        if len(groups) == 1:  # the usual case: one series, one modality
+            return self._with(next(iter(groups)), images, lesion, contexts)
         out = torch.empty(images.shape, dtype=torch.float32, device=self.device)
         params: list = [None] * n
         for names, idx in groups.items():
             sel = torch.tensor(idx, device=images.device)
-            self._local.names = list(names)
-            try:
-                r = self._chunked(images[sel], None if lesion is None else lesion[sel],
-                                  [contexts[i] for i in idx] if contexts else [])
-            finally:
-                self._local.names = None
+            r = self._with(names, images[sel], None if lesion is None else lesion[sel],
+                           [contexts[i] for i in idx] if contexts else [])
             out[sel.to(self.device)] = r.images.to(self.device)
             for k, i in enumerate(idx):
                 params[i] = r.params[k]
         return WatermarkBatch(images=out, params=params)
+
+    def _with(self, names: tuple, images, lesion, contexts) -> WatermarkBatch:
+        self._local.names = list(names)
+        try:
+            return self._chunked(images, lesion, contexts)
+        finally:
+            self._local.names = None
 
     def _surrogates_for(self, ctx: ImageContext | None) -> tuple:
         named = self.opt("surrogates", None)

@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -134,11 +135,16 @@ def load_prior(path: str | Path) -> dict:
 
 def default_prior(surrogate_names: list[str]) -> Path | None:
     """The committed prior made for exactly these surrogates, if any."""
+    return _default_prior(tuple(sorted(surrogate_names)))
+
+
+@lru_cache(maxsize=16)  # read once per ensemble, not once per batch
+def _default_prior(names: tuple[str, ...]) -> Path | None:
     from ..surrogates import WEIGHTS_DIR
 
     for path in sorted(WEIGHTS_DIR.glob("*_prior.json")):
         meta = json.loads(path.read_text())
-        if sorted(meta.get("surrogates", [])) == sorted(surrogate_names) and path.with_suffix(".pt").exists():
+        if tuple(sorted(meta.get("surrogates", []))) == names and path.with_suffix(".pt").exists():
             return path.with_suffix(".pt")
     return None
 

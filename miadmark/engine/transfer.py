@@ -80,12 +80,11 @@ class TransferEngine(AdversarialEngine):
             out.append((a1, t1, a2, t2))
         return out
 
-    def pick_start(self, xs, y, f_clean, cands, inits, lossf_for) -> tuple[list, list[int]]:
+    def pick_start(self, xs, y, f_clean, cands, m_low, inits, lossf) -> tuple[list, list[int]]:
         """Query every (start maps, lesion-free placement) pair at the surrogates' scale, all starts in
         one batch; per image keep the most damaging. Returns the layouts and the chosen start index."""
         n, n_starts = xs.shape[0], len(inits)
         L0 = cands[0][0]
-        m_low, _, _ = self.logo_low(L0.hs, L0.ws, L0.bh, L0.bw)
 
         def up(t):
             t = t if t.dim() == 4 else t[:, None]
@@ -99,7 +98,7 @@ class TransferEngine(AdversarialEngine):
         for k in range(k_max):
             lk = [cl[min(k, len(cl) - 1)] for cl in cands]
             comp = self.paste_low(xs_all, lk * n_starts, m_low, a1[:, 0], t1, a2[:, 0], t2).clamp(0, 1)
-            losses.append(lossf_for(comp, y_all, f_all).view(n_starts, n))
+            losses.append(lossf(comp, y_all, f_all).view(n_starts, n))
         loss = torch.stack(losses)  # (placement, start, image)
         flat = loss.permute(2, 0, 1).reshape(n, -1).argmax(1)
         ks, js = (flat // n_starts).tolist(), (flat % n_starts).tolist()
@@ -127,10 +126,7 @@ class TransferEngine(AdversarialEngine):
         use_eot = bool(self.opt("transforms", True))
         lk_, kap = str(self.opt("loss", "ce")), float(self.opt("kappa", 5.0))
 
-        def lossf(x_):
-            return _loss(ens, x_, y, f_clean, fw, lk_, kap)
-
-        def lossf_for(x_, y_, f_):
+        def lossf(x_, y_, f_):  # the attack's loss for images x_ with labels y_ and clean features f_
             return _loss(ens, x_, y_, f_, fw, lk_, kap)
 
         with torch.no_grad():
@@ -141,7 +137,7 @@ class TransferEngine(AdversarialEngine):
             f_clean = [f.detach() for f in ens.outputs(xs)[1]]
             cands = self.layouts(images, les)
             L0 = cands[0][0]
-            _, tex, logo_id = self.logo_low(L0.hs, L0.ws, L0.bh, L0.bw)
+            m_low, tex, logo_id = self.logo_low(L0.hs, L0.ws, L0.bh, L0.bw)
             hs, ws = L0.hs, L0.ws
             ps = float(self.opt("param_scale", 0.5))  # < 1: coarser, smoother maps (transfer better)
             hp, wp = max(2, round(hs * ps)), max(2, round(ws * ps))
@@ -151,7 +147,7 @@ class TransferEngine(AdversarialEngine):
             a2 = torch.zeros(n, hp, wp, device=self.device)
             t2 = torch.full((n, 1, hp, wp), 0.3, device=self.device)
             inits = [(a1, t1, a2, t2)] + self.prior_inits(n, hp, wp, (a_min, a_max, p_max, s_min, contrast))
-            lays, choice = self.pick_start(xs, y, f_clean, cands, inits, lossf_for)
+            lays, choice = self.pick_start(xs, y, f_clean, cands, m_low, inits, lossf)
             a1, t1, a2, t2 = (torch.stack([inits[choice[i]][q][i] for i in range(n)]).clone() for q in range(4))
 
         # lesion at surrogate scale (any lesion pixel inside a low-res pixel freezes it)
@@ -173,7 +169,7 @@ class TransferEngine(AdversarialEngine):
                 if linf > 0:
                     xa = xa + delta * out_box
                 xa = random_transform(xa.clamp(0, 1), gen) if use_eot else xa
-                total = total + lossf(xa).sum()
+                total = total + lossf(xa, y, f_clean).sum()
             grads = torch.autograd.grad(total, params)
             with torch.no_grad():
                 for j, (p, gr) in enumerate(zip(params, grads)):
