@@ -28,7 +28,7 @@ from .eot import random_transform
 
 log = logging.getLogger(__name__)
 
-# the logo constraints the transfer engine enforces (its defaults); the prior obeys the same
+# the logo limits: the transfer engine's defaults, which the prior obeys too
 A_MIN, A_MAX, P_MAX, S_MIN, CONTRAST = 0.35, 0.75, 0.8, 0.4, 0.15
 
 
@@ -123,14 +123,13 @@ def fit_prior(maps: list[torch.Tensor], n: int, hp: int, wp: int, device) -> tup
             fit(a2)[0].expand(n, hp, wp), fit(t2).expand(n, 1, hp, wp))
 
 
-_CACHE: dict = {}
-
-
 def load_prior(path: str | Path) -> dict:
-    path = str(path)
-    if path not in _CACHE:
-        _CACHE[path] = torch.load(path, map_location="cpu", weights_only=False)
-    return _CACHE[path]
+    return _load_prior(str(path))
+
+
+@lru_cache(maxsize=8)  # read once per file, not once per batch
+def _load_prior(path: str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def default_prior(surrogate_names: list[str]) -> Path | None:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .adversarial import AdversarialEngine, contexts_ok
 from .base import ImageContext, WatermarkBatch
 from .eot import random_transform
-from .prior import clamp_maps, default_prior, fit_prior, load_prior
+from .prior import A_MIN, CONTRAST, P_MAX, S_MIN, clamp_maps, default_prior, fit_prior, load_prior
 
 
 def _loss(ens, x, y, f_clean, fw, kind="ce", kappa=5.0):
@@ -115,10 +115,10 @@ class TransferEngine(AdversarialEngine):
         gen = torch.Generator().manual_seed(int(self.profile.seed))
         iters = int(self.opt("iterations", 30))
         a_max = min(1.0, float(self.opt("stroke_alpha_max", float(self.profile.alpha_max) + 0.15)))
-        a_min = min(a_max, float(self.opt("alpha_min", 0.35)))
-        p_max = float(self.opt("plate_alpha_max", 0.8))
-        s_min = float(self.opt("stroke_min", 0.4))
-        contrast = float(self.opt("contrast", 0.15))  # plate at least this much darker than the strokes
+        a_min = min(a_max, float(self.opt("alpha_min", A_MIN)))
+        p_max = float(self.opt("plate_alpha_max", P_MAX))
+        s_min = float(self.opt("stroke_min", S_MIN))
+        contrast = float(self.opt("contrast", CONTRAST))  # plate at least this much darker than the strokes
         st_a, st_t = float(self.opt("step_alpha", 0.05)), float(self.opt("step_texture", 0.12))
         mu, fw = float(self.opt("momentum", 1.0)), float(self.opt("feature_weight", 0.5))
         eot = max(1, int(self.opt("eot", 1)))
