@@ -20,8 +20,11 @@ the plate stays darker than the strokes, so the logo reads), step_alpha (0.05), 
 momentum (1.0), feature_weight (0.5), loss ("ce"; "cw" / "cwm": logit margin capped at kappa (5) on
 the ensemble mean / per model; "cem": per-model cross-entropy capped at kappa), eot (1 sample / step),
 candidates (8), cam_threshold (170), linf (0), surrogates (names), prior (None: the committed prior
-made for these surrogates; a path; False: none). Defaults before the 2026-11-27 retune: 15
-iterations, strokes <= alpha_max (0.6), plate <= 0.65, stroke_min 0.55, contrast 0.25, steps 0.08 / 0.2.
+made for these surrogates; a path; False: none), avoid (0.2: classes the clean ensemble gives at least
+this probability are avoided along with its prediction), keep_best (True: each image keeps the
+iterate its surrogates score most damaging, untransformed, not the last one). Defaults before the
+2026-11-27 retune: 15 iterations, strokes <= alpha_max (0.6), plate <= 0.65, stroke_min 0.55,
+contrast 0.25, steps 0.08 / 0.2.
 """
 
 from __future__ import annotations
@@ -37,24 +40,30 @@ from .eot import random_transform
 from .prior import A_MIN, CONTRAST, P_MAX, S_MIN, clamp_maps, default_prior, fit_prior, load_prior
 
 
-def _loss(ens, x, y, f_clean, fw, kind="ce", kappa=5.0):
+def _away(z: torch.Tensor, avoid: torch.Tensor) -> torch.Tensor:
+    """-log of the probability mass on the avoided classes (the cross-entropy when one is avoided)."""
+    return z.logsumexp(1) - z.masked_fill(~avoid, -1e9).logsumexp(1)
+
+
+def _margin(z: torch.Tensor, avoid: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Best other logit minus best avoided logit, capped at kappa (C&W)."""
+    return (z.masked_fill(avoid, -1e9).amax(1) - z.masked_fill(~avoid, -1e9).amax(1)).clamp(max=kappa)
+
+
+def _loss(ens, x, avoid, f_clean, fw, kind="ce", kappa=5.0):
+    """The attack's objective (maximized): move the ensemble off the classes in `avoid` (N, C), keep
+    features away from the clean ones. kind: "ce" on the ensemble's mean logits, "cem" per model capped
+    at kappa, "cw" / "cwm" logit margins on the mean / per model."""
     logits, feats = ens.outputs(x)
     z = torch.stack(logits).mean(0)
-    if kind == "cw":  # logit margin: max other logit - true logit, capped at kappa
-        zy = z.gather(1, y[:, None])[:, 0]
-        zo = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), -1e9).amax(1)
-        ce = (zo - zy).clamp(max=kappa)
-    elif kind == "cwm":  # per-model margin, averaged
-        ms = []
-        for zz in logits:
-            zy = zz.gather(1, y[:, None])[:, 0]
-            zo = zz.masked_fill(F.one_hot(y, zz.shape[1]).bool(), -1e9).amax(1)
-            ms.append((zo - zy).clamp(max=kappa))
-        ce = torch.stack(ms).mean(0)
-    elif kind == "cem":  # per-model cross-entropy, each capped at kappa: no model is pushed far past wrong
-        ce = torch.stack([F.cross_entropy(zz, y, reduction="none").clamp(max=kappa) for zz in logits]).mean(0)
+    if kind == "cw":
+        ce = _margin(z, avoid, kappa)
+    elif kind == "cwm":
+        ce = torch.stack([_margin(zz, avoid, kappa) for zz in logits]).mean(0)
+    elif kind == "cem":
+        ce = torch.stack([_away(zz, avoid).clamp(max=kappa) for zz in logits]).mean(0)
     else:
-        ce = F.cross_entropy(z, y, reduction="none")
+        ce = _away(z, avoid)
     fl = torch.stack([1 - F.cosine_similarity(f, fc, dim=1) for f, fc in zip(feats, f_clean)]).mean(0)
     return ce + fw * fl
 
@@ -80,6 +89,17 @@ class TransferEngine(AdversarialEngine):
             out.append((a1, t1, a2, t2))
         return out
 
+    def avoid_classes(self, xs: torch.Tensor) -> torch.Tensor:
+        """(N, C) bool: the classes the attack moves the surrogates away from. No label is known, so
+        besides the predicted class every class the clean ensemble gives at least `avoid` (0.2) of
+        its probability: when the prediction is wrong, the truth is usually among them, and pushing
+        off the prediction alone would often land on the truth (measured: most of the white-box
+        residue before this)."""
+        p = self.ensemble.predict(xs)
+        top = F.one_hot(p.argmax(1), p.shape[1]).bool()
+        plausible = (p >= float(self.opt("avoid", 0.2))) & (p > p.amin(1, keepdim=True))  # one class stays free
+        return top | plausible
+
     def pick_start(self, xs, y, f_clean, cands, m_low, inits, lossf) -> tuple[list, list[int]]:
         """Query every (start maps, lesion-free placement) pair at the surrogates' scale, all starts in
         one batch; per image keep the most damaging. Returns the layouts and the chosen start index."""
@@ -91,7 +111,7 @@ class TransferEngine(AdversarialEngine):
             return F.interpolate(t, size=(L0.hs, L0.ws), mode="bilinear", align_corners=False)
 
         a1, t1, a2, t2 = (torch.cat([up(st[q]) for st in inits]) for q in range(4))
-        xs_all, y_all = xs.repeat(n_starts, 1, 1, 1), y.repeat(n_starts)
+        xs_all, y_all = xs.repeat(n_starts, 1, 1, 1), y.repeat(n_starts, 1)
         f_all = [f.repeat(n_starts, 1) for f in f_clean]
         k_max = max(len(cl) for cl in cands)
         losses = []
@@ -133,7 +153,7 @@ class TransferEngine(AdversarialEngine):
             les, les_src = self.lesion_mask(images, lesion)
             g = images.mean(1, keepdim=True)
             xs = ens.prep(g)
-            y = self.pseudo_labels(xs)
+            y = self.avoid_classes(xs)
             f_clean = [f.detach() for f in ens.outputs(xs)[1]]
             cands = self.layouts(images, les)
             L0 = cands[0][0]
@@ -162,16 +182,30 @@ class TransferEngine(AdversarialEngine):
         mom = [torch.zeros_like(p) for p in params]
         for p in params:
             p.requires_grad_(True)
+        keep_best = bool(self.opt("keep_best", True))
+        best_loss = torch.full((n,), -float("inf"), device=self.device)
+        best = [p.detach().clone() for p in params]
+
+        def composite():
+            xa = ens.prep(self.paste_full(g, les, lays, a1, t1, a2, t2))
+            return (xa + delta * out_box) if linf > 0 else xa
+
+        def remember(lv):  # keep each image's maps from the iterate with the highest loss so far
+            better = lv > best_loss
+            best_loss[better] = lv[better]
+            for b, p in zip(best, params):
+                b[better] = p.detach()[better]
+
         for _ in range(iters):
             total = 0
             for _ in range(eot):
-                xa = ens.prep(self.paste_full(g, les, lays, a1, t1, a2, t2))
-                if linf > 0:
-                    xa = xa + delta * out_box
+                xa = composite()
                 xa = random_transform(xa.clamp(0, 1), gen) if use_eot else xa
                 total = total + lossf(xa, y, f_clean).sum()
             grads = torch.autograd.grad(total, params)
             with torch.no_grad():
+                if keep_best:  # the iterate before this step, untransformed
+                    remember(lossf(composite().clamp(0, 1), y, f_clean))
                 for j, (p, gr) in enumerate(zip(params, grads)):
                     gr = gr / gr.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (gr.dim() - 1))
                     mom[j] = mu * mom[j] + gr
@@ -180,6 +214,11 @@ class TransferEngine(AdversarialEngine):
                 clamp_maps(a1, t1, a2, t2, a_min, a_max, p_max, s_min, contrast)
                 if linf > 0:
                     delta.clamp_(-linf, linf)
+        if keep_best:
+            with torch.no_grad():
+                remember(lossf(composite().clamp(0, 1), y, f_clean))
+                for b, p in zip(best, params):
+                    p.copy_(b)
 
         with torch.no_grad():
             a1, t1, a2, t2, delta = (p.detach() for p in (a1, t1, a2, t2, delta))
