@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 _CACHE: dict = {}
 _LOCK = threading.Lock()
+NO_FINDING = re.compile(r"^(no[ _-]?tumou?r|normal|healthy|no[ _-]?finding)$", re.IGNORECASE)
 
 
 class Ensemble:
@@ -27,7 +29,10 @@ class Ensemble:
             raise ValueError("surrogates of one ensemble must share an input size")
         self.size = sizes.pop()
         self.in_ch = self.models[0].meta["in_ch"]
-        self.num_classes = self.models[0].meta["classes"]
+        self.classes = [str(c) for c in self.models[0].meta["classes"]]
+        finding = [not NO_FINDING.match(c) for c in self.classes]
+        # classes that name a lesion: the Grad-CAM "lesion" mask is taken for the likeliest of these
+        self.finding = torch.tensor(finding, device=device) if any(finding) and not all(finding) else None
         self.device = device
 
     @classmethod
@@ -64,9 +69,11 @@ class Ensemble:
         return torch.stack([m(xs).softmax(1) for m in self.models]).mean(0)
 
     def gradcam(self, xs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, S, S) in [0, 1]: Grad-CAM of each surrogate for the predicted class, averaged.
+        """(N, S, S) in [0, 1]: Grad-CAM of each surrogate for its likeliest lesion class, averaged.
 
-        Taken at the model's `cam_layer` (an 8x8 stage at 64x64 input: finer than the last 4x4 map)
+        The class is the model's prediction among the classes that name a finding (never "notumor" /
+        "normal"): the mask must mark where a lesion would be, and on an image a model calls normal
+        the Grad-CAM of "normal" marks the healthy anatomy it reads instead. Taken at the model's `cam_layer` (an 8x8 stage at 64x64 input: finer than the last 4x4 map)
         and restricted to the foreground (a lesion lies in tissue, not in air)."""
         cams = []
         with torch.enable_grad():
@@ -83,7 +90,12 @@ class Ensemble:
                 finally:
                     if hook is not None:
                         hook.remove()
-                y = logit.argmax(1) if labels is None else labels
+                if labels is not None:
+                    y = labels
+                elif self.finding is not None:
+                    y = logit.masked_fill(~self.finding, float("-inf")).argmax(1)
+                else:
+                    y = logit.argmax(1)
                 (g,) = torch.autograd.grad(logit.gather(1, y[:, None]).sum(), act)
                 cam = F.relu((g.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True)).detach()
                 cam = F.interpolate(cam, size=xs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
