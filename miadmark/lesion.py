@@ -1,8 +1,10 @@
-"""Lesion masks from a DICOM SEG that references the images (PS3.3 C.8.20).
+"""Lesion masks from a DICOM SEG (PS3.3 C.8.20) or RTSTRUCT that references the images.
 
-Each SEG frame names its source image (Derivation Image Sequence > Source Image Sequence >
-Referenced SOP Instance UID); frames of every segment that reference the same image are OR-ed
-into one mask of that image's size. True = lesion = never touched by the watermark.
+Each SEG frame names its source image (Derivation Image Sequence > Source Image
+Sequence > Referenced SOP Instance UID); frames of every segment that reference the
+same image are OR-ed into one mask of that image's size. An RTSTRUCT's lesion contours
+are drawn on the images given with it (miadmark.rtstruct). Masks of several sources for
+one image are OR-ed. True = lesion = never touched by the watermark.
 """
 
 from __future__ import annotations
@@ -11,20 +13,28 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from .errors import UnsupportedImageError
+from .rtstruct import is_rtstruct, masks_from_rtstruct
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def is_segmentation(ds: Dataset) -> bool:
-    return str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS or str(ds.get("Modality", "")) == "SEG"
+    return (str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS
+            or str(ds.get("Modality", "")) == "SEG")
+
+
+def is_lesion_source(ds: Dataset) -> bool:
+    """A SEG or RTSTRUCT: where lesion masks come from, not an image to watermark."""
+    return is_segmentation(ds) or is_rtstruct(ds)
 
 
 def masks_from_seg(seg: Dataset) -> dict[str, np.ndarray]:
-    """{referenced SOP Instance UID: bool mask (rows, cols)} for every image the SEG covers."""
+    """{referenced SOP Instance UID: bool mask (rows, cols)} of each image it covers."""
     try:
         frames = seg.pixel_array
-    except Exception as exc:  # noqa: BLE001 - a SEG that does not decode gives no mask, loudly
-        raise UnsupportedImageError(f"SEG pixel data does not decode ({type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - a SEG that does not decode: no mask, loudly
+        raise UnsupportedImageError(
+            f"SEG pixel data does not decode ({type(exc).__name__})") from None
     frames = frames.reshape(-1, int(seg.Rows), int(seg.Columns))
     masks: dict[str, np.ndarray] = {}
     for index, group in enumerate(seg.get("PerFrameFunctionalGroupsSequence", [])):
@@ -36,19 +46,40 @@ def masks_from_seg(seg: Dataset) -> dict[str, np.ndarray]:
     return masks
 
 
+def masks_from_source(ds: Dataset, images: list[Dataset]) -> dict[str, np.ndarray]:
+    """Masks of one SEG or RTSTRUCT ({} for anything else); RTSTRUCTs go on `images`."""
+    if is_segmentation(ds):
+        return masks_from_seg(ds)
+    if is_rtstruct(ds):
+        return masks_from_rtstruct(ds, images)
+    return {}
+
+
+def merge_masks(merged: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> None:
+    """OR `masks` into `merged`, per image, in place."""
+    for uid, mask in masks.items():
+        if uid not in merged:
+            merged[uid] = mask
+        elif merged[uid].shape == mask.shape:
+            merged[uid] = merged[uid] | mask
+        else:
+            raise UnsupportedImageError(f"lesion masks of sizes {merged[uid].shape} "
+                                        f"and {mask.shape} reference the same image")
+
+
 def collect_masks(datasets: list[Dataset]) -> dict[str, np.ndarray]:
-    """Masks from every SEG among `datasets`, merged per referenced image."""
+    """Masks of every SEG and RTSTRUCT among `datasets` (the rest are the images)."""
+    images = [ds for ds in datasets if not is_lesion_source(ds)]
     merged: dict[str, np.ndarray] = {}
     for ds in datasets:
-        if is_segmentation(ds):
-            for uid, mask in masks_from_seg(ds).items():
-                merged[uid] = merged[uid] | mask if uid in merged else mask
+        merge_masks(merged, masks_from_source(ds, images))
     return merged
 
 
 def mask_for(ds: Dataset, masks: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The lesion mask of one image, or None when no SEG covers it or its size differs."""
+    """The lesion mask of one image; None when none covers it or its size differs."""
     mask = masks.get(str(ds.get("SOPInstanceUID", "")))
-    if mask is None or mask.shape != (int(ds.get("Rows", 0)), int(ds.get("Columns", 0))):
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if mask is None or mask.shape != (rows, cols):
         return None
     return mask

@@ -11,10 +11,14 @@ from ..engine import DEFAULT_PROFILE, ENGINES, Profile, get_engine
 from ..errors import MiadmarkError
 from ..keys import load_certificates, load_identity, read_passphrase
 from ..protect import protect_many
-from ..lesion import collect_masks, mask_for
+from ..lesion import is_lesion_source, mask_for, masks_from_source, merge_masks
 from .files import Tally, iter_inputs, output_path
 
 BATCH = 16  # files read and watermarked together (one engine batch per frame geometry)
+# what SEG / RTSTRUCT detection and RTSTRUCT contour placement need of each input's header
+HEADER_TAGS = ["SOPClassUID", "Modality", "SOPInstanceUID", "Rows", "Columns", "NumberOfFrames",
+               "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+               "SpacingBetweenSlices"]
 
 
 def register(sub) -> None:
@@ -45,11 +49,14 @@ def run(args) -> int:
         print(f"miadmark protect: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.out)
-    lesions = _lesion_masks(args.inputs)
+    lesions, sources = _lesion_masks(args.inputs, tally)
     inputs = iter_inputs(args.inputs, tally.skipped)
     while batch := list(islice(inputs, BATCH)):
         loaded = []
         for item in batch:
+            if item.path in sources:  # a SEG / RTSTRUCT gave masks; it is not an image to watermark
+                print(f"lesion mask source {item.path} (not written)")
+                continue
             try:
                 loaded.append((item, read_dicom(item.path)))
             except (MiadmarkError, OSError) as exc:
@@ -71,20 +78,28 @@ def run(args) -> int:
     return tally.summary()
 
 
-def _lesion_masks(inputs: list[str]) -> dict:
-    """Lesion masks from every DICOM SEG among the inputs (headers read first, SEGs fully)."""
+def _lesion_masks(inputs: list[str], tally: Tally) -> tuple[dict, set[Path]]:
+    """Lesion masks from every SEG / RTSTRUCT among the inputs, and those sources' paths.
+
+    Headers are read first; sources fully. RTSTRUCT contours are placed on the other inputs by
+    their headers. A source that gives no mask is a failure of the run: its lesions are unprotected.
+    """
     import pydicom
 
-    segs = []
+    sources, images = [], []
     for item in iter_inputs(inputs, []):
         try:
-            head = pydicom.dcmread(item.path, stop_before_pixels=True, specific_tags=["Modality"])
-            if str(head.get("Modality", "")) == "SEG":
-                segs.append(read_dicom(item.path))
+            head = pydicom.dcmread(item.path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
         except Exception:  # noqa: BLE001 - unreadable files are reported when they are processed
             continue
-    try:
-        return collect_masks(segs)
-    except MiadmarkError as exc:
-        print(f"miadmark protect: no lesion mask from SEG: {exc}", file=sys.stderr)
-        return {}
+        if is_lesion_source(head):
+            sources.append(item.path)
+        else:
+            images.append(head)
+    merged: dict = {}
+    for path in sources:
+        try:
+            merge_masks(merged, masks_from_source(read_dicom(path), images))
+        except MiadmarkError as exc:
+            tally.fail(path, f"no lesion mask: {exc}")
+    return merged, set(sources)
