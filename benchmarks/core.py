@@ -63,7 +63,8 @@ def main() -> None:
     print(f"baseline read+encode: {baseline * 1000:.1f} ms/slice")
     print(f"protect: {t_protect * 1000:.1f} ms/slice ({t_protect / baseline:.1f}x baseline)")
     print(f"strip:   {t_strip * 1000:.1f} ms/slice ({t_strip / baseline:.1f}x baseline), exact {exact}/{len(files)}")
-    print(f"size: protected/original = {size_out / size_in:.4f}; record (Encrypted Content) {record / 1024:.1f} KiB/slice")
+    print(f"size: protected/original = {size_out / size_in:.4f}; "
+          f"record (Encrypted Content) {record / 1024:.1f} KiB/slice")
 
 
 def read_record_bytes(data: bytes) -> bytes:

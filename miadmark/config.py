@@ -55,7 +55,8 @@ def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
 
 
 ConfigPath = Annotated[Path, AfterValidator(_resolve)]
-AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$")]
+AE_CHARS = r"[\x20-\x5b\x5d-\x7e]"  # printable ASCII without backslash
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=rf"^{AE_CHARS}*[^ ]{AE_CHARS}*$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 ListenPort = Annotated[int, Field(ge=0, le=65535)]  # 0 = any free port (tests)
 

@@ -247,8 +247,10 @@ def _html(r: dict) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>MIAD-MARK evaluation</title>
 <style>td,th{{border:1px solid #ccc;padding:3px 6px}}table{{border-collapse:collapse}}</style></head><body>
 <h1>MIAD-MARK evaluation: profile {html.escape(r['profile']['name'])} on {html.escape(r['data'])}</h1>
-<p>{r['n_images']} validation images, {r['image_size'][0]}x{r['image_size'][1]}. Command: <code>{html.escape(r['command'])}</code></p>
-<h2>Accuracy</h2><table><tr><th>role</th><th>model</th><th>condition</th><th>as is</th><th>JPEG q75</th><th>resize 1/2</th></tr>
+<p>{r['n_images']} validation images, {r['image_size'][0]}x{r['image_size'][1]}.
+Command: <code>{html.escape(r['command'])}</code></p>
+<h2>Accuracy</h2><table><tr><th>role</th><th>model</th><th>condition</th><th>as is</th><th>JPEG q75</th>
+<th>resize 1/2</th></tr>
 {''.join(rows)}</table>
 <h2>Quality</h2><pre>{html.escape(json.dumps(r['quality'], indent=2))}</pre>
 <h2>Examples (difference x4; lesion mask in grey)</h2><table>{ex}</table></body></html>

@@ -122,7 +122,8 @@ def rule_matches(rule: Rule, dataset: Dataset | None, *, destination: str | None
 
 
 def _decision(index: int, rule: Rule, why: list[str], destination: str | None) -> Decision:
-    where = f"rule {index + 1}" + (f" {rule.name!r}" if rule.name else "") + (f" (line {rule.line})" if rule.line else "")
+    where = (f"rule {index + 1}" + (f" {rule.name!r}" if rule.name else "")
+             + (f" (line {rule.line})" if rule.line else ""))
     reason = where + ": " + ("; ".join(why) if why else "matches everything")
     dests = (destination,) if destination is not None else tuple(rule.send_to or ())
     return Decision(rule.action, index, dests, tuple(rule.recipients), rule.profile, reason, rule.name)

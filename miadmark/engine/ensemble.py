@@ -73,7 +73,8 @@ class Ensemble:
 
         The class is the model's prediction among the classes that name a finding (never "notumor" /
         "normal"): the mask must mark where a lesion would be, and on an image a model calls normal
-        the Grad-CAM of "normal" marks the healthy anatomy it reads instead. Taken at the model's `cam_layer` (an 8x8 stage at 64x64 input: finer than the last 4x4 map)
+        the Grad-CAM of "normal" marks the healthy anatomy it reads instead. Taken at the model's
+        `cam_layer` (an 8x8 stage at 64x64 input: finer than the last 4x4 map)
         and restricted to the foreground (a lesion lies in tissue, not in air)."""
         cams = []
         with torch.enable_grad():

@@ -59,7 +59,8 @@ def random_logos(x: torch.Tensor, gen: torch.Generator, p: float = 0.7) -> torch
         m = bank[int(torch.randint(len(bank), (1,), generator=gen))]
         m = F.interpolate(m[None, None], size=(bh, bw), mode="bilinear", align_corners=False)[0]
         alpha = float(torch.empty(1).uniform_(0.3, 1.0, generator=gen))
-        plate = float(torch.empty(1).uniform_(0.0, 0.5, generator=gen)) if float(torch.rand(1, generator=gen)) < 0.5 else 0.0
+        with_plate = float(torch.rand(1, generator=gen)) < 0.5
+        plate = float(torch.empty(1).uniform_(0.0, 0.5, generator=gen)) if with_plate else 0.0
         a = m * alpha + (1 - m) * plate
         if float(torch.rand(1, generator=gen)) < 0.5:
             tex = torch.full((c, 1, 1), float(torch.rand(1, generator=gen))).expand(c, bh, bw)
