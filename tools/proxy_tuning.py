@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128, help="validation images (the evaluation's order, first N)")
     ap.add_argument("--opts", default="{}", help="transfer options as JSON")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--area", type=float, default=None, help="logo box as a fraction of the image (default 1/9)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     opts = json.loads(a.opts)
@@ -45,7 +46,8 @@ def main() -> None:
     x_u8, y = ds.split(val=True)
     perm = torch.randperm(len(x_u8), generator=torch.Generator().manual_seed(1234))[:a.n].sort().values
     imgs, labels = x_u8[perm].float() / 255, y[perm]
-    eng = get_engine(Profile(name="transfer", options=opts), "cpu")
+    box = {} if a.area is None else {"max_area_fraction": a.area}
+    eng = get_engine(Profile(name="transfer", options=opts, **box), "cpu")
     names = opts.get("surrogates") or DEFAULT_SURROGATES
     ens = Ensemble.get(names, torch.device("cpu"))
     models = {n: load(WEIGHTS_DIR / f"{n}.pt") for n in names}
@@ -56,7 +58,8 @@ def main() -> None:
         outs.append(eng.watermark(xb, gradcam_lesion(ens, xb, eng.cam_threshold_default), []).images)
     prot = torch.cat(outs)
     print(json.dumps({
-        "opts": opts, "n": a.n, "seconds_per_image": round((time.time() - t0) / a.n, 3),
+        "opts": opts, "area": eng.profile.max_area_fraction, "n": a.n,
+        "seconds_per_image": round((time.time() - t0) / a.n, 3),
         "accuracy_clean_protected": {k: [round(accuracy(m, imgs, labels), 3), round(accuracy(m, prot, labels), 3)]
                                      for k, m in models.items()},
         "per_class_protected": {k: per_class(m, prot, labels, len(ds.classes)) for k, m in models.items()},
