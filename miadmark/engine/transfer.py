@@ -197,15 +197,14 @@ class TransferEngine(AdversarialEngine):
                 b[better] = p.detach()[better]
 
         for _ in range(iters):
-            total = 0
+            xc, total = composite(), 0  # full-resolution paste once; each EOT sample transforms it
             for _ in range(eot):
-                xa = composite()
-                xa = random_transform(xa.clamp(0, 1), gen) if use_eot else xa
+                xa = random_transform(xc.clamp(0, 1), gen) if use_eot else xc
                 total = total + lossf(xa, y, f_clean).sum()
             grads = torch.autograd.grad(total, params)
             with torch.no_grad():
                 if keep_best:  # the iterate before this step, untransformed
-                    remember(lossf(composite().clamp(0, 1), y, f_clean))
+                    remember(lossf(xc.detach().clamp(0, 1), y, f_clean))
                 for j, (p, gr) in enumerate(zip(params, grads)):
                     gr = gr / gr.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (gr.dim() - 1))
                     mom[j] = mu * mom[j] + gr
