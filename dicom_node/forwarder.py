@@ -15,8 +15,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom.uid import ExplicitVRLittleEndian
+
 from miadmark.config import Destination
 
+from .lesions import FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
 from .protection import Protected
 from .transport import NODELAY_HANDLERS, scu_ae, status_ok, status_text
 from .workqueue import Job, backoff_delay
@@ -31,6 +34,7 @@ class Outgoing:
     sop_uid: str
     sop_class: str
     transfer_syntax: str
+    note: dict = field(default_factory=dict)  # extra fields of its "sent" audit line
 
 
 @dataclass
@@ -59,6 +63,13 @@ def open_dimse(dest: Destination, calling_ae: str, items: list[Outgoing], *, max
 
 def accepted_pairs(assoc) -> set[tuple[str, str]]:
     return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+
+
+def outgoing_pair(job: Job) -> tuple[str, str]:
+    """The (SOP class, transfer syntax) a job will go out in: as received, or protected (Explicit VR LE)."""
+    if job.action == "pass" or is_lesion_source_job(job):
+        return job.sop_class, job.transfer_syntax
+    return job.sop_class, ExplicitVRLittleEndian
 
 
 def send_on(assoc, items: list[Outgoing]) -> list[Result]:
@@ -111,8 +122,8 @@ def send_stow(dest: Destination, items: list[Outgoing]) -> list[Result]:
         return [Result(True) for _ in items]
     if resp.status_code == 202:
         failed = _stow_failed_uids(resp)
-        return [Result(False, "refused by the STOW-RS server") if i.sop_uid in failed or "*all*" in failed else Result(True)
-                for i in items]
+        return [Result(False, "refused by the STOW-RS server") if i.sop_uid in failed or "*all*" in failed
+                else Result(True) for i in items]
     if resp.status_code >= 500 or resp.status_code in (401, 403, 404, 408, 429):
         raise DeliveryError(f"STOW-RS to {dest.stow_url}: HTTP {resp.status_code}")
     return [Result(False, f"HTTP {resp.status_code}") for _ in items]
@@ -158,6 +169,7 @@ class Forwarder(threading.Thread):
         self._down_since: float | None = None
         self._failures = 0
         self._studies: dict[str, StudyTally] = {}
+        self._reported_unusable: set[str] = set()  # lesion sources already audited as giving no mask
 
     def stop(self) -> None:
         self.stopping.set()
@@ -184,6 +196,7 @@ class Forwarder(threading.Thread):
             try:
                 jobs = self._claim(cfg.gateway.batch_size)
                 if not jobs:
+                    self.gateway.sweep_lesion_sources()  # idle: a moment for housekeeping
                     nxt = queue.next_due_time(self.destination)
                     wait = 1.0 if nxt is None else min(1.0, max(0.0, nxt - time.time()))
                     self.wake.wait(wait)
@@ -244,13 +257,18 @@ class Forwarder(threading.Thread):
                 more = self._claim_linger(min(cfg.gateway.batch_size - sent, self.ROUND))
                 if not more:
                     break
-                extra_claims += [j.id for j in more]
                 fits = accepted_pairs(assoc)
-                prepared = self.prepare(more)
+                # what this association cannot carry is left for the next one before it is protected
+                # (a SEG's association carries no PET: protecting them here would be work thrown away)
+                later = {j.id for j in more if outgoing_pair(j) not in fits}
+                extra_claims += [j.id for j in more if j.id not in later]
+                prepared = self.prepare([j for j in more if j.id not in later])
                 outgoing = [o for o in prepared if (o.sop_class, o.transfer_syntax) in fits]
-                later = {o.job.id for o in prepared} - {o.job.id for o in outgoing}
+                unfit = {o.job.id for o in prepared} - {o.job.id for o in outgoing}
+                extra_claims = [i for i in extra_claims if i not in unfit]
+                later |= unfit
                 if later:  # needs a presentation context this association lacks: the next one
-                    with self._lock:
+                    with self._lock:  # (and no longer ours: the finally below must not release it again)
                         self._inflight.difference_update(later)
         finally:
             if assoc.is_established:
@@ -308,30 +326,63 @@ class Forwarder(threading.Thread):
                     log.warning("%s: %s not accepted (%s); will retry", self.destination, o.job.sop_uid, res.error)
 
     def prepare(self, jobs: list[Job]) -> list[Outgoing]:
-        """Originals for pass, protected copies for protect; what cannot be protected is quarantined."""
+        """Originals for pass, protected copies for protect; what cannot be protected is quarantined.
+        A SEG / RTSTRUCT on a protect route is forwarded unchanged and its masks keep the watermark
+        off the lesions of its study's images (see dicom_node.lesions for the ordering limit)."""
         gw = self.gateway
         out: list[Outgoing] = []
         groups: dict[tuple, list[Job]] = {}
         for job in jobs:
             with self._lock:
                 self._studies.setdefault(job.study_uid, StudyTally(job.action, job.rule))
-            if job.action == "pass":
+            if job.action == "pass" or is_lesion_source_job(job):
                 path = gw.spool.path(job.file)
                 if not path.exists():
                     gw.queue.mark_quarantined(job.id, "spooled original missing")
                     continue
-                out.append(Outgoing(job, path, job.sop_uid, job.sop_class, job.transfer_syntax))
+                note = self._forward_lesion_source(job) if job.action != "pass" else {}
+                out.append(Outgoing(job, path, job.sop_uid, job.sop_class, job.transfer_syntax, note))
             else:
                 groups.setdefault((job.recipients, job.profile), []).append(job)
+        masks = {}
+        if groups:
+            protect_jobs = [j for group in groups.values() for j in group]
+            lesions = study_lesions(gw.spool, gw.queue, {j.study_uid for j in protect_jobs},
+                                    [gw.spool.path(j.file) for j in protect_jobs])
+            self._report_unusable(lesions.unusable)
+            masks = lesions.masks
         for (recipients, profile), group in groups.items():
             items = [(gw.spool.path(j.file), gw.spool.protected_path(j.file, recipients, profile)) for j in group]
-            for job, res in zip(group, gw.protector.protect(items, recipients, profile)):
+            for job, res in zip(group, gw.protector.protect(items, recipients, profile, masks)):
                 if isinstance(res, Protected):
-                    out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax))
+                    note = {} if res.lesion_masked is None else {"lesion_mask": res.lesion_masked}
+                    out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax, note))
                 else:
                     self._quarantine(job, res)
         out.sort(key=lambda o: o.job.id)
         return out
+
+    def _forward_lesion_source(self, job: Job) -> dict:
+        """A SEG / RTSTRUCT on a protect route carries no image: it goes as received. Images of its
+        study sent before it arrived could not avoid its lesions: say so, loudly."""
+        late = self.gateway.queue.images_sent_before(job.id)
+        if late:
+            self.gateway.audit.write("lesion_source_late", **self._audit_fields(job), images_already_sent=late,
+                                     reason="received after images of its study were protected and sent; "
+                                            "their watermark could not avoid its lesions")
+            log.warning("%s: lesion source %s of study %s arrived after %d image(s) of the study were sent "
+                        "protected without its mask", self.destination, job.sop_uid, job.study_uid, late)
+        return {"note": FORWARDED_UNCHANGED}
+
+    def _report_unusable(self, unusable: list[tuple[str, str]]) -> None:
+        for uid, reason in unusable:
+            if uid in self._reported_unusable:
+                continue
+            self._reported_unusable.add(uid)
+            self.gateway.audit.write("lesion_source_unusable", sop_instance_uid=uid, destination=self.destination,
+                                     reason=reason)
+            log.warning("%s: lesion source %s gives no mask (%s): images of its study are protected without it",
+                        self.destination, uid, reason)
 
     def _quarantine(self, job: Job, reason: str) -> None:
         gw = self.gateway
@@ -356,7 +407,8 @@ class Forwarder(threading.Thread):
         gw = self.gateway
         fields = self._audit_fields(o.job)
         if outcome == "sent":
-            gw.audit.write("sent", **fields, sent_sop_instance_uid=o.sop_uid, transfer_syntax=o.transfer_syntax)
+            gw.audit.write("sent", **fields, sent_sop_instance_uid=o.sop_uid, transfer_syntax=o.transfer_syntax,
+                           **o.note)
         else:
             gw.audit.write("dead_letter", **fields, error=error)
             log.error("%s: %s moved to the dead letter after %d attempts: %s", self.destination, o.job.sop_uid,

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from miadmark.config import Config
@@ -25,10 +26,11 @@ from .protection import Protector
 from .quarantine import quarantine
 from .reload import ConfigWatcher
 from .spool import Spool
-from .workqueue import Queue
+from .workqueue import LESION_KEEP_S, Queue
 
 log = logging.getLogger("dicom_node.forward")
 SENDABLE = ("dimse", "stow")
+SWEEP_S = 60.0
 
 
 class Forwarding:
@@ -41,6 +43,9 @@ class Forwarding:
         self.audit = AuditLog(config.gateway.audit)
         self.protector = Protector(config)
         self.forwarders: dict[str, Forwarder] = {}
+        self._sweep_lock = threading.Lock()
+        self._swept_at = 0.0
+        self._swept_until = 0.0  # lesion sources received before this were swept
 
     def start(self) -> "Forwarding":
         self._start_forwarders()
@@ -80,14 +85,28 @@ class Forwarding:
         return quarantine(self.config.gateway.quarantine, None, source=src, **details)
 
     def release_file(self, rel: str) -> None:
-        """Delete a spooled original (and its protected copies) once no job needs it. Spool names
+        """Delete a spooled original (and its protected copies) once no job needs it (a SEG /
+        RTSTRUCT once no image of its study needs its mask either: Queue.releasable). Spool names
         are unique per receipt, so a new receipt of the same instance never shares this file."""
-        busy = self.queue._con().execute("SELECT COUNT(*) FROM jobs WHERE file=? AND state IN ('pending','dead')",
-                                         (rel,)).fetchone()[0]
-        if busy:
-            return
-        for path in [self.spool.path(rel), *self.spool.protected_copies(rel)]:
-            path.unlink(missing_ok=True)
+        self._unlink(self.queue.releasable(rel))
+
+    def sweep_lesion_sources(self, now: float | None = None) -> None:
+        """Release the SEG / RTSTRUCT files kept for images that never came (at most once a minute:
+        the studies whose lesion sources passed LESION_KEEP_S since the last sweep)."""
+        now = time.time() if now is None else now
+        with self._sweep_lock:
+            if now - self._swept_at < SWEEP_S:
+                return
+            since, until = self._swept_until, now - LESION_KEEP_S
+            self._swept_at, self._swept_until = now, max(since, until)
+        for study in self.queue.lesion_studies(since, until):
+            self._unlink(self.queue.expired_lesion_sources(study, now))
+        # one kept longer because images of its study waited goes when they finish (Queue.releasable)
+
+    def _unlink(self, files: list[str]) -> None:
+        for rel in files:
+            for path in [self.spool.path(rel), *self.spool.protected_copies(rel)]:
+                path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------- child process

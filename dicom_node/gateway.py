@@ -265,10 +265,8 @@ class Gateway:
         return quarantine(self.config.gateway.quarantine, None, source=src, **details)
 
     def release_file(self, rel: str) -> None:
-        busy = self.queue._con().execute("SELECT COUNT(*) FROM jobs WHERE file=? AND state IN ('pending','dead')",
-                                         (rel,)).fetchone()[0]
-        if not busy:
-            for path in [self.spool.path(rel), *self.spool.protected_copies(rel)]:
+        for done in self.queue.releasable(rel):  # what Forwarding.release_file does
+            for path in [self.spool.path(done), *self.spool.protected_copies(done)]:
                 path.unlink(missing_ok=True)
 
     @property

@@ -3,6 +3,7 @@
 A protected copy is written durably to the spool before it is sent, so a resend after a crash
 sends the same object. Anything that fails comes back as a reason (the caller quarantines it):
 an image that cannot be protected is never sent to a protect destination (fail closed).
+Lesion masks (dicom_node.lesions) keep the watermark off each image's lesion.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydicom.filereader import read_file_meta_info
 
 from miadmark.config import Config
 from miadmark.dicomio import read_dicom, write_dicom_atomic
 from miadmark.errors import MiadmarkError
 from miadmark.keys import Identity, load_certificate, load_identity, read_passphrase, subject_name
+from miadmark.lesion import is_lesion_source, mask_for
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ class Protected:
     sop_uid: str
     sop_class: str
     transfer_syntax: str
+    lesion_masked: bool | None = None  # None: a copy made earlier, reused
 
 
 def file_identity(path: Path) -> tuple[str, str, str]:
@@ -78,9 +82,10 @@ class Protector:
             self._engines[name] = get_engine(name, self.config.gateway.device)
         return self._engines[name]
 
-    def protect(self, items: list[tuple[Path, Path]], recipients: tuple[str, ...],
-                profile: str | None) -> list[Protected | str]:
-        """items: (original, protected copy path). One result per item: Protected or a reason."""
+    def protect(self, items: list[tuple[Path, Path]], recipients: tuple[str, ...], profile: str | None,
+                lesion_masks: dict[str, np.ndarray] | None = None) -> list[Protected | str]:
+        """items: (original, protected copy path); lesion_masks: SOP Instance UID -> lesion mask
+        (never watermarked). One result per item: Protected or a reason."""
         from miadmark.engine import DEFAULT_PROFILE
         from miadmark.protect import protect_many
         results: list[Protected | str | None] = [None] * len(items)
@@ -94,26 +99,31 @@ class Protector:
                     except Exception:  # noqa: BLE001 - a damaged copy is made again
                         pass
                 try:
-                    datasets.append(read_dicom(src))
+                    ds = read_dicom(src)
+                    if is_lesion_source(ds):  # SEG / RTSTRUCT by Modality under another SOP class
+                        results[i] = "a lesion source (SEG / RTSTRUCT) is not an image to watermark"
+                        continue
+                    datasets.append(ds)
                     todo.append(i)
                 except MiadmarkError as exc:
                     results[i] = f"cannot read the spooled original: {exc}"
                 except OSError as exc:
                     results[i] = f"spooled original missing: {exc.strerror}"
             if todo:
+                masks = [mask_for(ds, lesion_masks or {}) for ds in datasets]
                 try:
                     signer = self.signer()
                     certs = self.certificates(recipients)
                     engine = self._engine(profile)
                     outputs = protect_many(datasets, recipients=certs, signer=signer,
                                            profile=profile or DEFAULT_PROFILE, device=self.config.gateway.device,
-                                           engine=engine)
+                                           lesion_masks=masks, engine=engine)
                 except (MiadmarkError, ValueError) as exc:
                     outputs = [exc] * len(todo)
                 except Exception as exc:  # noqa: BLE001 - fail closed on anything
                     log.exception("protect failed")
                     outputs = [exc] * len(todo)
-                for i, out in zip(todo, outputs):
+                for i, out, mask in zip(todo, outputs, masks):
                     if isinstance(out, BaseException):
                         results[i] = f"protect refused: {type(out).__name__}: {out}"
                         continue
@@ -121,7 +131,7 @@ class Protector:
                     try:
                         write_dicom_atomic(out, path)
                         results[i] = Protected(path, str(out.SOPInstanceUID), str(out.SOPClassUID),
-                                               str(out.file_meta.TransferSyntaxUID))
+                                               str(out.file_meta.TransferSyntaxUID), mask is not None)
                     except Exception as exc:  # noqa: BLE001
                         results[i] = f"cannot write the protected copy: {type(exc).__name__}: {exc}"
         return results  # type: ignore[return-value]

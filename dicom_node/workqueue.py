@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from miadmark.lesion import LESION_SOP_CLASSES
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -48,9 +50,16 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (destination, state, next_try);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (destination, study_uid, state);
+CREATE INDEX IF NOT EXISTS jobs_study_class ON jobs (study_uid, sop_class);  -- lesion sources of a study
+CREATE INDEX IF NOT EXISTS jobs_file ON jobs (file);  -- releasing a spool file
+CREATE INDEX IF NOT EXISTS jobs_lesion ON jobs (sop_class, created);  -- sweeping kept lesion sources
 """
 
 STATES = ("pending", "done", "dead", "quarantined")
+# A SEG / RTSTRUCT is kept in the spool this long after its receipt (and while images of its study
+# wait), so that images of its study received after it was forwarded still get its mask.
+LESION_KEEP_S = 3600.0
+FILE_BUSY = "SELECT COUNT(*) FROM jobs WHERE file=? AND state IN ('pending','dead')"
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,59 @@ class Queue:
         return self._con().execute(
             "SELECT COUNT(*) FROM jobs WHERE destination=? AND study_uid=? AND state='pending'",
             (destination, study_uid)).fetchone()[0]
+
+    # ---------------------------------------------------------------------------- lesion sources
+    def lesion_sources(self, study_uids: set[str]) -> list[tuple[str, str]]:
+        """(spool file, SOP Instance UID) of every SEG / RTSTRUCT received for these studies,
+        whatever its destination or state (its file may already be released)."""
+        if not study_uids:
+            return []
+        marks = ",".join("?" * len(study_uids))
+        rows = self._con().execute(
+            f"SELECT DISTINCT file, sop_uid FROM jobs WHERE study_uid IN ({marks}) AND sop_class IN (?,?)"
+            " ORDER BY file", (*sorted(study_uids), *LESION_SOP_CLASSES)).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def images_sent_before(self, job_id: int) -> int:
+        """Images of this lesion-source job's study and destination already delivered, protected,
+        before the lesion source was received: their watermark could not avoid its lesions."""
+        return self._con().execute(
+            "SELECT COUNT(*) FROM jobs i JOIN jobs s ON s.id=? WHERE i.destination=s.destination"
+            " AND i.study_uid=s.study_uid AND i.action='protect' AND i.state='done' AND i.sop_class NOT IN (?,?)"
+            " AND i.updated<s.created", (job_id, *LESION_SOP_CLASSES)).fetchone()[0]
+
+    def releasable(self, rel: str, now: float | None = None) -> list[str]:
+        """The spool files no job needs once `rel`'s job has finished: `rel` unless a pending or dead
+        job still needs it, or it is a SEG / RTSTRUCT still kept for images of its study
+        (expired_lesion_sources); an image's release also releases its study's expired ones."""
+        con = self._con()
+        if con.execute(FILE_BUSY, (rel,)).fetchone()[0]:
+            return []
+        row = con.execute("SELECT study_uid, sop_class FROM jobs WHERE file=? LIMIT 1", (rel,)).fetchone()
+        if row is None:
+            return [rel]
+        expired = self.expired_lesion_sources(row[0], now)
+        return expired if row[1] in LESION_SOP_CLASSES else [rel, *expired]
+
+    def expired_lesion_sources(self, study_uid: str, now: float | None = None) -> list[str]:
+        """The study's SEG / RTSTRUCT files no image needs any more: none of their own jobs waits,
+        they came more than LESION_KEEP_S ago, and no image of the study waits (pending or dead)."""
+        now = time.time() if now is None else now
+        con = self._con()
+        files = [r[0] for r in con.execute(
+            "SELECT file FROM jobs WHERE study_uid=? AND sop_class IN (?,?) GROUP BY file"
+            " HAVING SUM(state IN ('pending','dead'))=0 AND MIN(created)<?",
+            (study_uid, *LESION_SOP_CLASSES, now - LESION_KEEP_S))]
+        if files and con.execute("SELECT EXISTS (SELECT 1 FROM jobs WHERE study_uid=? AND sop_class NOT IN (?,?)"
+                                 " AND state IN ('pending','dead'))", (study_uid, *LESION_SOP_CLASSES)).fetchone()[0]:
+            return []
+        return files
+
+    def lesion_studies(self, since: float, until: float) -> list[str]:
+        """Studies with a SEG / RTSTRUCT received in [since, until)."""
+        rows = self._con().execute("SELECT DISTINCT study_uid FROM jobs WHERE sop_class IN (?,?)"
+                                   " AND created>=? AND created<?", (*LESION_SOP_CLASSES, since, until)).fetchall()
+        return [r[0] for r in rows]
 
     def files_in_use(self) -> set[str]:
         rows = self._con().execute("SELECT DISTINCT file FROM jobs WHERE state='pending'").fetchall()

@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
-from .errors import UnsupportedImageError
-from .rtstruct import is_rtstruct, masks_from_rtstruct
+from .errors import MiadmarkError, UnsupportedImageError
+from .rtstruct import RTSTRUCT_SOP_CLASS, is_rtstruct, masks_from_rtstruct
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+LESION_SOP_CLASSES = (SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS)  # what a queue row or index can tell
 
 
 def is_segmentation(ds: Dataset) -> bool:
@@ -74,6 +75,22 @@ def collect_masks(datasets: list[Dataset]) -> dict[str, np.ndarray]:
     for ds in datasets:
         merge_masks(merged, masks_from_source(ds, images))
     return merged
+
+
+def masks_of_sources(sources: list[Dataset], images: list[Dataset]
+                     ) -> tuple[dict[str, np.ndarray], list[tuple[Dataset, str]]]:
+    """Merged masks of several SEG / RTSTRUCT datasets for `images`, and each source that gave
+    none with the reason: one unusable source does not cost the masks of the others."""
+    merged: dict[str, np.ndarray] = {}
+    unusable: list[tuple[Dataset, str]] = []
+    for source in sources:
+        try:
+            merge_masks(merged, masks_from_source(source, images))
+        except MiadmarkError as exc:
+            unusable.append((source, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a malformed source must not stop the images' protection
+            unusable.append((source, f"malformed ({type(exc).__name__}: {exc})"))
+    return merged, unusable
 
 
 def mask_for(ds: Dataset, masks: dict[str, np.ndarray]) -> np.ndarray | None:

@@ -5,7 +5,10 @@ miadmark.yaml decides, instance by instance, with miadmark.rules.decide:
   pass    -> Orthanc's own route (orthanc.RestApiPost reaches the core route, not our override)
   protect -> miadmark.protect.protect_many, then the protected bytes go straight to the target
              (store-straight for modalities and peers, STOW-RS for DICOMweb); they are never
-             stored in this Orthanc and the raw instance never leaves.
+             stored in this Orthanc and the raw instance never leaves. The lesion masks of the
+             SEG / RTSTRUCT objects Orthanc holds for the images' studies keep the watermark off
+             the lesions (lesions.py); a SEG / RTSTRUCT itself carries no image and goes unchanged,
+             by Orthanc's own route, before the images.
   block   -> the whole export is refused before anything is sent.
 Runs on a Worker thread (big stack), never on an Orthanc callback thread.
 """
@@ -26,10 +29,12 @@ import pydicom
 
 from miadmark.config import Config
 from miadmark.dicomio import dataset_from_bytes
+from miadmark.lesion import is_lesion_source, mask_for, masks_of_sources
 from miadmark.rules import BLOCK, PASS, PROTECT, Decision, _match, decide
 
 from .bodies import ExportRequest
 from .jobs import Job
+from .lesions import lesion_sources_of
 from .stow import StowServer, stow
 
 KINDS = {"modality": "orthanc_modality", "peer": "orthanc_peer", "dicomweb": "orthanc_dicomweb"}
@@ -62,22 +67,29 @@ class Plan:
     decisions: list[tuple[str, Decision]] = field(default_factory=list)
     sop_classes: set[str] = field(default_factory=set)
     skipped: int = 0  # blocked instances left out (auto-export only)
+    lesion_sources: dict[str, str] = field(default_factory=dict)  # Orthanc ID -> SOP Instance UID (SEG/RTSTRUCT)
+    studies: set[str] = field(default_factory=set)  # Study Instance UIDs of the images to protect
 
     def ids(self, action: str) -> list[str]:
         return [iid for iid, d in self.decisions if d.action == action]
 
+    def unchanged(self) -> list[str]:
+        """SEG / RTSTRUCT on a protect route: no image to watermark, they go as they are."""
+        return [iid for iid in self.ids(PROTECT) if iid in self.lesion_sources]
+
     def protect_groups(self) -> "OrderedDict[tuple, list[str]]":
         groups: OrderedDict[tuple, list[str]] = OrderedDict()
         for iid, d in self.decisions:
-            if d.action == PROTECT:
+            if d.action == PROTECT and iid not in self.lesion_sources:
                 groups.setdefault((d.recipients, d.profile), []).append(iid)
         return groups
 
     def describe(self) -> dict:
         reasons = sorted({d.reason for _, d in self.decisions})
+        unchanged = len(self.unchanged())
         return {"Target": self.target.label, "Destination": self.destination,
-                "Protect": len(self.ids(PROTECT)), "Pass": len(self.ids(PASS)), "BlockedSkipped": self.skipped,
-                "Rules": reasons[:10]}
+                "Protect": len(self.ids(PROTECT)) - unchanged, "LesionSourcesUnchanged": unchanged,
+                "Pass": len(self.ids(PASS)), "BlockedSkipped": self.skipped, "Rules": reasons[:10]}
 
 
 # ---------------------------------------------------------------------------------- Orthanc lookups
@@ -185,6 +197,11 @@ def plan_export(cfg: Config | None, target: Target, resources: list[str] | tuple
                 raise Blocked(f"export to {destination} ({target.label}) blocked: {decision.reason}")
             plan.decisions.append((iid, decision))
             plan.sop_classes.add(str(header.get("SOPClassUID", "")))
+            if decision.action == PROTECT:
+                if is_lesion_source(header):
+                    plan.lesion_sources[iid] = str(header.get("SOPInstanceUID", iid))
+                else:
+                    plan.studies.add(str(header.get("StudyInstanceUID", "")))
     if not plan.decisions and not plan.skipped:
         raise NotFound("no instances to send")
     return plan
@@ -202,10 +219,20 @@ def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, l
     target = plan.target
     job.total = len(plan.decisions)
     job.result.update(plan.describe())
-    passed = plan.ids(PASS)
-    if passed:
-        _send_plain(target, passed, request)
-        job.done += len(passed)
+    sources, unreadable = lesion_sources_of(plan.studies) if plan.protect_groups() else ([], [])
+    for iid, reason in unreadable:
+        job.error(f"lesion source {iid} (Orthanc ID): unreadable ({reason}); images of its study are "
+                  "protected without its mask")
+    passed, unchanged = plan.ids(PASS), plan.unchanged()
+    if passed or unchanged:  # lesion sources first: a receiver has the masks before the images
+        _send_plain(target, unchanged + passed, request)
+        job.done += len(passed) + len(unchanged)
+    for iid in unchanged:
+        orthanc.LogWarning(f"MIAD-MARK: {plan.lesion_sources[iid]} to {target.label}: "
+                           "lesion source, forwarded unchanged")
+    job.result["LesionSourcesForwardedUnchanged"] = [plan.lesion_sources[iid] for iid in unchanged]
+    job.result["LesionSourcesUsed"] = [str(ds.get("SOPInstanceUID", "")) for ds in sources]
+    masked, reported = 0, set()
     lock = threading.Lock()
     timings = {"read_s": 0.0, "protect_s": 0.0, "send_s": 0.0}
     counts = {"sent": 0}
@@ -246,9 +273,11 @@ def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, l
                 chunk = ids[start:start + batch]
                 t0 = time.perf_counter()
                 originals = [dataset_from_bytes(orthanc.GetDicomForInstance(iid)) for iid in chunk]
+                lesion_masks = _lesion_masks(sources, originals, job, reported)
+                masked += sum(mask is not None for mask in lesion_masks)
                 t1 = time.perf_counter()
                 results = protect_many(originals, recipients=certs, signer=signer, profile=name, device=device,
-                                       engine=engines[(name, device)])
+                                       lesion_masks=lesion_masks, engine=engines[(name, device)])
                 ready = []
                 for iid, original, result in zip(chunk, originals, results):
                     uid = str(original.get("SOPInstanceUID", iid))
@@ -267,7 +296,22 @@ def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, l
         thread.join()
     job.result["ProtectedSent"] = counts["sent"]
     job.result["PassedSent"] = len(passed)
+    job.result["LesionMasked"] = masked  # protected images that had a lesion mask
     job.result["Seconds"] = {k: round(v, 2) for k, v in timings.items()}
+
+
+def _lesion_masks(sources: list, images: list, job: Job, reported: set[str]) -> list:
+    """One mask (or None) per image from the study's SEG / RTSTRUCT; a source that gives none is a
+    job error (once): its lesions may be under the watermark, as with `miadmark protect`."""
+    if not sources:
+        return [None] * len(images)
+    masks, unusable = masks_of_sources(sources, images)
+    for source, reason in unusable:
+        uid = str(source.get("SOPInstanceUID", ""))
+        if uid not in reported:
+            reported.add(uid)
+            job.error(f"lesion source {uid}: no mask ({reason}); images of its study are protected without it")
+    return [mask_for(ds, masks) for ds in images]
 
 
 def _send_plain(target: Target, ids: list[str], request: ExportRequest | None) -> None:

@@ -178,9 +178,15 @@ class Plugin:
         if plan.skipped:
             log(f"auto-export of study {study} to {name}: {plan.skipped} instances left out (blocked by the rules)")
         sent = self.auto_sent.setdefault(name, set())
+        before = len(plan.decisions)
         plan.decisions = [(iid, d) for iid, d in plan.decisions if iid not in sent]
         if not plan.decisions:
             return
+        late = [plan.lesion_sources[iid] for iid in plan.unchanged()]
+        if late and len(plan.decisions) < before:  # see lesions.py: the ordering limit
+            log(f"auto-export of study {study} to {name}: lesion source(s) {', '.join(late)} arrived after "
+                f"{before - len(plan.decisions)} instance(s) of the study were sent; images among them were "
+                "protected without their masks")
         self._run(plan, None, job)
         if not job.failed:
             sent.update(iid for iid, _ in plan.decisions)
@@ -218,7 +224,8 @@ class Plugin:
             "Loaded": cfg is not None,
             "Error": s.error,
             "Warnings": sorted(self.warnings),
-            "Destinations": {n: {"Kind": d.kind, "Target": d.target} for n, d in (cfg.destinations.items() if cfg else [])},
+            "Destinations": {n: {"Kind": d.kind, "Target": d.target}
+                             for n, d in (cfg.destinations.items() if cfg else [])},
             "Rules": len(cfg.rules) if cfg else 0,
             "Receiver": ({"Counts": dict(receiver.counts), "Quarantine": str(receiver.quarantine_dir),
                           "Error": receiver.error}
