@@ -88,7 +88,7 @@ class Forwarding:
         """Delete a spooled original (and its protected copies) once no job needs it (a SEG /
         RTSTRUCT once no image of its study needs its mask either: Queue.releasable). Spool names
         are unique per receipt, so a new receipt of the same instance never shares this file."""
-        self._unlink(self.queue.releasable(rel))
+        self.spool.remove(self.queue.releasable(rel))
 
     def sweep_lesion_sources(self, now: float | None = None) -> None:
         """Release the SEG / RTSTRUCT files kept for images that never came (at most once a minute:
@@ -100,13 +100,8 @@ class Forwarding:
             since, until = self._swept_until, now - LESION_KEEP_S
             self._swept_at, self._swept_until = now, max(since, until)
         for study in self.queue.lesion_studies(since, until):
-            self._unlink(self.queue.expired_lesion_sources(study, now))
+            self.spool.remove(self.queue.expired_lesion_sources(study, now))
         # one kept longer because images of its study waited goes when they finish (Queue.releasable)
-
-    def _unlink(self, files: list[str]) -> None:
-        for rel in files:
-            for path in [self.spool.path(rel), *self.spool.protected_copies(rel)]:
-                path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------- child process

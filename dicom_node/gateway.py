@@ -265,9 +265,7 @@ class Gateway:
         return quarantine(self.config.gateway.quarantine, None, source=src, **details)
 
     def release_file(self, rel: str) -> None:
-        for done in self.queue.releasable(rel):  # what Forwarding.release_file does
-            for path in [self.spool.path(done), *self.spool.protected_copies(done)]:
-                path.unlink(missing_ok=True)
+        self.spool.remove(self.queue.releasable(rel))
 
     @property
     def forwarders(self) -> dict:

@@ -54,3 +54,9 @@ class Spool:
 
     def protected_copies(self, rel: str) -> list[Path]:
         return list(self.protected.glob(f"{Path(rel).stem}.{'?' * 12}.dcm"))
+
+    def remove(self, rels: list[str]) -> None:
+        """Delete spooled originals and their protected copies (once no job needs them)."""
+        for rel in rels:
+            for path in [self.path(rel), *self.protected_copies(rel)]:
+                path.unlink(missing_ok=True)
