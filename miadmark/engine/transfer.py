@@ -100,7 +100,7 @@ class TransferEngine(AdversarialEngine):
         plausible = (p >= float(self.opt("avoid", 0.2))) & (p > p.amin(1, keepdim=True))  # one class stays free
         return top | plausible
 
-    def pick_start(self, xs, y, f_clean, cands, m_low, inits, lossf) -> tuple[list, list[int]]:
+    def pick_start(self, xs, avoid, f_clean, cands, m_low, inits, lossf) -> tuple[list, list[int]]:
         """Query every (start maps, lesion-free placement) pair at the surrogates' scale, all starts in
         one batch; per image keep the most damaging. Returns the layouts and the chosen start index."""
         n, n_starts = xs.shape[0], len(inits)
@@ -111,14 +111,14 @@ class TransferEngine(AdversarialEngine):
             return F.interpolate(t, size=(L0.hs, L0.ws), mode="bilinear", align_corners=False)
 
         a1, t1, a2, t2 = (torch.cat([up(st[q]) for st in inits]) for q in range(4))
-        xs_all, y_all = xs.repeat(n_starts, 1, 1, 1), y.repeat(n_starts, 1)
+        xs_all, avoid_all = xs.repeat(n_starts, 1, 1, 1), avoid.repeat(n_starts, 1)
         f_all = [f.repeat(n_starts, 1) for f in f_clean]
         k_max = max(len(cl) for cl in cands)
         losses = []
         for k in range(k_max):
             lk = [cl[min(k, len(cl) - 1)] for cl in cands]
             comp = self.paste_low(xs_all, lk * n_starts, m_low, a1[:, 0], t1, a2[:, 0], t2).clamp(0, 1)
-            losses.append(lossf(comp, y_all, f_all).view(n_starts, n))
+            losses.append(lossf(comp, avoid_all, f_all).view(n_starts, n))
         loss = torch.stack(losses)  # (placement, start, image)
         flat = loss.permute(2, 0, 1).reshape(n, -1).argmax(1)
         ks, js = (flat // n_starts).tolist(), (flat % n_starts).tolist()
@@ -146,14 +146,14 @@ class TransferEngine(AdversarialEngine):
         use_eot = bool(self.opt("transforms", True))
         lk_, kap = str(self.opt("loss", "ce")), float(self.opt("kappa", 5.0))
 
-        def lossf(x_, y_, f_):  # the attack's loss for images x_ with labels y_ and clean features f_
-            return _loss(ens, x_, y_, f_, fw, lk_, kap)
+        def lossf(x_, avoid_, f_):  # the attack's loss for images x_, classes to avoid, clean features f_
+            return _loss(ens, x_, avoid_, f_, fw, lk_, kap)
 
         with torch.no_grad():
             les, les_src = self.lesion_mask(images, lesion)
             g = images.mean(1, keepdim=True)
             xs = ens.prep(g)
-            y = self.avoid_classes(xs)
+            avoid = self.avoid_classes(xs)
             f_clean = [f.detach() for f in ens.outputs(xs)[1]]
             cands = self.layouts(images, les)
             L0 = cands[0][0]
@@ -167,7 +167,7 @@ class TransferEngine(AdversarialEngine):
             a2 = torch.zeros(n, hp, wp, device=self.device)
             t2 = torch.full((n, 1, hp, wp), 0.3, device=self.device)
             inits = [(a1, t1, a2, t2)] + self.prior_inits(n, hp, wp, (a_min, a_max, p_max, s_min, contrast))
-            lays, choice = self.pick_start(xs, y, f_clean, cands, m_low, inits, lossf)
+            lays, choice = self.pick_start(xs, avoid, f_clean, cands, m_low, inits, lossf)
             a1, t1, a2, t2 = (torch.stack([inits[choice[i]][q][i] for i in range(n)]).clone() for q in range(4))
 
         # lesion at surrogate scale (any lesion pixel inside a low-res pixel freezes it)
@@ -200,11 +200,11 @@ class TransferEngine(AdversarialEngine):
             xc, total = composite(), 0  # full-resolution paste once; each EOT sample transforms it
             for _ in range(eot):
                 xa = random_transform(xc.clamp(0, 1), gen) if use_eot else xc
-                total = total + lossf(xa, y, f_clean).sum()
+                total = total + lossf(xa, avoid, f_clean).sum()
             grads = torch.autograd.grad(total, params)
             with torch.no_grad():
                 if keep_best:  # the iterate before this step, untransformed
-                    remember(lossf(xc.detach().clamp(0, 1), y, f_clean))
+                    remember(lossf(xc.detach().clamp(0, 1), avoid, f_clean))
                 for j, (p, gr) in enumerate(zip(params, grads)):
                     gr = gr / gr.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (gr.dim() - 1))
                     mom[j] = mu * mom[j] + gr
@@ -215,7 +215,7 @@ class TransferEngine(AdversarialEngine):
                     delta.clamp_(-linf, linf)
         if keep_best:
             with torch.no_grad():
-                remember(lossf(composite().clamp(0, 1), y, f_clean))
+                remember(lossf(composite().clamp(0, 1), avoid, f_clean))
                 for b, p in zip(best, params):
                     p.copy_(b)
 
