@@ -203,7 +203,8 @@ class Gateway:
             rel = self.spool.store(data, sop_uid)
             self.queue.add(file=rel, sop_uid=sop_uid, sop_class=str(event.request.AffectedSOPClassUID),
                            transfer_syntax=str(event.context.transfer_syntax), study_uid=study,
-                           series_uid=series, calling_ae=calling, called_ae=called, jobs=jobs)
+                           series_uid=series, calling_ae=calling, called_ae=called, jobs=jobs,
+                           settle_s=self.config.gateway.study_settle_s)
         except Exception as exc:  # noqa: BLE001 - disk full, database locked: tell the sender to retry
             log.error("%s from %s: cannot spool (%s: %s), answered failure", sop_uid, calling,
                       type(exc).__name__, exc)

@@ -7,9 +7,10 @@ stays while an image of its study waits and for LESION_KEEP_S after its receipt,
 follow it, in the same association or later, still get its mask (Queue.releasable; the forwarders
 sweep the kept files when idle).
 
-Ordering limit: the gateway does not wait for a study to be complete (it has no study-settle
-delay). A forwarder takes an image as soon as it is queued, in batches, and protects it with the
-lesion sources of its study received by then. A SEG / RTSTRUCT received after its images were
+Ordering limit: by default the gateway does not wait for a study to be complete. A forwarder takes
+an image as soon as it is queued, in batches, and protects it with the lesion sources of its study
+received by then. `gateway.study_settle_s` makes protect-route images wait until their study has
+received nothing for that long (Queue.add), so a SEG / RTSTRUCT sent within the window still counts. A SEG / RTSTRUCT received after its images were
 protected cannot protect them: they have gone, or their protected copy is made and a resend sends
 that same copy. The late source is still forwarded unchanged, and the audit log records
 `lesion_source_late` with how many images of the study had already been sent to that destination.

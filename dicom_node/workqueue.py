@@ -135,8 +135,10 @@ class Queue:
     # ------------------------------------------------------------------------------------ receipt
     def add(self, *, file: str, sop_uid: str, sop_class: str, transfer_syntax: str, study_uid: str,
             series_uid: str, calling_ae: str, called_ae: str, jobs: list[NewJob],
-            durable: bool = False) -> list[int]:
-        """Queue one instance for its destinations (fsynced when durable)."""
+            durable: bool = False, settle_s: float = 0.0) -> list[int]:
+        """Queue one instance for its destinations (fsynced when durable). With settle_s, its protect
+        jobs and the untried protect jobs of its study for the same destinations wait until the study
+        has received nothing for settle_s (a study-settle window for late SEG / RTSTRUCT)."""
         con = self._con()
         now = time.time()
         ids = []
@@ -153,6 +155,10 @@ class Queue:
                      job.destination, job.action, job.rule, json.dumps(list(job.recipients)), job.profile,
                      now, now, now))
                 ids.append(cur.lastrowid)
+                if settle_s > 0 and job.action == "protect":
+                    con.execute("UPDATE jobs SET next_try=? WHERE destination=? AND study_uid=? AND action='protect'"
+                                " AND state='pending' AND attempts=0 AND next_try<?",
+                                (now + settle_s, job.destination, study_uid, now + settle_s))
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:

@@ -87,6 +87,9 @@ class GatewayConfig(_Model):
     audit: ConfigPath | None = None  # default <spool>/audit.jsonl (JSON lines, one per instance)
     device: str = "auto"  # protect on "auto" | "cpu" | "cuda"
     batch_size: int = Field(128, ge=1)  # at most this many instances per outgoing association
+    # a protect-route image waits until its study has received nothing for this long, so that a SEG /
+    # RTSTRUCT sent after its images still keeps the watermark off their lesions (0: no wait)
+    study_settle_s: float = Field(0.0, ge=0, le=3600)
     retry: RetryConfig = RetryConfig()
     reload_interval_s: float = Field(2.0, gt=0)  # how often the config file is checked for changes
     max_pdu: int = Field(0, ge=0)  # 0 = unlimited

@@ -42,7 +42,7 @@ def pet():
 
 
 @pytest.fixture
-def gateway(tmp_path, site_keys, monkeypatch):
+def gateway(tmp_path, site_keys, monkeypatch, request):
     # a plain logo as large as the image: only the lesion mask can keep it off the lesion
     monkeypatch.setattr("miadmark.engine.Profile", functools.partial(Profile, max_area_fraction=1.0))
     partner = Collector(tmp_path / "partner", "PARTNER")
@@ -57,6 +57,7 @@ gateway:
   spool: spool/
   device: cpu
   retry: {{base_s: 0.05, max_s: 0.3, max_attempts: 100}}
+  study_settle_s: {getattr(request, "param", 0)}
 destinations:
   partner: {{ae_title: PARTNER, host: 127.0.0.1, port: {partner.port}}}
 rules:
@@ -146,3 +147,24 @@ def test_seg_after_its_slices_were_sent_is_forwarded_and_recorded_late(gateway, 
     assert sent_lines(gw)[seg_uid]["note"] == "lesion source, forwarded unchanged"
     assert [sent_lines(gw)[str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)]["lesion_mask"]
             for p in slices] == [False, False]
+
+
+@pytest.mark.parametrize("gateway", [3.0], indirect=True)  # study_settle_s
+def test_with_a_settle_window_a_seg_sent_after_its_slices_still_masks_them(gateway, pet):
+    gw, partner = gateway
+    slices = pet["referenced"]
+    assert send_files("127.0.0.1", gw.port, slices, called_ae="PARTNER", calling_ae="PACS") == [0, 0]
+    time.sleep(1.0)  # a second association, inside the window: the study is not quiet yet
+    assert gw.queue.counts()["partner"]["done"] == 0
+    assert send_files("127.0.0.1", gw.port, [SEG], called_ae="PARTNER", calling_ae="PACS") == [0]
+    assert wait_for(lambda: len(sent_lines(gw)) == 3, timeout=60), read_audit(gw.config.gateway.audit)
+    lines = sent_lines(gw)
+    assert [lines[str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)]["lesion_mask"]
+            for p in slices] == [True, True]
+    assert "lesion_source_late" not in [r["event"] for r in read_audit(gw.config.gateway.audit)]
+    got = received(partner)
+    for path in slices:
+        original = pydicom.dcmread(path)
+        changed = got[str(original.ImagePositionPatient)].pixel_array != original.pixel_array
+        mask = pet["masks"][str(original.SOPInstanceUID)]
+        assert changed.mean() > 0.05 and not changed[mask].any()

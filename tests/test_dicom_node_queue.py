@@ -68,3 +68,28 @@ def test_quarantined_is_never_due(tmp_path):
     q.mark_quarantined(job_id, "protect refused")
     assert q.due("a", 10, now=time.time() + 1e6) == []
     assert q.counts()["a"]["quarantined"] == 1
+
+
+def test_study_settle_delays_the_untried_protect_jobs_of_that_study_only(tmp_path):
+    q = Queue(tmp_path / "q.sqlite")
+
+    def receive(sop, study, action="protect", settle=10.0):
+        return q.add(file=f"objects/{sop}.dcm", sop_uid=sop, sop_class="1.2.840.10008.5.1.4.1.1.128",
+                     transfer_syntax="1.2.840.10008.1.2", study_uid=study, series_uid="1.2.3", calling_ae="PACS",
+                     called_ae="X", jobs=[NewJob("a", action, "rule 1")], settle_s=settle)
+
+    t0 = time.time()
+    receive("1.1", "S1")
+    receive("2.1", "S2")
+    receive("9.1", "S1", action="pass")
+    assert [j.sop_uid for j in q.due("a", 10, now=t0 + 1)] == ["9.1"]  # pass jobs never wait
+    failed = q.due("a", 10, now=t0 + 11)[0]
+    assert failed.sop_uid == "1.1"
+    q.mark_failed(failed, "refused", max_attempts=5, base_s=100, max_s=100)  # backing off: left alone
+    time.sleep(0.6)
+    receive("1.2", "S1")  # a new instance of S1 restarts S1's window, not S2's
+    due = {j.sop_uid for j in q.due("a", 10, now=t0 + 10.3)}
+    assert "2.1" in due and "1.2" not in due and "1.1" not in due
+    assert "1.2" in {j.sop_uid for j in q.due("a", 10, now=time.time() + 10.01)}
+    retry = [j for j in q.due("a", 10, now=time.time() + 200) if j.sop_uid == "1.1"]
+    assert retry and retry[0].attempts == 1
