@@ -264,6 +264,10 @@ def _command(args) -> str:
              "--out", args.out, "--limit", str(args.limit), "--seed", str(args.seed)]
     if args.models:
         parts += ["--models", *args.models]
+    for flag, value, default in (("--max-area-fraction", args.max_area_fraction, 1 / 9),
+                                 ("--alpha-max", args.alpha_max, 0.6)):
+        if value != default:  # every setting that shaped the report is in its command
+            parts += [flag, repr(value)]
     if getattr(args, "options", None):
         parts += ["--options", args.options]
     return " ".join(shlex.quote(p) for p in parts)

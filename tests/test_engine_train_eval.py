@@ -36,3 +36,17 @@ def test_train_then_evaluate(tmp_path, monkeypatch):
     assert set(rep["accuracy_summary"]["black_box"]) == {"clean", "plain_logo_same_box", "protected",
                                                          "protected_inpainted"}
     assert (rep_dir / "report.html").exists() and list(rep_dir.glob("ex0_after.png"))
+
+
+def test_report_command_names_every_setting_that_shaped_it():
+    import argparse
+
+    from miadmark.evaluate import _command
+
+    args = argparse.Namespace(data="d", profile="transfer", out="o", limit=440, seed=0, models=None,
+                              options='{"linf": 4}', max_area_fraction=0.25, alpha_max=0.6)
+    assert _command(args).split() == ["miadmark", "evaluate", "--data", "d", "--profile", "transfer", "--out", "o",
+                                      "--limit", "440", "--seed", "0", "--max-area-fraction", "0.25",
+                                      "--options", "'{\"linf\":", "4}'"]
+    args.max_area_fraction = 1 / 9
+    assert "--max-area-fraction" not in _command(args)
