@@ -10,11 +10,12 @@ sweep the kept files when idle).
 Ordering limit: by default the gateway does not wait for a study to be complete. A forwarder takes
 an image as soon as it is queued, in batches, and protects it with the lesion sources of its study
 received by then. `gateway.study_settle_s` makes protect-route images wait until their study has
-received nothing for that long (Queue.add), so a SEG / RTSTRUCT sent within the window still counts. A SEG / RTSTRUCT received after its images were
-protected cannot protect them: they have gone, or their protected copy is made and a resend sends
-that same copy. The late source is still forwarded unchanged, and the audit log records
-`lesion_source_late` with how many images of the study had already been sent to that destination.
-Senders should send the SEG / RTSTRUCT before its images (in one association, or earlier).
+received nothing for that long (Queue.add), so a SEG / RTSTRUCT sent within the window still
+counts. One received after its images were protected cannot protect them: they have gone, or their
+protected copy is made and a resend sends that same copy. The late source is still forwarded
+unchanged, and the audit log records `lesion_source_late` with how many images of the study had
+already been sent to that destination. Senders should send the SEG / RTSTRUCT before its images (in
+one association, or earlier), or the gateway should have a settle window.
 """
 
 from __future__ import annotations

@@ -271,10 +271,6 @@ class Queue:
                                    " AND created>=? AND created<?", (*LESION_SOP_CLASSES, since, until)).fetchall()
         return [r[0] for r in rows]
 
-    def files_in_use(self) -> set[str]:
-        rows = self._con().execute("SELECT DISTINCT file FROM jobs WHERE state='pending'").fetchall()
-        return {r[0] for r in rows}
-
     # -------------------------------------------------------------------------------------- status
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

@@ -64,7 +64,8 @@ class Job:
             "CreationTime": _iso(self.created),
             "EffectiveRuntime": round(((self.finished or now) - self.started), 3) if self.started else 0.0,
             "ErrorCode": 0 if self.state != "Failure" else -1,
-            "ErrorDescription": "Success" if self.state != "Failure" else (self.errors[0] if self.errors else "Failure"),
+            "ErrorDescription": ("Success" if self.state != "Failure"
+                                 else (self.errors[0] if self.errors else "Failure")),
             "Content": dict(self.result),
             "Priority": 0,
             "Timestamp": _iso(now),

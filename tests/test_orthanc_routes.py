@@ -114,7 +114,7 @@ def test_raw_routes_to_protect_destinations_are_refused(sites):
 
 
 def test_protect_route_and_status(sites):
-    hospital, plain = sites["hospital"], sites["plain"]
+    hospital = sites["hospital"]
     assert hospital.post("/miadmark/protect", {"Study": sites["study"], "Destination": "nowhere"}).status_code == 404
     response = hospital.post("/miadmark/protect", {"Study": sites["study"], "Destination": "partner",
                                                    "Synchronous": True})
