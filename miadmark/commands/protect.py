@@ -11,7 +11,7 @@ from ..engine import DEFAULT_PROFILE, ENGINES, Profile, get_engine
 from ..errors import MiadmarkError
 from ..keys import load_certificates, load_identity, read_passphrase
 from ..protect import protect_many
-from ..lesion import is_lesion_source, mask_for, masks_from_source, merge_masks
+from ..lesion import is_lesion_source, mask_for, masks_of_sources
 from .files import Tally, iter_inputs, output_path
 
 BATCH = 16  # files read and watermarked together (one engine batch per frame geometry)
@@ -96,10 +96,14 @@ def _lesion_masks(inputs: list[str], tally: Tally) -> tuple[dict, set[Path]]:
             sources.append(item.path)
         else:
             images.append(head)
-    merged: dict = {}
+    read: dict[Path, object] = {}
     for path in sources:
         try:
-            merge_masks(merged, masks_from_source(read_dicom(path), images))
+            read[path] = read_dicom(path)
         except MiadmarkError as exc:
             tally.fail(path, f"no lesion mask: {exc}")
+    path_of = {id(ds): path for path, ds in read.items()}
+    merged, unusable = masks_of_sources(list(read.values()), images)
+    for ds, reason in unusable:
+        tally.fail(path_of[id(ds)], f"no lesion mask: {reason}")
     return merged, set(sources)
