@@ -167,6 +167,10 @@ class Rule(_Model):
     action: Literal["protect", "pass", "block"]
     recipients: list[ConfigPath] = []
     profile: str | None = None  # watermark profile (protect only); None = the core's default
+    # de-identification before protection (protect only; miadmark.deid): PS3.15 Basic Profile
+    deidentify: Literal["basic"] | None = None
+    restore_identity: bool = False  # strip gives the identified original (True) or the de-identified object
+    deidentify_dates: Literal["remove", "shift"] = "remove"
     name: str | None = None
     auto: bool = False  # Orthanc plugin: send each stable study to send_to without being asked
     line: int | None = None  # filled by the loader: where the rule starts in the file
@@ -195,6 +199,11 @@ class Rule(_Model):
             raise ValueError(f"recipients are only for action protect, not {self.action}")
         if self.action != "protect" and self.profile is not None:
             raise ValueError(f"profile is only for action protect, not {self.action}")
+        if self.deidentify is not None and self.action != "protect":
+            raise ValueError(f"deidentify is only for action protect, not {self.action} (a pass route sends "
+                             "objects unchanged)")
+        if self.deidentify is None and (self.restore_identity or self.deidentify_dates != "remove"):
+            raise ValueError("restore_identity and deidentify_dates need deidentify: basic")
         if self.action in ("protect", "pass") and not self.send_to:
             raise ValueError(f"action {self.action} needs send_to (a list of destination names)")
         return self

@@ -6,6 +6,7 @@ fsynced: a crash leaves either the old state or the complete file, never half a 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -28,23 +29,69 @@ def parse_all(ds: Dataset) -> Dataset:
 
 
 def read_dicom(path: str | os.PathLike) -> Dataset:
-    """Read a DICOM file fully (pixel data included) or raise InvalidInputError with the reason."""
+    """Read a DICOM file fully (pixel data included) or raise InvalidInputError with the reason.
+
+    The file's bytes are kept with the dataset (see source_bytes): protect records them exactly.
+    """
     try:
-        ds = parse_all(pydicom.dcmread(path))  # parse now: a truncated file fails here, not later
+        if hasattr(path, "read"):
+            data = path.read()
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        ds = parse_all(pydicom.dcmread(io.BytesIO(data)))  # parse now: a truncated file fails here, not later
     except InvalidDicomError:
         raise InvalidInputError("not a DICOM file (no DICM preamble or valid header)") from None
     except (EOFError, ValueError, OSError, TypeError, KeyError, NotImplementedError) as exc:
         raise InvalidInputError(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
     if "PixelData" in ds and len(ds.PixelData or b"") == 0:
         raise InvalidInputError("truncated file: Pixel Data is empty")
-    return ds
+    return remember_source(ds, data)
 
 
 def dataset_from_bytes(data: bytes) -> Dataset:
     try:
-        return parse_all(pydicom.dcmread(io.BytesIO(data)))
+        ds = parse_all(pydicom.dcmread(io.BytesIO(data)))
     except Exception as exc:  # noqa: BLE001 - any parse failure is invalid input
         raise InvalidInputError(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
+    return remember_source(ds, bytes(data))
+
+
+# ---- the exact bytes a dataset was read from --------------------------------------------------------
+# pydicom re-encodes what it writes (group lengths dropped, padding and VRs normalised); protect
+# must record the original FILE, so the readers above keep its bytes with the dataset, together
+# with the hash of the dataset's encoding at read time: a dataset changed after reading no longer
+# matches, and its source bytes are then not used.
+
+_SOURCE = "_miadmark_source"  # lower case: pydicom stores it as a plain attribute, not an element
+
+
+def remember_source(ds: Dataset, data: bytes) -> Dataset:
+    try:
+        setattr(ds, _SOURCE, (data, hashlib.sha256(canonical_bytes(ds)).digest()))
+    except Exception:  # noqa: BLE001 - a dataset pydicom cannot write has no usable source; protect refuses it
+        pass
+    return ds
+
+
+def source_bytes(ds: Dataset) -> bytes | None:
+    """The bytes ds was read from, if ds still encodes exactly as it did when read; else None."""
+    source = getattr(ds, _SOURCE, None)
+    if source is None:
+        return None
+    data, digest = source
+    return data if hashlib.sha256(canonical_bytes(ds)).digest() == digest else None
+
+
+def original_file_bytes(ds: Dataset) -> bytes:
+    """The file ds came from, byte for byte; a dataset made or changed in memory: as pydicom writes it."""
+    data = source_bytes(ds)
+    return data if data is not None else dataset_to_bytes(ds)
+
+
+def forget_source(ds: Dataset) -> None:
+    if _SOURCE in vars(ds):
+        delattr(ds, _SOURCE)
 
 
 def dataset_to_bytes(ds: Dataset) -> bytes:

@@ -46,3 +46,7 @@ class UntrustedSignerError(MiadmarkError):
 
 class IntegrityError(MiadmarkError):
     """The rebuilt original does not match the hash in the record (pixels or attributes changed)."""
+
+
+class BurnedInAnnotationError(MiadmarkError):
+    """A de-identified route was given an object that declares text burned into its pixels."""

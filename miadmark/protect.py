@@ -28,18 +28,21 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
 from . import __version__
-from .dicomio import canonical_bytes, parse_all
+from .deid import Deidentifier
+from .dicomio import canonical_bytes, dataset_from_bytes, forget_source, original_file_bytes, parse_all
 from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine
 from .errors import (AlreadyProtectedError, IntegrityError, MiadmarkError, NotProtectedError,
                      RecordCorruptError, UntrustedSignerError)
 from .keys import Identity, subject_name
 from .pixel_payload import apply_changed_words, encode_changed_words, word_dtype
+from .original_file import cut, join, pixel_value_span
 from .pixels import Pixels, decode, from_model, native_pixel_bytes, to_model
 from .record import (RECORD_CREATOR, Record, decode_file_meta, decrypt, encode_file_meta, encrypt,
                      recipients_of, sign_record, verify_record)
+from .uids import SERIES, SOP_INSTANCE, UidMaker, scope_of, site_secret
 
 if TYPE_CHECKING:
     from .engine.base import Engine
@@ -58,10 +61,14 @@ def is_protected(ds: Dataset) -> bool:
 
 def protect(ds: Dataset, *, recipients: Sequence[x509.Certificate], signer: Identity,
             profile: str | Profile = DEFAULT_PROFILE, device: str = "auto",
-            lesion_mask: np.ndarray | None = None, engine: Engine | None = None) -> Dataset:
+            lesion_mask: np.ndarray | None = None, engine: Engine | None = None,
+            destination: str | None = None, deidentify: str | None = None, restore_identity: bool = False,
+            deidentify_dates: str = "remove") -> Dataset:
     """A protected copy of ds (ds is not modified). Raises MiadmarkError with the reason."""
     result = protect_many([ds], recipients=recipients, signer=signer, profile=profile, device=device,
-                          lesion_masks=None if lesion_mask is None else [lesion_mask], engine=engine)[0]
+                          lesion_masks=None if lesion_mask is None else [lesion_mask], engine=engine,
+                          destination=destination, deidentify=deidentify, restore_identity=restore_identity,
+                          deidentify_dates=deidentify_dates)[0]
     if isinstance(result, MiadmarkError):
         raise result
     return result
@@ -70,19 +77,31 @@ def protect(ds: Dataset, *, recipients: Sequence[x509.Certificate], signer: Iden
 def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certificate], signer: Identity,
                  profile: str | Profile = DEFAULT_PROFILE, device: str = "auto",
                  lesion_masks: Sequence[np.ndarray | None] | None = None,
-                 engine: Engine | None = None) -> list[Dataset | MiadmarkError]:
+                 engine: Engine | None = None, destination: str | None = None, deidentify: str | None = None,
+                 restore_identity: bool = False, deidentify_dates: str = "remove") -> list[Dataset | MiadmarkError]:
     """Protect several datasets through one engine; each result is a Dataset or the error for that input.
 
     Frames of the same size go through the engine together (a series is one batch).
+    destination: the destination's name; with the signer's key it makes the protected UIDs (miadmark.uids):
+    the same original for the same destination (or, when None, the same recipient set) gets the same UIDs.
+    deidentify: None, or "basic" (PS3.15 Basic Application Level Confidentiality Profile, miadmark.deid)
+    applied before protection; restore_identity: whether strip then gives back the identified original
+    (True) or the de-identified object (False); deidentify_dates: "remove" (the profile's dummy dates)
+    or "shift" (a keyed per-patient shift).
     """
     if not recipients:
         raise ValueError("protect needs at least one recipient certificate")
     engine = engine or get_engine(profile, device)
+    uid_maker = UidMaker(site_secret(signer.key), scope_of(destination, recipients))
+    deid = None
+    if deidentify is not None:
+        deid = Deidentifier(deidentify, uid_maker, dates=deidentify_dates)
     results: list[Dataset | MiadmarkError | None] = [None] * len(datasets)
     prepared = []
     for i, ds in enumerate(datasets):
         try:
-            prepared.append((i, _prepare(ds, None if lesion_masks is None else lesion_masks[i])))
+            prep = _prepare(ds, None if lesion_masks is None else lesion_masks[i], deid, restore_identity)
+            prepared.append((i, prep))
         except MiadmarkError as exc:
             results[i] = exc
     # group by frame geometry so that a series of equal slices is one engine batch
@@ -103,8 +122,8 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
         for i, prep in items:
             n = prep["x"].shape[0]
             try:
-                results[i] = _finish(datasets[i], prep, x_new[offset:offset + n], params[offset:offset + n],
-                                     recipients, signer, engine)
+                results[i] = _finish(prep, x_new[offset:offset + n], params[offset:offset + n],
+                                     recipients, signer, engine, uid_maker)
             except MiadmarkError as exc:
                 results[i] = exc
             offset += n
@@ -126,10 +145,16 @@ def _run_engine(engine: Engine, x: np.ndarray, lesion: np.ndarray, contexts: lis
     return np.clip(x_new, 0.0, 1.0), out.params
 
 
-def _prepare(ds: Dataset, lesion_mask: np.ndarray | None) -> dict:
-    if is_protected(ds):
+def _prepare(source: Dataset, lesion_mask: np.ndarray | None, deid: Deidentifier | None,
+             restore_identity: bool) -> dict:
+    """source: what protect was given; ds: what is watermarked (source, or its de-identified copy);
+    original: what strip gives back (source, or the de-identified copy when identity is not restored)."""
+    if is_protected(source):
         raise AlreadyProtectedError("already protected (carries a restoration record); strip it first")
-    parse_all(ds)  # the hash and the record see elements exactly as they will be re-encoded
+    parse_all(source)  # the hash and the record see elements exactly as they will be re-encoded
+    ds = source if deid is None else deid.apply(source)
+    original = source if deid is None or restore_identity else ds
+    original_file = original_file_bytes(original)
     px = decode(ds)
     x, mapping = to_model(ds, px)
     frames, _, h, w = x.shape
@@ -143,19 +168,22 @@ def _prepare(ds: Dataset, lesion_mask: np.ndarray | None) -> dict:
             raise MiadmarkError(f"lesion mask has {lesion.shape[0]} frames, image has {frames}")
     ctx = ImageContext(modality=str(ds.get("Modality", "")), photometric=px.photometric,
                        sop_instance_uid=str(ds.get("SOPInstanceUID", "")))
-    return {"px": px, "x": x, "mapping": mapping, "lesion": lesion, "contexts": [ctx] * frames}
+    return {"ds": ds, "original": original, "original_file": original_file, "px": px, "x": x,
+            "mapping": mapping, "lesion": lesion, "contexts": [ctx] * frames}
 
 
-def _finish(ds: Dataset, prep: dict, x_new: np.ndarray, params: list[dict], recipients, signer: Identity,
-            engine: Engine) -> Dataset:
+def _finish(prep: dict, x_new: np.ndarray, params: list[dict], recipients, signer: Identity,
+            engine: Engine, uid_maker: UidMaker) -> Dataset:
+    ds, original, original_file = prep["ds"], prep["original"], prep["original_file"]
     px: Pixels = prep["px"]
     new_stored = from_model(px, prep["mapping"], prep["x"], x_new, prep["lesion"])
     lesion = prep["lesion"]
     if lesion.any() and not np.array_equal(new_stored[lesion], px.stored[lesion]):
         raise MiadmarkError("internal error: a lesion pixel changed; refusing to emit")  # never expected
 
-    original_pixels = ds[PIXEL_DATA]
+    original_pixels = ds[PIXEL_DATA]  # de-identification leaves Pixel Data as it was
     prot = copy.deepcopy(ds)
+    forget_source(prot)
     _drop_group_lengths(prot)
     new_bytes = native_pixel_bytes(ds, px, new_stored)
     if px.native:
@@ -176,9 +204,12 @@ def _finish(ds: Dataset, prep: dict, x_new: np.ndarray, params: list[dict], reci
             prot.PlanarConfiguration = 0
         prot.PixelRepresentation = 1 if px.signed else 0
 
-    new_uid = generate_uid()
+    new_uid = uid_maker.derive(SOP_INSTANCE, str(ds.get("SOPInstanceUID", "")))
     prot.SOPInstanceUID = new_uid
     prot.file_meta.MediaStorageSOPInstanceUID = new_uid
+    if "SeriesInstanceUID" in ds:  # a derived series; the study stays the original's (or the de-identified one)
+        prot.SeriesInstanceUID = uid_maker.derive(SERIES, str(ds.SeriesInstanceUID))
+    _set_pixel_value_range(prot, px, new_stored)
     prot.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     image_type = list(ds.get("ImageType", [])) or ["DERIVED", "SECONDARY"]
     image_type[0] = "DERIVED"
@@ -190,7 +221,8 @@ def _finish(ds: Dataset, prep: dict, x_new: np.ndarray, params: list[dict], reci
     marker.add_new(0x01, "LO", subject_name(signer.cert)[:64])  # who protected it, readable without a key
     marker.add_new(0x02, "LO", f"miadmark {__version__} {profile_name}"[:64])
 
-    modified, added = _diff(ds, prot)
+    modified, added = _diff(original, prot)
+    span = pixel_value_span(original_file, bytes(original_pixels.value))
     record = Record(
         modified=modified,
         params={"engine_version": __version__, "profile": profile_name, "device": str(engine.device),
@@ -198,11 +230,13 @@ def _finish(ds: Dataset, prep: dict, x_new: np.ndarray, params: list[dict], reci
         payload_kind=payload_kind,
         payload=payload,
         added_tags=added + [0x04000500],
-        file_meta=encode_file_meta(ds.file_meta),
-        original_sha256=hashlib.sha256(canonical_bytes(ds)).hexdigest(),
+        file_meta=encode_file_meta(original.file_meta),
+        original_sha256=hashlib.sha256(original_file).hexdigest(),
         protected_uid=new_uid,
         pixel_vr=str(original_pixels.VR),
         word_type=word_type,
+        original_file=cut(original_file, span),
+        pixel_offset=None if span is None else span[0],
     )
     cms = encrypt(sign_record(record, signer), list(recipients))
     item = Dataset()
@@ -210,6 +244,30 @@ def _finish(ds: Dataset, prep: dict, x_new: np.ndarray, params: list[dict], reci
     item.EncryptedContent = cms
     prot.EncryptedAttributesSequence = DicomSequence([item])
     return prot
+
+
+def _set_pixel_value_range(prot: Dataset, px: Pixels, new_stored: np.ndarray) -> None:
+    """Smallest / Largest (Image) Pixel Value must describe the protected pixels, not the original's.
+
+    The image's are recomputed; the series' are widened to include this image (the rest of the
+    series is not known here). Only elements the object already has are touched.
+    """
+    if px.stored.ndim == 4 or "PixelData" not in prot:  # colour samples: these elements describe one sample
+        return
+    low, high = int(new_stored.min()), int(new_stored.max())
+    for keyword, value in (("SmallestImagePixelValue", low), ("LargestImagePixelValue", high)):
+        if keyword in prot:
+            prot[keyword].value = value
+    if "SmallestPixelValueInSeries" in prot:
+        prot.SmallestPixelValueInSeries = min(low, _as_int(prot.SmallestPixelValueInSeries, low))
+    if "LargestPixelValueInSeries" in prot:
+        prot.LargestPixelValueInSeries = max(high, _as_int(prot.LargestPixelValueInSeries, high))
+
+
+def _as_int(value, default: int) -> int:
+    if isinstance(value, bytes):  # read Implicit VR before PixelRepresentation was known
+        return int.from_bytes(value[:2], "little") if len(value) >= 2 else default
+    return default if value is None or value == "" else int(value)
 
 
 def _drop_group_lengths(ds: Dataset) -> None:
@@ -248,11 +306,48 @@ def open_record(ds: Dataset, keyring: Sequence[Identity]) -> Record:
     return record
 
 
+def strip_bytes(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x509.Certificate] | None) -> bytes:
+    """The original FILE of a protected ds, byte for byte (preamble, file meta, group lengths, padding, VRs
+    as protect read them). trust=None accepts any signer (--any-signer)."""
+    record = _trusted_record(ds, keyring, trust)
+    if record.original_file is None:  # a record made before byte-exact records: pydicom's encoding
+        return canonical_bytes(_rebuild_checked(ds, record))
+    data = join(record.original_file, record.pixel_offset, _original_pixel_value(ds, record))
+    if hashlib.sha256(data).hexdigest() != record.original_sha256:
+        raise IntegrityError("rebuilt original does not match the record's hash (pixels or attributes changed)")
+    return data
+
+
 def strip(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x509.Certificate] | None) -> Dataset:
-    """The bit-exact original of a protected ds. trust=None accepts any signer (--any-signer)."""
+    """The bit-exact original of a protected ds, as a dataset (it writes back to the exact original
+    bytes with miadmark.dicomio.original_file_bytes). trust=None accepts any signer (--any-signer)."""
+    record = _trusted_record(ds, keyring, trust)
+    if record.original_file is None:
+        return _rebuild_checked(ds, record)
+    return dataset_from_bytes(strip_bytes(ds, keyring=keyring, trust=trust))
+
+
+def _trusted_record(ds: Dataset, keyring: Sequence[Identity], trust: Sequence[x509.Certificate] | None) -> Record:
     record = open_record(ds, keyring)
     if trust is not None and not any(_same_cert(record.signer, t) for t in trust):
         raise UntrustedSignerError(f"signer {subject_name(record.signer)!r} is not in the trust list")
+    return record
+
+
+def _original_pixel_value(ds: Dataset, record: Record) -> bytes:
+    if record.payload_kind == "CHANGED_WORDS":
+        if "PixelData" not in ds:
+            raise IntegrityError("protected object has no Pixel Data")
+        return apply_changed_words(bytes(ds.PixelData), record.payload, np.dtype(record.word_type))
+    if record.payload_kind == "ORIGINAL":
+        try:
+            return lzma.LZMADecompressor().decompress(record.payload)  # stops at the stream's end
+        except lzma.LZMAError:
+            raise RecordCorruptError("pixel payload does not decompress") from None
+    raise RecordCorruptError(f"unknown pixel payload kind {record.payload_kind!r}")
+
+
+def _rebuild_checked(ds: Dataset, record: Record) -> Dataset:
     original = _rebuild(ds, record)
     if hashlib.sha256(canonical_bytes(original)).hexdigest() != record.original_sha256:
         raise IntegrityError("rebuilt original does not match the record's hash (pixels or attributes changed)")
@@ -260,6 +355,7 @@ def strip(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x509.Cert
 
 
 def _rebuild(ds: Dataset, record: Record) -> Dataset:
+    """Records made before byte-exact records: the original dataset from the Modified Attributes."""
     out = copy.deepcopy(ds)
     file_meta = decode_file_meta(record.file_meta)
     for tag in record.added_tags:
@@ -267,18 +363,9 @@ def _rebuild(ds: Dataset, record: Record) -> Dataset:
             del out[tag]
     for elem in record.modified:
         out[elem.tag] = copy.deepcopy(elem)
-    if record.payload_kind == "CHANGED_WORDS":
-        pixels = apply_changed_words(bytes(ds.PixelData), record.payload, np.dtype(record.word_type))
-        out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, pixels)
-    elif record.payload_kind == "ORIGINAL":
-        try:
-            payload = lzma.LZMADecompressor().decompress(record.payload)  # stops at the stream's end
-        except lzma.LZMAError:
-            raise RecordCorruptError("pixel payload does not decompress") from None
-        encapsulated = file_meta.TransferSyntaxUID.is_encapsulated
-        out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, payload, is_undefined_length=encapsulated)
-    else:
-        raise RecordCorruptError(f"unknown pixel payload kind {record.payload_kind!r}")
+    encapsulated = record.payload_kind == "ORIGINAL" and file_meta.TransferSyntaxUID.is_encapsulated
+    out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, _original_pixel_value(ds, record),
+                                  is_undefined_length=encapsulated)
     out.file_meta = file_meta
     return out
 
@@ -311,5 +398,5 @@ def inspect_record(ds: Dataset, keyring: Sequence[Identity] | None = None) -> di
         info["restores_attributes"] = [elem.keyword or str(elem.tag) for elem in record.modified]
     return info
 
-__all__ = ["protect", "protect_many", "strip", "is_protected", "open_record", "inspect_record",
+__all__ = ["protect", "protect_many", "strip", "strip_bytes", "is_protected", "open_record", "inspect_record",
            "RECORD_CREATOR"]

@@ -19,10 +19,15 @@ The decrypted content is a DICOM dataset, Explicit VR Little Endian:
     (0011,xx03) OB  pixel payload, LZMA-compressed (padded to even length)
     (0011,xx04) AT  tags protect added (removed again by strip)
     (0011,xx05) OB  original File Meta Information, Explicit VR LE encoding
-    (0011,xx06) LO  SHA-256 (hex) of the original's canonical encoding (see canonical_bytes)
+    (0011,xx06) LO  SHA-256 (hex) of the original file's bytes (records without xx0A: of the
+                    original's canonical encoding, see canonical_bytes)
     (0011,xx07) UI  SOP Instance UID of the protected object this record belongs to
     (0011,xx08) CS  original Pixel Data VR
     (0011,xx09) LO  word type of CHANGED_WORDS (<u1, <u2, <u4)
+    (0011,xx0A) OB  the original file (preamble, file meta, every element as read) without the
+                    Pixel Data value, LZMA-compressed: strip rebuilds the file byte for byte
+    (0011,xx0B) UL  offset in xx0A's decompressed bytes where the Pixel Data value goes back
+                    (absent: xx0A is the whole original file)
   private block "MIADMARK SIGNATURE 1.0" in group 7FF1 (sorts last, so it follows the signed bytes):
     (7FF1,xx01) LO  RSASSA-PSS-SHA256
     (7FF1,xx02) UT  signer certificate (PEM)
@@ -77,6 +82,8 @@ class Record:
     protected_uid: str
     pixel_vr: str
     word_type: str
+    original_file: bytes | None = None  # LZMA of the original file less its Pixel Data value (None: old record)
+    pixel_offset: int | None = None  # where the Pixel Data value goes back in it (None: not cut)
     signer: x509.Certificate | None = field(default=None)
 
 
@@ -116,6 +123,10 @@ def _record_dataset(rec: Record) -> Dataset:
     block.add_new(0x07, "UI", rec.protected_uid)
     block.add_new(0x08, "CS", rec.pixel_vr)
     block.add_new(0x09, "LO", rec.word_type)
+    if rec.original_file is not None:
+        block.add_new(0x0A, "OB", _even(rec.original_file))  # LZMA ignores the pad byte
+        if rec.pixel_offset is not None:
+            block.add_new(0x0B, "UL", rec.pixel_offset)
     return ds
 
 
@@ -135,6 +146,8 @@ def _parse_record(ds: Dataset) -> Record:
             protected_uid=str(block[0x07].value),
             pixel_vr=str(block[0x08].value),
             word_type=str(block[0x09].value),
+            original_file=bytes(block[0x0A].value) if 0x0A in block else None,
+            pixel_offset=int(block[0x0B].value) if 0x0B in block else None,
         )
     except (KeyError, AttributeError, IndexError, ValueError, TypeError) as exc:
         raise RecordCorruptError(f"restoration record is incomplete ({type(exc).__name__})") from None

@@ -28,6 +28,9 @@ API (stable; the Orthanc plugin and dicom_node import it):
         destinations  tuple of destination names (those of the rule, or the one asked about)
         recipients    tuple of certificate Paths (protect only)
         profile       watermark profile name or None (core default)
+        deidentify    None or "basic": de-identify before protection (pass to protect(deidentify=...))
+        restore_identity, deidentify_dates   the rule's options for that (protect(restore_identity=...,
+                      deidentify_dates=...))
         reason        one line for people: "rule 1 (line 14): called_ae 'RESEARCH' = 'RESEARCH'"
         rule_name     the rule's `name`, if any
 
@@ -63,6 +66,9 @@ class Decision:
     profile: str | None = None
     reason: str = ""
     rule_name: str | None = None
+    deidentify: str | None = None
+    restore_identity: bool = False
+    deidentify_dates: str = "remove"
 
     @property
     def rule_label(self) -> str:
@@ -126,7 +132,8 @@ def _decision(index: int, rule: Rule, why: list[str], destination: str | None) -
              + (f" (line {rule.line})" if rule.line else ""))
     reason = where + ": " + ("; ".join(why) if why else "matches everything")
     dests = (destination,) if destination is not None else tuple(rule.send_to or ())
-    return Decision(rule.action, index, dests, tuple(rule.recipients), rule.profile, reason, rule.name)
+    return Decision(rule.action, index, dests, tuple(rule.recipients), rule.profile, reason, rule.name,
+                    rule.deidentify, rule.restore_identity, rule.deidentify_dates)
 
 
 def _match(rule: Rule, dataset, *, destination, called_ae, calling_ae, unknown_matches: bool = False):

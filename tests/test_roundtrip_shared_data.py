@@ -1,8 +1,8 @@
 """Exactness on real data: protect then strip every file under ../shared/data/dicom.
 
-The stripped dataset must equal the original element by element and pixel by pixel, and for
-uncompressed originals the file bytes after the preamble must equal the original's as written
-in the same transfer syntax. Undecodable files must be refused with a clear error.
+strip_bytes must give back the original FILE byte for byte (preamble, file meta, group lengths,
+padding, VRs as read), and strip the original dataset, element by element and pixel by pixel.
+Undecodable files must be refused with a clear error.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from miadmark.dicomio import canonical_bytes, dataset_from_bytes, dataset_to_bytes, read_dicom
 from miadmark.errors import UnsupportedImageError
-from miadmark.protect import is_protected, protect_many, strip
+from miadmark.protect import is_protected, protect_many, strip, strip_bytes
 
 from conftest import DICOM_DATA, UNDECODABLE, all_dicom_files
 
@@ -80,6 +80,7 @@ def test_protect_strip_is_exact_on_every_file(folder, site_keys):
         if "SEG" not in path.name:  # a binary SEG frame can legitimately be left unchanged by the blend
             assert not np.array_equal(protected.pixel_array, original.pixel_array), f"{path.name}: no watermark"
 
+        assert strip_bytes(protected, keyring=[research], trust=[hospital.cert]) == path.read_bytes(), path.name
         stripped = strip(protected, keyring=[research], trust=[hospital.cert])
         assert _elements_equal(original, stripped) == [], path.name
         assert stripped.file_meta == original.file_meta, path.name

@@ -34,6 +34,14 @@ def register(sub) -> None:
     p.add_argument("--logo", help="PNG logo (alpha channel = shape); default: the built-in logo")
     p.add_argument("--seed", type=int, default=0, help="seed of the watermark optimiser")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--destination", help="destination name: with the signing key it makes the protected UIDs "
+                   "(same file, same destination: same UIDs); default: the recipient set")
+    p.add_argument("--deidentify", choices=["basic"], help="apply the PS3.15 Basic Application Level "
+                   "Confidentiality Profile before protection")
+    p.add_argument("--restore-identity", action="store_true",
+                   help="with --deidentify: strip gives back the identified original (default: the de-identified object)")
+    p.add_argument("--deidentify-dates", choices=["remove", "shift"], default="remove",
+                   help="with --deidentify: dates removed (default) or shifted by a keyed per-patient offset")
     p.set_defaults(func=run)
 
 
@@ -44,6 +52,8 @@ def run(args) -> int:
         recipients = load_certificates(args.recipient)
         if args.profile not in ENGINES:
             raise MiadmarkError(f"unknown profile {args.profile!r} (known: {', '.join(sorted(ENGINES))})")
+        if args.deidentify is None and (args.restore_identity or args.deidentify_dates != "remove"):
+            raise MiadmarkError("--restore-identity and --deidentify-dates need --deidentify basic")
         engine = get_engine(Profile(name=args.profile, logo=args.logo, seed=args.seed), args.device)
     except (MiadmarkError, ValueError, OSError) as exc:
         print(f"miadmark protect: {exc}", file=sys.stderr)
@@ -63,7 +73,9 @@ def run(args) -> int:
                 tally.fail(item.path, str(exc))
         datasets = [ds for _, ds in loaded]
         results = protect_many(datasets, recipients=recipients, signer=signer, engine=engine,
-                               lesion_masks=[mask_for(ds, lesions) for ds in datasets])
+                               lesion_masks=[mask_for(ds, lesions) for ds in datasets], destination=args.destination,
+                               deidentify=args.deidentify, restore_identity=args.restore_identity,
+                               deidentify_dates=args.deidentify_dates)
         for (item, _), result in zip(loaded, results):
             if isinstance(result, MiadmarkError):
                 tally.fail(item.path, str(result))

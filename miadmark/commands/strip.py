@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 
 from ..dicomio import read_dicom, write_atomic
-from ..dicomio import canonical_bytes
 from ..errors import MiadmarkError
 from ..keys import load_certificates, load_identity, read_passphrase
-from ..protect import strip
+from ..protect import strip_bytes
 from .files import Tally, iter_inputs, output_path
 
 
@@ -37,10 +36,9 @@ def run(args) -> int:
     out_dir = Path(args.out)
     for item in iter_inputs(args.inputs, tally.skipped):
         try:
-            original = strip(read_dicom(item.path), keyring=keyring, trust=trust)
+            original = strip_bytes(read_dicom(item.path), keyring=keyring, trust=trust)
             dst = output_path(out_dir, item)
-            # canonical_bytes: the original's own transfer syntax and file meta, as it was
-            write_atomic(canonical_bytes(original), dst)
+            write_atomic(original, dst)  # the file protect read, byte for byte
         except (MiadmarkError, OSError, ValueError) as exc:
             tally.fail(item.path, str(exc))
             continue
