@@ -277,7 +277,8 @@ def run_export(plan: Plan, request: ExportRequest | None, job: Job, *, signer, l
                 masked += sum(mask is not None for mask in lesion_masks)
                 t1 = time.perf_counter()
                 results = protect_many(originals, recipients=certs, signer=signer, profile=name, device=device,
-                                       lesion_masks=lesion_masks, engine=engines[(name, device)])
+                                       lesion_masks=lesion_masks, engine=engines[(name, device)],
+                                       destination=plan.destination)
                 ready = []
                 for iid, original, result in zip(chunk, originals, results):
                     uid = str(original.get("SOPInstanceUID", iid))

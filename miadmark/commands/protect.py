@@ -39,7 +39,8 @@ def register(sub) -> None:
     p.add_argument("--deidentify", choices=["basic"], help="apply the PS3.15 Basic Application Level "
                    "Confidentiality Profile before protection")
     p.add_argument("--restore-identity", action="store_true",
-                   help="with --deidentify: strip gives back the identified original (default: the de-identified object)")
+                   help="with --deidentify: strip gives back the identified original "
+                   "(default: the de-identified object)")
     p.add_argument("--deidentify-dates", choices=["remove", "shift"], default="remove",
                    help="with --deidentify: dates removed (default) or shifted by a keyed per-patient offset")
     p.set_defaults(func=run)
