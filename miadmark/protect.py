@@ -252,7 +252,7 @@ def _set_pixel_value_range(prot: Dataset, px: Pixels, new_stored: np.ndarray) ->
     The image's are recomputed; the series' are widened to include this image (the rest of the
     series is not known here). Only elements the object already has are touched.
     """
-    if px.stored.ndim == 4 or "PixelData" not in prot:  # colour samples: these elements describe one sample
+    if px.stored.shape[-1] != 1 or "PixelData" not in prot:  # colour: these elements describe one sample
         return
     low, high = int(new_stored.min()), int(new_stored.max())
     for keyword, value in (("SmallestImagePixelValue", low), ("LargestImagePixelValue", high)):
