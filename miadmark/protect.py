@@ -1,13 +1,15 @@
 """The two verbs: protect(dataset) and strip(dataset). Everything else calls these.
 
-protect: decode pixels exactly, map them to the model domain, let the engine watermark them,
-map the changed pixels back to stored values, and attach a signed, encrypted restoration record
-(miadmark.record) holding everything needed to rebuild the original bit for bit. The result has
-a new SOP Instance UID, ImageType DERIVED, and is encoded Explicit VR Little Endian.
+protect: optionally de-identify (miadmark.deid), decode pixels exactly, map them to the model
+domain, let the engine watermark them, map the changed pixels back to stored values, and attach a
+signed, encrypted restoration record (miadmark.record) holding everything needed to rebuild the
+original FILE byte for byte. The result has SOP Instance and Series UIDs derived from the
+original's with a keyed hash (miadmark.uids: stable per destination), ImageType DERIVED, and is
+encoded Explicit VR Little Endian.
 
-strip: open the record with a recipient key, verify the signer, rebuild the original and check
-it against the SHA-256 of the original's canonical encoding. Nothing is returned unless it is
-exactly the original.
+strip_bytes: open the record with a recipient key, verify the signer, rebuild the original file
+and check it against the record's SHA-256; strip: the same, parsed into a Dataset. Nothing is
+returned unless it is exactly the original.
 
 An already protected object given to protect is refused (AlreadyProtectedError): nesting would
 make the outer site's key necessary to reach the inner record, and no route needs it.
@@ -34,7 +36,7 @@ from . import __version__
 from .deid import Deidentifier
 from .dicomio import canonical_bytes, dataset_from_bytes, forget_source, original_file_bytes, parse_all
 from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine
-from .errors import (AlreadyProtectedError, IntegrityError, MiadmarkError, NotProtectedError,
+from .errors import (AlreadyProtectedError, IntegrityError, InvalidInputError, MiadmarkError, NotProtectedError,
                      RecordCorruptError, UntrustedSignerError)
 from .keys import Identity, subject_name
 from .pixel_payload import apply_changed_words, encode_changed_words, word_dtype
@@ -154,7 +156,10 @@ def _prepare(source: Dataset, lesion_mask: np.ndarray | None, deid: Deidentifier
     parse_all(source)  # the hash and the record see elements exactly as they will be re-encoded
     ds = source if deid is None else deid.apply(source)
     original = source if deid is None or restore_identity else ds
-    original_file = original_file_bytes(original)
+    try:
+        original_file = original_file_bytes(original)  # what strip will give back, byte for byte
+    except Exception as exc:  # noqa: BLE001 - a dataset pydicom cannot write cannot be restored exactly
+        raise InvalidInputError(f"the original cannot be encoded ({type(exc).__name__}); not protected") from None
     px = decode(ds)
     x, mapping = to_model(ds, px)
     frames, _, h, w = x.shape
@@ -312,10 +317,7 @@ def strip_bytes(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x50
     record = _trusted_record(ds, keyring, trust)
     if record.original_file is None:  # a record made before byte-exact records: pydicom's encoding
         return canonical_bytes(_rebuild_checked(ds, record))
-    data = join(record.original_file, record.pixel_offset, _original_pixel_value(ds, record))
-    if hashlib.sha256(data).hexdigest() != record.original_sha256:
-        raise IntegrityError("rebuilt original does not match the record's hash (pixels or attributes changed)")
-    return data
+    return _original_file(ds, record)
 
 
 def strip(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x509.Certificate] | None) -> Dataset:
@@ -324,7 +326,7 @@ def strip(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x509.Cert
     record = _trusted_record(ds, keyring, trust)
     if record.original_file is None:
         return _rebuild_checked(ds, record)
-    return dataset_from_bytes(strip_bytes(ds, keyring=keyring, trust=trust))
+    return dataset_from_bytes(_original_file(ds, record))
 
 
 def _trusted_record(ds: Dataset, keyring: Sequence[Identity], trust: Sequence[x509.Certificate] | None) -> Record:
@@ -332,6 +334,13 @@ def _trusted_record(ds: Dataset, keyring: Sequence[Identity], trust: Sequence[x5
     if trust is not None and not any(_same_cert(record.signer, t) for t in trust):
         raise UntrustedSignerError(f"signer {subject_name(record.signer)!r} is not in the trust list")
     return record
+
+
+def _original_file(ds: Dataset, record: Record) -> bytes:
+    data = join(record.original_file, record.pixel_offset, _original_pixel_value(ds, record))
+    if hashlib.sha256(data).hexdigest() != record.original_sha256:
+        raise IntegrityError("rebuilt original does not match the record's hash (pixels or attributes changed)")
+    return data
 
 
 def _original_pixel_value(ds: Dataset, record: Record) -> bytes:
