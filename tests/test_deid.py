@@ -148,3 +148,20 @@ def test_rule_options(tmp_path: Path):
     with pytest.raises(Exception, match="need deidentify"):
         parse_config(head + "  - send_to: [research]\n    action: protect\n    recipients: [research.cert.pem]\n"
                      "    restore_identity: true\n", base=tmp_path)
+
+
+def test_cli_deidentify_then_strip(tmp_path: Path, site_keys):
+    from miadmark.cli import main
+
+    (h_key, h_cert), (r_key, r_cert) = site_keys["hospital_paths"], site_keys["research_paths"]
+    common = ["--recipient", str(r_cert), "--sign-key", str(h_key), "--sign-cert", str(h_cert), "--profile", "plain",
+              "--destination", "research", "--deidentify", "basic"]
+    assert main(["protect", str(CT[0]), "--out", str(tmp_path / "p"), *common]) == 0
+    assert main(["protect", str(CT[0]), "--out", str(tmp_path / "pi"), *common, "--restore-identity"]) == 0
+    strip_args = ["--key", str(r_key), "--cert", str(r_cert), "--trust", str(h_cert)]
+    assert main(["strip", str(tmp_path / "p"), "--out", str(tmp_path / "s"), *strip_args]) == 0
+    assert main(["strip", str(tmp_path / "pi"), "--out", str(tmp_path / "si"), *strip_args]) == 0
+    deid = Deidentifier("basic", UidMaker(site_secret(site_keys["hospital"].key), scope_of("research", [])))
+    assert (tmp_path / "s" / CT[0].name).read_bytes() == dataset_to_bytes(deid.apply(read_dicom(CT[0])))
+    assert (tmp_path / "si" / CT[0].name).read_bytes() == CT[0].read_bytes()
+    assert main(["protect", str(CT[0]), "--out", str(tmp_path / "x"), *common[:-2], "--restore-identity"]) == 2
