@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import requests
 
 from miadmark.lesion import masks_from_seg
 from orthanc_plugin.testing import OrthancProcess, missing
@@ -57,6 +58,10 @@ def export(sites, resources: list[str]) -> tuple[dict, dict[str, pydicom.Dataset
     """Synchronous export to the partner; its answer and what the partner got from it, by the
     original's ImagePositionPatient (the SEG by its SOP Instance UID)."""
     hospital, partner = sites["hospital"], sites["partner"]
+    # protected UIDs are stable per destination (miadmark.uids): an instance exported again is the same
+    # instance at the partner, so start from an empty partner to see what this export sent
+    for iid in partner.instances():
+        requests.delete(f"{partner.url}/instances/{iid}", timeout=60).raise_for_status()
     before = set(partner.instances())
     response = hospital.post("/modalities/partner/store", {"Resources": resources, "Synchronous": True})
     assert response.status_code == 200, response.text
