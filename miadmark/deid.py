@@ -119,7 +119,7 @@ class Deidentifier:
 
     def _mark(self, ds: Dataset) -> None:
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = f"PS3.15 Basic Profile (Table E.1-1 {TABLE[-5:]}), miadmark; dates {self.dates}"
+        ds.DeidentificationMethod = f"PS3.15 Basic Profile, Table E.1-1 {TABLE[-5:]}; dates {self.dates}"  # LO: 64
         codes = [BASIC_PROFILE_CODE] + ([MODIFIED_DATES_CODE] if self.dates == "shift" else [])
         items = []
         for value, scheme, meaning in codes:

@@ -14,6 +14,11 @@ else can. Changing the signing key changes every UID it makes (old objects keep 
 
 The scope is the destination's name when the caller knows it (gateway, Orthanc plugin), otherwise
 the sorted SHA-256 fingerprints of the recipient certificates.
+
+What protect derives: the SOP Instance UID and the Series Instance UID (a derived series, the DICOM
+way for derived images: a viewer never mixes watermarked and clean slices in one series). The Study
+Instance UID stays: the protected series belongs to the original's study (on a de-identified route
+the study UID is already the de-identified one). The record restores the originals.
 """
 
 from __future__ import annotations
