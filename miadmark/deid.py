@@ -4,6 +4,8 @@ The profile's table (PS3.15 Table E.1-1, the 2026c edition as shipped by Kitware
 `dicom-anonymizer`) decides what each attribute gets: X removed, Z emptied, D dummy value,
 U new UID, and private attributes removed. Applied here at every nesting level with the
 library's actions (the library's own loop applies its table to the top level only). Two things are ours, on purpose:
+* X/Z/U* sequences (Referenced Image, Source Image...) are kept with their UIDs replaced, the
+  profile's "U" choice, not emptied as the library does: a SEG still points at its images.
 * UIDs (U, and D / X/Z/U* on a UI) are keyed derivations (miadmark.uids) of the original UID,
   the site secret and the destination: consistent within a study, across runs and gateway
   restarts (a resend is the same object), unlinkable across destinations and by outsiders.
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from collections.abc import Sequence
 
+from cryptography import x509
 from dicomanonymizer.simpledicomanonymizer import (delete_or_empty_or_replace,
                                                     delete_or_empty_or_replace_UID, delete_or_replace,
                                                     empty_or_replace, initialize_actions, replace, replace_UID)
@@ -30,7 +34,8 @@ from pydicom.dataset import Dataset
 
 from .dicomio import forget_source
 from .errors import BurnedInAnnotationError, MiadmarkError
-from .uids import DEIDENTIFIED, UidMaker
+from .keys import Identity
+from .uids import DEIDENTIFIED, UidMaker, scope_of, site_secret
 
 PROFILES = ("basic",)
 DATE_OPTIONS = ("remove", "shift")
@@ -42,6 +47,15 @@ BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profil
 MODIFIED_DATES_CODE = ("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option")
 SHIFT_DAYS = 3650
 BIRTH_DATE = (0x0010, 0x0030)
+
+
+def deidentify(ds: Dataset, *, signer: Identity, recipients: Sequence[x509.Certificate],
+               destination: str | None = None, profile: str = "basic", dates: str = "remove") -> Dataset:
+    """De-identify an object a de-identified route sends WITHOUT protection (a SEG / RTSTRUCT lesion
+    source forwarded unwatermarked): the same keyed mapping as protect(..., deidentify=...) with the
+    same signer, destination and recipients, so its references match the images' de-identified UIDs."""
+    return Deidentifier(profile, UidMaker(site_secret(signer.key), scope_of(destination, recipients)),
+                        dates=dates).apply(ds)
 
 
 def profile_rules() -> dict:
@@ -107,6 +121,8 @@ class Deidentifier:
             elem = dataset.get(where)
             if elem is None or elem.value is None or elem.value == "":
                 action(dataset, where)
+            elif elem.VR == "SQ" and action is delete_or_empty_or_replace_UID:
+                pass  # X/Z/U*: keep the references, their UIDs replaced (the table applies inside, see _apply)
             elif elem.VR == "UI" and action in UID_ACTIONS:
                 values = elem.value if elem.VM > 1 else [elem.value]
                 new = [self.uids.derive(DEIDENTIFIED, str(v)) for v in values]

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 
 from miadmark.config import parse_config
 from miadmark.deid import Deidentifier, profile_rules
+from miadmark.dicomio import dataset_from_bytes as read_dicom_bytes
 from miadmark.dicomio import dataset_to_bytes, read_dicom
 from miadmark.errors import BurnedInAnnotationError
 from miadmark.protect import open_record, protect, protect_many, strip_bytes
@@ -165,3 +166,27 @@ def test_cli_deidentify_then_strip(tmp_path: Path, site_keys):
     assert (tmp_path / "s" / CT[0].name).read_bytes() == dataset_to_bytes(deid.apply(read_dicom(CT[0])))
     assert (tmp_path / "si" / CT[0].name).read_bytes() == CT[0].read_bytes()
     assert main(["protect", str(CT[0]), "--out", str(tmp_path / "x"), *common[:-2], "--restore-identity"]) == 2
+
+
+def test_a_lesion_source_sent_unprotected_is_deidentified_with_the_same_mapping(site_keys):
+    """A SEG forwarded without watermark on a de-identified route: its references point at the UIDs the
+    recipient gets back when it strips the images."""
+    from miadmark.deid import deidentify
+
+    hospital, research = site_keys["hospital"], site_keys["research"]
+    seg = read_dicom(DICOM_DATA / "pet_seg_headneck" / "SEG_tumor_User1_Manual_Trial1.dcm")
+    referenced = {str(item.ReferencedSOPInstanceUID) for frame in seg.PerFrameFunctionalGroupsSequence
+                  for derivation in frame.get("DerivationImageSequence", [])
+                  for item in derivation.get("SourceImageSequence", [])}
+    image = next(ds for ds in (read_dicom(p) for p in sorted((DICOM_DATA / "pet_seg_headneck" / "PET").glob("*.dcm")))
+                 if str(ds.SOPInstanceUID) in referenced)
+    protected = protect(image, recipients=[research.cert], signer=hospital, profile="plain", destination="research",
+                        deidentify="basic")
+    stripped_uid = read_dicom_bytes(strip_bytes(protected, keyring=[research], trust=[hospital.cert])).SOPInstanceUID
+    out = deidentify(seg, signer=hospital, recipients=[research.cert], destination="research")
+    references = {str(item.ReferencedSOPInstanceUID) for frame in out.PerFrameFunctionalGroupsSequence
+                  for derivation in frame.get("DerivationImageSequence", [])
+                  for item in derivation.get("SourceImageSequence", [])}
+    assert stripped_uid in references and not references & referenced
+    assert out.StudyInstanceUID == protected.StudyInstanceUID != seg.StudyInstanceUID
+    assert str(seg.PatientID) not in str(out.get("PatientID", ""))
