@@ -4,8 +4,10 @@ Each row is decided again with the rules in force when it is sent (a rule change
 restart in between applies; now blocked -> never sent). Then:
   pass / unchanged lesion source -> Orthanc's own route, as an Orthanc job that is polled
   protect -> protect_many in batches, then one C-STORE / POST per instance (senders.py); each
-             delivery is committed as done before the next one is sent, so a kill -9 repeats at
-             most the instance in flight. Protection that fails quarantines the row: never sent raw.
+             delivery is committed as done before the next one is sent. The protected object is
+             kept on disk from its protection until that commit: a kill -9 or a failed attempt sends
+             the same object again (same protected UID: the destination keeps one). Protection that
+             fails quarantines the row: never sent raw.
 A failed delivery counts an attempt and waits with the gateway's backoff (dicom_node.workqueue);
 after retry.max_attempts the row is dead (a dead letter with its reason). Exports a caller waits
 for (synchronous REST, C-MOVE) get one attempt: the caller is told, nothing is retried behind it.
@@ -26,7 +28,7 @@ import orthanc
 import pydicom
 
 from miadmark.config import RetryConfig
-from miadmark.dicomio import dataset_from_bytes
+from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes
 from miadmark.lesion import mask_for, masks_of_sources
 from miadmark.rules import BLOCK, PASS, PROTECT, decide
 
@@ -50,13 +52,19 @@ class Delivery:
         self.outbox, self.settings, self.log = outbox, settings, log
         self.engines: dict = {}  # (profile, device) -> engine, kept across jobs
         self._wake = threading.Event()
+        self._started = threading.Event()
         self.thread = start_thread("delivery", self._loop)
+
+    def start(self) -> None:
+        """Orthanc has started: its database can be read (not during the plugin's initialization)."""
+        self._started.set()
 
     def wake(self) -> None:
         self._wake.set()
 
     # ------------------------------------------------------------------------------ the thread
     def _loop(self) -> None:
+        self._started.wait()
         while True:
             try:
                 worked = self.step()
@@ -95,8 +103,11 @@ class Delivery:
         for row in rows:
             try:
                 header = pydicom.dcmread(io.BytesIO(orthanc.GetDicomForInstance(row.file)), stop_before_pixels=True)
-            except Exception:  # noqa: BLE001 - deleted from Orthanc since it was queued
-                self.outbox.mark_quarantined(row.id, f"instance {row.file} is no longer in Orthanc: not sent")
+            except Exception as exc:  # noqa: BLE001
+                if _exists(row.file):
+                    self._fail([row], f"instance {row.file} not readable: {type(exc).__name__}: {exc}", retry)
+                else:  # deleted from Orthanc since it was queued
+                    self.outbox.mark_quarantined(row.id, f"instance {row.file} is no longer in Orthanc: not sent")
                 continue
             decision = decide(cfg, header, destination=job.destination, called_ae=row.called_ae or None,
                               calling_ae=row.calling_ae)
@@ -132,6 +143,11 @@ class Delivery:
                 raise Down(str(exc)) from None
             for row in chunk:
                 self.outbox.mark_done(row.id, row.sop_uid)
+            unchanged = [r.sop_uid for r in chunk if r.action == "unchanged"]
+            for uid in unchanged:
+                self.log(f"{uid} to {target.label}: lesion source, forwarded unchanged")
+            if unchanged:
+                self.outbox.note(job.id, union={"LesionSourcesForwardedUnchanged": unchanged})
 
     def _send_protected(self, target: Target, items: list, job: ExportJob, retry: dict) -> None:
         """Protect batch n+1 while batch n is sent (one sender thread, 2 batches queued)."""
@@ -141,10 +157,18 @@ class Delivery:
         signer = self.settings.identity
         device = str(self.settings.option("device", "auto"))
         batch = int(self.settings.option("batch_size", 8))
-        studies = {row.study_uid for row, _ in items}
-        sources, unreadable = lesion_sources_of(studies)
+        saved, fresh = [], []
+        for row, decision in items:  # protected before a crash or a failed attempt: the same object again
+            data = self.outbox.inflight(row.id)
+            try:
+                saved.append((row, dataset_from_bytes(data))) if data is not None else fresh.append((row, decision))
+            except Exception:  # noqa: BLE001 - unreadable copy: protect again
+                fresh.append((row, decision))
+        sources, unreadable = lesion_sources_of({row.study_uid for row, _ in fresh}) if fresh else ([], [])
         for iid, reason in unreadable:
             self.log(f"lesion source {iid} (Orthanc ID) unreadable ({reason}); its study is protected without it")
+        if sources:
+            self.outbox.note(job.id, union={"LesionSourcesUsed": [str(ds.get("SOPInstanceUID", "")) for ds in sources]})
         reported: set[str] = set()
         down: list[str] = []
         outbox: queue.Queue = queue.Queue(maxsize=2)
@@ -182,8 +206,10 @@ class Delivery:
         thread = threading.Thread(target=sender, name="miadmark-send", daemon=True)
         thread.start()
         try:
+            for start in range(0, len(saved), batch):
+                outbox.put(saved[start:start + batch])
             groups: dict[tuple, list] = {}
-            for row, decision in items:
+            for row, decision in fresh:
                 groups.setdefault((decision.recipients, decision.profile), []).append(row)
             for (recipients, profile), rows in groups.items():
                 try:
@@ -201,9 +227,11 @@ class Delivery:
                         continue
                     originals = [dataset_from_bytes(orthanc.GetDicomForInstance(r.file)) for r in chunk]
                     masks = self._lesion_masks(sources, originals, reported)
+                    if any(m is not None for m in masks):
+                        self.outbox.note(job.id, add={"LesionMasked": sum(m is not None for m in masks)})
                     # TODO(lead, finding 4): pass destination=job.destination once protect() has the keyword
-                    # (stable protected UIDs); until then a kill -9 between a C-STORE and its commit can
-                    # repeat that one instance under a new UID.
+                    # (stable protected UIDs). Exactly-once does not depend on it: the protected copy is
+                    # kept in flight (outbox.keep_inflight) and re-sent as is, with the same UID.
                     results = protect_many(originals, recipients=certs, signer=signer, profile=name,
                                            device=device, lesion_masks=masks, engine=self.engines[(name, device)])
                     ready = []
@@ -212,6 +240,7 @@ class Delivery:
                             self.outbox.mark_quarantined(row.id, f"not protected, not sent ({type(result).__name__}:"
                                                                  f" {result})")
                         else:
+                            self.outbox.keep_inflight(row.id, dataset_to_bytes(result))
                             ready.append((row, result))
                     outbox.put(ready)
         finally:
@@ -241,6 +270,14 @@ class Delivery:
                 reported.add(uid)
                 self.log(f"lesion source {uid}: no mask ({reason}); images of its study are protected without it")
         return [mask_for(ds, masks) for ds in images]
+
+
+def _exists(instance: str) -> bool:
+    try:
+        orthanc.RestApiGet(f"/instances/{instance}")
+        return True
+    except Exception:  # noqa: BLE001 - unknown resource
+        return False
 
 
 # ---------------------------------------------------------------------------------- the routes out

@@ -59,7 +59,9 @@ def summary(job: ExportJob, progress: dict) -> dict[str, Any]:
         "EffectiveRuntime": round((finished or now) - job.created, 3),
         "ErrorCode": -1 if state == "Failure" else 0,
         "ErrorDescription": (errors[0] if errors else "Failure") if state == "Failure" else "Success",
-        "Content": {**job.content, "ProtectedOrPassedSent": progress["done"], "Retry": job.retry},
+        "Content": {"LesionMasked": 0, "LesionSourcesUsed": [], "LesionSourcesForwardedUnchanged": [],
+                    **job.content, "ProtectedSent": progress["sent"]["protect"],
+                    "PassedSent": progress["sent"]["pass"], "Retry": job.retry},
         "Priority": 0,
         "Timestamp": _iso(now),
     }

@@ -124,15 +124,60 @@ class Outbox:
             con.execute("PRAGMA synchronous=NORMAL")
         return job_id
 
+    def note(self, job_id: str, *, add: dict[str, int] | None = None, union: dict[str, list] | None = None) -> None:
+        """Merge delivery facts into the job's content: counts added, UID lists united."""
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            row = con.execute("SELECT content FROM export_jobs WHERE id=?", (job_id,)).fetchone()
+            content = json.loads(row[0]) if row else {}
+            for key, n in (add or {}).items():
+                content[key] = content.get(key, 0) + n
+            for key, values in (union or {}).items():
+                content[key] = sorted(set(content.get(key, [])) | set(values))
+            con.execute("UPDATE export_jobs SET content=? WHERE id=?", (json.dumps(content), job_id))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ protected copies in flight
+    def inflight_path(self, row_id: int) -> Path:
+        """Where a protected object waits from its protection until its delivery is committed: after a
+        crash or a failed attempt the same object (same protected UID) is sent again, not a new one."""
+        return self.path.parent / "inflight" / f"{row_id}.dcm"
+
+    def keep_inflight(self, row_id: int, data: bytes) -> None:
+        path = self.inflight_path(row_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # whole or absent, even after kill -9
+
+    def inflight(self, row_id: int) -> bytes | None:
+        try:
+            return self.inflight_path(row_id).read_bytes()
+        except OSError:
+            return None
+
+    def drop_inflight(self, row_id: int) -> None:
+        self.inflight_path(row_id).unlink(missing_ok=True)
+
     # the queue's own state changes (one commit each)
     def mark_done(self, row_id: int, sent_sop_uid: str | None = None) -> None:
         self.queue.mark_done(row_id, sent_sop_uid)
+        self.drop_inflight(row_id)
 
     def mark_failed(self, row: Row, error: str, *, max_attempts: int, base_s: float, max_s: float) -> str:
-        return self.queue.mark_failed(row, error, max_attempts=max_attempts, base_s=base_s, max_s=max_s)
+        state = self.queue.mark_failed(row, error, max_attempts=max_attempts, base_s=base_s, max_s=max_s)
+        if state == "dead":
+            self.drop_inflight(row.id)
+        return state
 
     def mark_quarantined(self, row_id: int, reason: str) -> None:
         self.queue.mark_quarantined(row_id, reason)
+        self.drop_inflight(row_id)
 
     # ------------------------------------------------------------------------------------- reading
     def queued(self, instance: str, destination: str, received: str) -> bool:
@@ -173,11 +218,14 @@ class Outbox:
         times of the first and last change; the reasons of the failures (up to 20)."""
         con = self._con()
         counts = {"pending": 0, "retrying": 0, "done": 0, "dead": 0, "quarantined": 0}
-        for state, tried, n in con.execute(
-                "SELECT q.state, q.attempts>0, COUNT(*) FROM jobs q JOIN export_items i ON i.row_id=q.id"
-                " WHERE i.job_id=? GROUP BY q.state, q.attempts>0", (job_id,)):
+        sent = {"protect": 0, "pass": 0, "unchanged": 0}
+        for state, tried, action, n in con.execute(
+                "SELECT q.state, q.attempts>0, q.action, COUNT(*) FROM jobs q JOIN export_items i ON i.row_id=q.id"
+                " WHERE i.job_id=? GROUP BY q.state, q.attempts>0, q.action", (job_id,)):
             key = "retrying" if state == "pending" and tried else state
             counts[key] += n
+            if state == "done":
+                sent[action] = sent.get(action, 0) + n
         first, last = con.execute("SELECT MIN(q.updated), MAX(q.updated) FROM jobs q JOIN export_items i"
                                   " ON i.row_id=q.id WHERE i.job_id=? AND (q.attempts>0 OR q.state!='pending')",
                                   (job_id,)).fetchone()
@@ -186,7 +234,7 @@ class Outbox:
             " WHERE i.job_id=? AND q.last_error IS NOT NULL ORDER BY q.updated DESC LIMIT 20", (job_id,))]
         next_try = con.execute("SELECT MIN(q.next_try) FROM jobs q JOIN export_items i ON i.row_id=q.id"
                                " WHERE i.job_id=? AND q.state='pending' AND q.attempts>0", (job_id,)).fetchone()[0]
-        return {**counts, "first_update": first, "last_update": last, "errors": errors, "next_try": next_try}
+        return {**counts, "sent": sent, "first_update": first, "last_update": last, "errors": errors, "next_try": next_try}
 
     def status(self) -> list[dict]:
         """Per destination (the gateway's Queue.status) plus `retrying`: pending rows tried before."""

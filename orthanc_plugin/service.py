@@ -216,6 +216,7 @@ def on_change(plugin: Plugin, change_type, level, resource) -> None:
             if plugin.refuse_always_allow_get():
                 return
             plugin.control.call(plugin.close_c_get, timeout=60)
+            plugin.delivery.start()  # the rows a crash left pending go out now
             plugin.control.post(plugin.catch_up)
     except Exception as exc:  # noqa: BLE001
         log(f"change {change_type} of {resource}: not handled: {exc}")
