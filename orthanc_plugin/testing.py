@@ -156,6 +156,10 @@ class OrthancProcess:
         data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
         return requests.post(self.url + path, data=data, timeout=kwargs.pop("timeout", 300), **kwargs)
 
+    def put(self, path: str, body: Any, **kwargs) -> requests.Response:
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return requests.put(self.url + path, data=data, timeout=kwargs.pop("timeout", 60), **kwargs)
+
     def delete(self, path: str, **kwargs) -> requests.Response:
         return requests.delete(self.url + path, timeout=kwargs.pop("timeout", 60), **kwargs)
 
