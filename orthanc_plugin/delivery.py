@@ -40,6 +40,7 @@ from .stow import StowServer, stow
 
 CORE_ROUTES = {"modality": "/modalities/{}/store", "peer": "/peers/{}/store"}
 DUE_LIMIT = 256  # rows looked at per step
+STEP_ROWS = 64  # rows of one job delivered per step
 UNREACHABLE = ("ConnectionError", "ConnectTimeout", "association to")  # senders.py: the target is not there
 
 
@@ -86,9 +87,10 @@ class Delivery:
         groups = self.outbox.due(DUE_LIMIT)
         if not groups:
             return False
-        job_id, rows = groups[0]
-        job = self.outbox.job(job_id)
-        self.deliver(cfg, job, rows)
+        # a clean-only export does not wait behind a long protect job, which goes STEP_ROWS rows
+        # at a time (what was queued meanwhile is looked at between steps)
+        job_id, rows = next(((j, r) for j, r in groups if all(x.action != PROTECT for x in r)), groups[0])
+        self.deliver(cfg, self.outbox.job(job_id), rows[:STEP_ROWS])
         return True
 
     # ------------------------------------------------------------------------------ one job's rows

@@ -59,6 +59,11 @@ class Plan:
     not_auto: int = 0  # decided by a rule that is not `auto` (auto-export only)
     already: int = 0  # this receipt was queued before (auto-export only)
 
+    def ordered(self) -> list[Item]:
+        """Lesion sources first, then clean originals, then images to protect: a receiver has the
+        masks before the images (the queue sends in this order)."""
+        return sorted(self.items, key=lambda i: (not i.lesion_source, i.action != PASS))
+
     def count(self, action: str) -> int:
         return sum(1 for i in self.items if i.action == action and not i.lesion_source)
 

@@ -64,7 +64,7 @@ class Plugin:
         job_id = self.outbox.add_job(kind=kind, description=description, target=(target.kind, target.name),
                                      destination=plan.destination,
                                      calling_ae=str(request.options.get("LocalAet") or plan.calling_ae),
-                                     called_ae=plan.called_ae, items=plan.items, options=request.options,
+                                     called_ae=plan.called_ae, items=plan.ordered(), options=request.options,
                                      retry=not request.synchronous, content=plan.describe())
         self.delivery.wake()
         return job_id, plan
@@ -112,7 +112,7 @@ class Plugin:
             self.outbox.add_job(kind=AUTO_KIND, description=f"auto-export of study {study} to {name} "
                                 f"({target.label}): {len(plan.items)} instances", target=(target.kind, target.name),
                                 destination=name, calling_ae=plan.calling_ae, called_ae=plan.called_ae,
-                                items=plan.items, retry=True, content=plan.describe())
+                                items=plan.ordered(), retry=True, content=plan.describe())
             self.delivery.wake()
 
     def catch_up(self) -> None:
