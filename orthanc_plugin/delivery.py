@@ -131,7 +131,8 @@ class Delivery:
         for row in rows:
             state = self.outbox.mark_failed(row, error, **retry)
             if state == "dead":
-                self.log(f"{row.sop_uid} to {row.destination}: dead letter after {row.attempts + 1} attempt(s): {error}")
+                self.log(f"{row.sop_uid} to {row.destination}: dead letter after {row.attempts + 1} attempt(s): "
+                         f"{error}")
 
     def _send_plain(self, target: Target, rows: list[Row], job: ExportJob, retry: dict) -> None:
         """The originals through Orthanc's own route, as an Orthanc job that is polled (a synchronous

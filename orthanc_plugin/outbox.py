@@ -234,7 +234,8 @@ class Outbox:
             " WHERE i.job_id=? AND q.last_error IS NOT NULL ORDER BY q.updated DESC LIMIT 20", (job_id,))]
         next_try = con.execute("SELECT MIN(q.next_try) FROM jobs q JOIN export_items i ON i.row_id=q.id"
                                " WHERE i.job_id=? AND q.state='pending' AND q.attempts>0", (job_id,)).fetchone()[0]
-        return {**counts, "sent": sent, "first_update": first, "last_update": last, "errors": errors, "next_try": next_try}
+        return {**counts, "sent": sent, "first_update": first, "last_update": last, "errors": errors,
+                "next_try": next_try}
 
     def status(self) -> list[dict]:
         """Per destination (the gateway's Queue.status) plus `retrying`: pending rows tried before."""

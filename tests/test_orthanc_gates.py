@@ -41,7 +41,7 @@ def hospital(tmp_path_factory):
     new_identity("research", tmp)
     (tmp / "hospital.yaml").write_text(CONFIG)
     site = OrthancProcess(tmp / "hospital", aet="HOSPITAL", miadmark_config=tmp / "hospital.yaml",
-                          modalities={name: [name.upper(), "127.0.0.1", free_port()] for name in ("research", "archive")})
+                          modalities={n: [n.upper(), "127.0.0.1", free_port()] for n in ("research", "archive")})
     with site:
         site.study = None
         for f in CT:
@@ -59,6 +59,8 @@ def test_protect_and_send_offers_and_accepts_only_protect_destinations(hospital)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["Destination"] == "research" and answer["Protect"] == len(CT) and answer["Pass"] == 0
+    listed = {j["ID"]: j for j in hospital.get_json("/jobs?expand") if isinstance(j, dict)}
+    assert listed[answer["ID"]]["Type"] == "MiadmarkProtect"  # on the Explorer's Jobs page
 
 
 def test_c_get_is_decided_when_a_modality_is_added_at_run_time(hospital):
