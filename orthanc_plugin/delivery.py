@@ -162,11 +162,11 @@ class Delivery:
         batch = int(self.settings.option("batch_size", 8))
         saved, fresh = [], []
         for row, decision in items:  # protected before a crash or a failed attempt: the same object again
-            data = self.outbox.inflight(row.id)
-            try:
-                saved.append((row, dataset_from_bytes(data))) if data is not None else fresh.append((row, decision))
-            except Exception:  # noqa: BLE001 - unreadable copy: protect again
+            copy = self._inflight(row)
+            if copy is None:
                 fresh.append((row, decision))
+            else:
+                saved.append((row, copy))
         sources, unreadable = lesion_sources_of({row.study_uid for row, _ in fresh}) if fresh else ([], [])
         for iid, reason in unreadable:
             self.log(f"lesion source {iid} (Orthanc ID) unreadable ({reason}); its study is protected without it")
@@ -176,33 +176,41 @@ class Delivery:
         down: list[str] = []
         outbox: queue.Queue = queue.Queue(maxsize=2)
 
-        def sender() -> None:
-            delivery = None
-            while (ready := outbox.get()) is not None:
-                for index, (row, ds) in enumerate(ready):
-                    if down:
-                        self._fail([r for r, _ in ready[index:]], down[0], retry)
-                        break
-                    try:
-                        delivery = delivery or make_sender(target, job.options, {r.sop_class for r, _ in items})
-                        sent, failures = delivery.send([(row.sop_uid, ds)])
-                    except Exception as exc:  # noqa: BLE001 - no association / connection
-                        down.append(f"not delivered to {target.label}: {type(exc).__name__}: {exc}")
-                        delivery = None
-                        self._fail([r for r, _ in ready[index:]], down[0], retry)
-                        break
-                    if sent:
-                        self.outbox.mark_done(row.id, str(ds.SOPInstanceUID))
-                        continue
-                    error = failures[0] if failures else "not delivered"
-                    if any(name in error for name in UNREACHABLE):
-                        down.append(error)
-                        self._fail([r for r, _ in ready[index:]], error, retry)
-                        break
-                    self._fail([row], error, retry)
-            if delivery is not None:
+        def send(ready: list, state: dict) -> None:
+            for index, (row, ds) in enumerate(ready):
+                if down:
+                    self._fail([r for r, _ in ready[index:]], down[0], retry)
+                    return
                 try:
-                    delivery.close()
+                    state["delivery"] = state["delivery"] or make_sender(target, job.options,
+                                                                         {r.sop_class for r, _ in items})
+                    sent, failures = state["delivery"].send([(row.sop_uid, ds)])
+                except Exception as exc:  # noqa: BLE001 - no association / connection
+                    down.append(f"not delivered to {target.label}: {type(exc).__name__}: {exc}")
+                    state["delivery"] = None
+                    self._fail([r for r, _ in ready[index:]], down[0], retry)
+                    return
+                if sent:
+                    self.outbox.mark_done(row.id, str(ds.SOPInstanceUID))
+                    continue
+                error = failures[0] if failures else "not delivered"
+                if any(name in error for name in UNREACHABLE):
+                    down.append(error)
+                    self._fail([r for r, _ in ready[index:]], error, retry)
+                    return
+                self._fail([row], error, retry)
+
+        def sender() -> None:
+            state = {"delivery": None}
+            while (ready := outbox.get()) is not None:
+                try:
+                    send(ready, state)
+                except Exception as exc:  # noqa: BLE001 - keep draining: the protect loop must not block
+                    down.append(f"delivery error: {type(exc).__name__}: {exc}")
+                    self.log(f"job {job.id}: {down[-1]}")
+            if state["delivery"] is not None:
+                try:
+                    state["delivery"].close()
                 except Exception:  # noqa: BLE001
                     pass
 
@@ -251,6 +259,16 @@ class Delivery:
             thread.join()
         if down:
             raise Down(down[0])
+
+    def _inflight(self, row: Row):
+        data = self.outbox.inflight(row.id)
+        if data is None:
+            return None
+        try:
+            return dataset_from_bytes(data)
+        except Exception:  # noqa: BLE001 - written whole or not at all: damaged on disk, protect again
+            self.outbox.drop_inflight(row.id)
+            return None
 
     def _certificates(self, paths: tuple[Path, ...]):
         from miadmark.keys import load_certificates
