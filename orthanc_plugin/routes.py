@@ -58,6 +58,7 @@ def register(plugin) -> None:
     orthanc.RegisterRestCallback("/miadmark/destinations", _rest(lambda o, u, **r: _destinations(plugin, o),
                                                                  ("GET",)))
     orthanc.RegisterRestCallback("/miadmark/protect", _rest(lambda o, u, **r: _protect(plugin, o, **r)))
+    orthanc.RegisterRestCallback("/miadmark/retry", _rest(lambda o, u, **r: _retry(plugin, o, **r)))
     orthanc.RegisterRestCallback("/miadmark/jobs/([^/]+)", _rest(lambda o, u, **r: _job(plugin, o, **r), ("GET",)))
     orthanc.RegisterRestCallback(f"/jobs/({JOB_PREFIX}[0-9a-f-]+)", _rest(lambda o, u, **r: _job(plugin, o, **r),
                                                                           ("GET",)))
@@ -130,6 +131,19 @@ def _protect(plugin, output, **request) -> None:
 
 
 # ------------------------------------------------------------------------------------------ jobs
+
+def _retry(plugin, output, **request) -> None:
+    """POST /miadmark/retry {"Destination": name} (or {} for all): dead letters are queued again."""
+    try:
+        body = json.loads(request.get("body") or b"{}")
+    except ValueError:
+        raise BadRequest("body must be JSON: {\"Destination\": \"<name>\"} or {}") from None
+    destination = body.get("Destination") if isinstance(body, dict) else None
+    count = plugin.outbox.retry_dead(destination)
+    plugin.delivery.wake()
+    log(f"{count} dead letter(s) queued again" + (f" for {destination}" if destination else ""))
+    _answer(output, {"Requeued": count})
+
 
 def _job(plugin, output, **request) -> None:
     job = plugin.job(request["groups"][0])

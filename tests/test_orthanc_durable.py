@@ -140,8 +140,7 @@ def test_study_deleted_and_received_again_is_exported_again(sites):
 
 def test_manual_export_survives_kill_9_and_the_job_resumes(sites):
     hospital, plain = sites["hospital"], sites["plain"]
-    study = hospital.post("/tools/lookup", pydicom.dcmread(CT[0], stop_before_pixels=True).StudyInstanceUID)
-    study = study.json()[0]["ID"]
+    study = [hospital.upload(f) for f in CT][0]["ParentStudy"]  # stored already when the module runs whole
     response = hospital.post("/modalities/plain/store", {"Resources": [study], "Asynchronous": True})
     assert response.status_code == 200, response.text
     job = response.json()["ID"]
@@ -154,7 +153,7 @@ def test_manual_export_survives_kill_9_and_the_job_resumes(sites):
 
 def test_destination_down_then_up_completes_on_its_own(sites):
     hospital, late = sites["hospital"], sites["late"]
-    ids = [hospital.post("/tools/lookup", _uid(f)).json()[0]["ID"] for f in CT[:3]]
+    ids = [hospital.upload(f)["ID"] for f in CT[:3]]  # stored already when the module runs whole
     job = hospital.post("/modalities/late/store", {"Resources": ids, "Asynchronous": True}).json()["ID"]
     retrying = hospital.wait_for(lambda: hospital.get_json("/miadmark/status")["Retrying"] >= 1, timeout=30)
     assert retrying, hospital.get_json("/miadmark/status")
@@ -168,7 +167,7 @@ def test_destination_down_then_up_completes_on_its_own(sites):
 
 def test_unreachable_destination_ends_in_a_dead_letter_with_a_reason(sites):
     hospital = sites["hospital"]
-    ids = [hospital.post("/tools/lookup", _uid(f)).json()[0]["ID"] for f in CT[:2]]
+    ids = [hospital.upload(f)["ID"] for f in CT[:2]]
     job = hospital.post("/modalities/nowhere/store", {"Resources": ids, "Asynchronous": True}).json()["ID"]
     state = hospital.wait_for(lambda: hospital.get_json(f"/jobs/{job}")["State"] == "Failure"
                               and hospital.get_json(f"/jobs/{job}"), timeout=60)
@@ -180,3 +179,5 @@ def test_unreachable_destination_ends_in_a_dead_letter_with_a_reason(sites):
     # a caller that waits (Synchronous) gets one attempt and the answer, nothing retried behind it
     response = hospital.post("/modalities/nowhere/store", {"Resources": ids[:1], "Synchronous": True})
     assert response.status_code == 500 and response.json()["FailedInstancesCount"] == 1
+    assert hospital.post("/miadmark/retry", {"Destination": "nowhere"}).json()["Requeued"] == 3
+    assert hospital.get_json(f"/jobs/{job}")["State"] in ("Pending", "Running")  # dead letters queued again
