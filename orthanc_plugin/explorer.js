@@ -1,4 +1,6 @@
-// MIAD-MARK: a "Protect and send" button on a study's page in Orthanc Explorer.
+// MIAD-MARK: a "Protect and send" button on a study's page in Orthanc Explorer. It offers only the
+// destinations a protect rule names (GET /miadmark/destinations); the job it starts is listed on the
+// Explorer's Jobs page (the plugin adds its jobs to GET /jobs) and survives a restart.
 // Same pattern as the Orthanc Book's "Open in OHIF" example: added once, enhanced by jQuery Mobile.
 $('#study').live('pagebeforecreate', function() {
   if ($('#miadmark-protect').length) return;
@@ -14,14 +16,18 @@ $('#study').live('pagebeforecreate', function() {
     var study = $.mobile.pageData.uuid;
     $.ajax({ url: '../miadmark/destinations', dataType: 'json', async: false,
       success: function(destinations) {
-        if (!destinations.length) { alert('MIAD-MARK: no Orthanc destination in the configuration'); return; }
+        if (!destinations.length) { alert('MIAD-MARK: no protect destination in the configuration'); return; }
         var names = destinations.map(function(d) { return d.Name + ' (' + d.Kind.replace('orthanc_', '') + ' ' + d.Target + ')'; });
         var choice = prompt('Protect and send this study to which destination?\n' + names.join('\n'),
                             destinations[0].Name);
         if (!choice) return;
         $.ajax({ url: '../miadmark/protect', type: 'POST', dataType: 'json', async: false,
           data: JSON.stringify({ Study: study, Destination: choice.split(' ')[0] }),
-          success: function(job) { window.location.assign('explorer.html#job?uuid=' + job.ID); },
+          success: function(job) {
+            alert('MIAD-MARK: ' + job.Protect + ' instance(s) to protect and send to ' + job.Destination +
+                  (job.LesionSourcesUnchanged ? ', ' + job.LesionSourcesUnchanged + ' SEG / RTSTRUCT unchanged' : ''));
+            window.location.assign('explorer.html#job?uuid=' + job.ID);
+          },
           error: function(xhr) { alert('MIAD-MARK refused: ' + xhr.responseText); }
         });
       },

@@ -97,7 +97,7 @@ class OrthancProcess:
         config_file.write_text(json.dumps(self.config, indent=2))
         env = dict(os.environ, MIADMARK_VENV=sys.prefix)
         self.log_path = self.workdir / "orthanc.log"
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("ab") as log:  # a restart appends
             self.process = subprocess.Popen([ORTHANC, str(config_file)], cwd=self.workdir, stdout=log,
                                             stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
@@ -122,6 +122,12 @@ class OrthancProcess:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait(timeout=10)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown of any kind (the durability tests' crash)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
 
     def __enter__(self) -> "OrthancProcess":
@@ -149,6 +155,13 @@ class OrthancProcess:
     def post(self, path: str, body: Any = None, **kwargs) -> requests.Response:
         data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
         return requests.post(self.url + path, data=data, timeout=kwargs.pop("timeout", 300), **kwargs)
+
+    def put(self, path: str, body: Any, **kwargs) -> requests.Response:
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return requests.put(self.url + path, data=data, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+    def delete(self, path: str, **kwargs) -> requests.Response:
+        return requests.delete(self.url + path, timeout=kwargs.pop("timeout", 60), **kwargs)
 
     def upload(self, path: str | os.PathLike) -> dict:
         response = self.post("/instances", Path(path).read_bytes())

@@ -246,7 +246,8 @@ def test_tampered_upload_over_rest_is_quarantined_not_stored(sites):
     protected.PixelData = bytes(pixels)
     before = set(research.instances())
     count = len(list((tmp / "quarantine").glob("*.reason.json")))
-    research.post("/instances", dataset_to_bytes(protected))
+    response = research.post("/instances", dataset_to_bytes(protected))
+    assert response.status_code == 403, response.text  # a script that checks status codes sees it (issue 15)
     assert set(research.instances()) == before
     assert len(list((tmp / "quarantine").glob("*.reason.json"))) == count + 1
 
@@ -257,5 +258,5 @@ def test_peer_that_cannot_open_reports_failure_to_the_sender(sites):
     response = hospital.post("/peers/strangerpeer/store", {"Resources": [sites["study"]]})
     assert response.status_code == 500, response.text
     answer = response.json()
-    assert answer["FailedInstancesCount"] == SLICES and "FilteredOut" in answer["MiadMark"]["Errors"][0]
+    assert answer["FailedInstancesCount"] == SLICES and "HTTP 403" in answer["MiadMark"]["Errors"][0]
     assert set(research.instances()) == before

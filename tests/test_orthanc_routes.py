@@ -120,7 +120,7 @@ def test_protect_route_and_status(sites):
                                                    "Synchronous": True})
     assert response.status_code == 200, response.text
     job = hospital.get_json(response.json()["Path"])
-    assert job["State"] == "Success" and job["Content"]["ProtectedSent"] == SLICES
+    assert job["State"] == "Success" and job["DoneCount"] == job["Content"]["Protect"] == SLICES
     status = hospital.get_json("/miadmark/status")
     assert status["Loaded"] and set(status["Destinations"]) == {"research", "partner", "cloud", "plainmod"}
     assert hospital.get_json("/miadmark/destinations")[0]["Name"] == "research"
