@@ -17,11 +17,13 @@ from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
 
-from miadmark.config import Destination
+from dicomnet.dimse import Unreachable, accepted_pairs, open_association, release, scu_ae, send_on
+from dicomnet.outcome import Outcome
+from dicomnet.stow import StowTarget, post_instances
 
 from .lesions import FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
 from .protection import Protected
-from .transport import NODELAY_HANDLERS, scu_ae, status_ok, status_text
+from .tls import client_context
 from .workqueue import Job, backoff_delay
 
 log = logging.getLogger("dicom_node.forward")
@@ -37,32 +39,29 @@ class Outgoing:
     note: dict = field(default_factory=dict)  # extra fields of its "sent" audit line
 
 
-@dataclass
-class Result:
-    ok: bool
-    error: str = ""
+# ------------------------------------------------------------------------------ transports by kind
+# A destination kind is sent by one function here: (destination, gateway config, batch) -> an open
+# association (dimse, kept open while more arrives) or outcomes (stow). A new transport is one entry.
+
+def open_dimse(dest, gateway_cfg, items: list[Outgoing]):
+    """An association proposing the items' (SOP class, transfer syntax) pairs; Unreachable if none."""
+    pairs = list(dict.fromkeys((i.sop_class, i.transfer_syntax) for i in items))
+    ae = scu_ae(dest.calling_ae or gateway_cfg.ae_title, pairs, max_pdu=gateway_cfg.max_pdu, timeout_s=dest.timeout_s)
+    tls = dest.tls
+    return open_association(ae, dest.host, dest.port, dest.ae_title, max_pdu=gateway_cfg.max_pdu,
+                            tls=client_context(tls), server_hostname=tls.server_hostname if tls else None)
 
 
-class DeliveryError(Exception):
-    """The destination could not be reached at all (nothing in the batch was delivered)."""
+def send_stow(dest, items: list[Outgoing]) -> list[Outcome]:
+    """One STOW-RS POST (multipart/related; type="application/dicom") for the whole batch."""
+    cert = (str(dest.client_cert), str(dest.client_key)) if dest.client_key else \
+        (str(dest.client_cert) if dest.client_cert else None)
+    target = StowTarget(dest.stow_url, headers=dict(dest.headers), timeout_s=dest.timeout_s,
+                        verify=str(dest.verify) if isinstance(dest.verify, Path) else dest.verify, cert=cert)
+    return post_instances(target, [(i.sop_uid, i.path.read_bytes()) for i in items])
 
 
-# ------------------------------------------------------------------------------------------ senders
-
-def open_dimse(dest: Destination, calling_ae: str, items: list[Outgoing], *, max_pdu: int = 0):
-    """An association proposing the items' (SOP class, transfer syntax) pairs; DeliveryError if none."""
-    pairs = list(dict.fromkeys((i.sop_class, i.transfer_syntax) for i in items))[:128]
-    ae = scu_ae(dest.calling_ae or calling_ae, pairs, max_pdu=max_pdu)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=NODELAY_HANDLERS,
-                         max_pdu=max_pdu)
-    if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "could not connect"
-        raise DeliveryError(f"association to {dest.target} {why}")
-    return assoc
-
-
-def accepted_pairs(assoc) -> set[tuple[str, str]]:
-    return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+SENDABLE = ("dimse", "stow")
 
 
 def outgoing_pair(job: Job) -> tuple[str, str]:
@@ -70,72 +69,6 @@ def outgoing_pair(job: Job) -> tuple[str, str]:
     if job.action == "pass" or is_lesion_source_job(job):
         return job.sop_class, job.transfer_syntax
     return job.sop_class, ExplicitVRLittleEndian
-
-
-def send_on(assoc, items: list[Outgoing]) -> list[Result]:
-    """C-STORE each item (the spooled file as it is, no re-encoding) on an open association."""
-    results: list[Result] = []
-    for item in items:
-        if not assoc.is_established:
-            results.append(Result(False, "association lost"))
-            continue
-        try:
-            status = assoc.send_c_store(item.path)
-        except (ValueError, AttributeError, OSError) as exc:
-            results.append(Result(False, f"not sent: {exc}"))
-            continue
-        results.append(Result(True) if status_ok(status) else Result(False, status_text(status)))
-    return results
-
-
-def send_dimse(dest: Destination, calling_ae: str, items: list[Outgoing], *, max_pdu: int = 0) -> list[Result]:
-    """C-STORE every item over one association. Raises DeliveryError when none could be tried."""
-    assoc = open_dimse(dest, calling_ae, items, max_pdu=max_pdu)
-    try:
-        return send_on(assoc, items)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
-def send_stow(dest: Destination, items: list[Outgoing]) -> list[Result]:
-    """One STOW-RS POST (multipart/related; type="application/dicom") for the whole batch."""
-    import uuid
-
-    import requests
-
-    boundary = uuid.uuid4().hex
-    parts = []
-    for item in items:
-        parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
-        parts.append(item.path.read_bytes())
-        parts.append(b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-               "Accept": "application/dicom+json", **dest.headers}
-    try:
-        resp = requests.post(dest.stow_url, data=b"".join(parts), headers=headers, timeout=dest.timeout_s,
-                             verify=dest.verify)
-    except requests.RequestException as exc:
-        raise DeliveryError(f"STOW-RS to {dest.stow_url}: {type(exc).__name__}") from None
-    if resp.status_code == 200:
-        return [Result(True) for _ in items]
-    if resp.status_code == 202:
-        failed = _stow_failed_uids(resp)
-        return [Result(False, "refused by the STOW-RS server") if i.sop_uid in failed or "*all*" in failed
-                else Result(True) for i in items]
-    if resp.status_code >= 500 or resp.status_code in (401, 403, 404, 408, 429):
-        raise DeliveryError(f"STOW-RS to {dest.stow_url}: HTTP {resp.status_code}")
-    return [Result(False, f"HTTP {resp.status_code}") for _ in items]
-
-
-def _stow_failed_uids(resp) -> set[str]:
-    try:
-        body = resp.json()
-        seq = body.get("00081198", {}).get("Value", [])
-        return {item["00081155"]["Value"][0] for item in seq}
-    except Exception:  # noqa: BLE001 - unreadable body: treat every item as failed
-        return {"*all*"}
 
 
 # ---------------------------------------------------------------------------------------- forwarder
@@ -230,16 +163,16 @@ class Forwarder(threading.Thread):
             self._log_finished_studies()
             return
         try:
-            if dest is None or dest.kind not in ("dimse", "stow"):
-                raise DeliveryError(f"destination {self.destination!r} is not a DICOM or STOW-RS destination "
-                                    "in the running configuration")
+            if dest is None or dest.kind not in SENDABLE:
+                raise Unreachable(f"destination {self.destination!r} is not a DICOM or STOW-RS destination "
+                                  "in the running configuration")
             if dest.kind == "stow":
                 results = send_stow(dest, outgoing)
                 self._reachable()
                 self._record(outgoing, results)
                 return
-            assoc = open_dimse(dest, cfg.gateway.ae_title, outgoing, max_pdu=cfg.gateway.max_pdu)
-        except DeliveryError as exc:
+            assoc = open_dimse(dest, cfg.gateway, outgoing)
+        except Unreachable as exc:
             self._unreachable(outgoing, exc)
             return
         finally:
@@ -249,7 +182,7 @@ class Forwarder(threading.Thread):
         try:
             sent = 0
             while outgoing:
-                self._record(outgoing, send_on(assoc, outgoing))
+                self._record(outgoing, send_on(assoc, [o.path for o in outgoing]))
                 sent += len(outgoing)
                 if not assoc.is_established or sent >= cfg.gateway.batch_size or self.stopping.is_set():
                     break
@@ -271,8 +204,7 @@ class Forwarder(threading.Thread):
                     with self._lock:  # (and no longer ours: the finally below must not release it again)
                         self._inflight.difference_update(later)
         finally:
-            if assoc.is_established:
-                assoc.release()
+            release(assoc)
             with self._lock:
                 self._inflight.difference_update(extra_claims)
             self._log_finished_studies()
@@ -310,15 +242,15 @@ class Forwarder(threading.Thread):
                     self.destination, exc, waiting, delay)
         self.stopping.wait(delay)
 
-    def _record(self, outgoing: list[Outgoing], results: list[Result]) -> None:
+    def _record(self, outgoing: list[Outgoing], results: list[Outcome]) -> None:
         gw, retry = self.gateway, self.gateway.config.gateway.retry
         for o, res in zip(outgoing, results):
             if res.ok:
                 gw.queue.mark_done(o.job.id, o.sop_uid)
                 self._finish(o, "sent")
-            else:
+            else:  # a permanent refusal is not retried: dead letter at once (`queue retry` re-queues)
                 state = gw.queue.mark_failed(o.job, res.error, max_attempts=retry.max_attempts,
-                                             base_s=retry.base_s, max_s=retry.max_s)
+                                             base_s=retry.base_s, max_s=retry.max_s, permanent=res.permanent)
                 gw.audit.write("send_failed", **self._audit_fields(o.job), error=res.error, state=state)
                 if state == "dead":
                     self._finish(o, "dead", res.error)
@@ -357,8 +289,10 @@ class Forwarder(threading.Thread):
                 if isinstance(res, Protected):
                     note = {} if res.lesion_masked is None else {"lesion_mask": res.lesion_masked}
                     out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax, note))
+                elif res.transient:  # out of disk, memory, file handles: retried, never quarantined
+                    self._retry_later(job, res.reason)
                 else:
-                    self._quarantine(job, res)
+                    self._quarantine(job, res.reason)
         out.sort(key=lambda o: o.job.id)
         return out
 
@@ -384,18 +318,25 @@ class Forwarder(threading.Thread):
             log.warning("%s: lesion source %s gives no mask (%s): images of its study are protected without it",
                         self.destination, uid, reason)
 
+    def _retry_later(self, job: Job, reason: str) -> None:
+        retry = self.gateway.config.gateway.retry
+        state = self.gateway.queue.mark_failed(job, reason, max_attempts=retry.max_attempts, base_s=retry.base_s,
+                                               max_s=retry.max_s)
+        self.gateway.audit.write("protect_deferred", **self._audit_fields(job), reason=reason, state=state)
+        log.warning("%s: %s not protected now (%s): %s", self.destination, job.sop_uid, reason,
+                    "will retry" if state == "pending" else "dead letter (kept in the spool)")
+
     def _quarantine(self, job: Job, reason: str) -> None:
         gw = self.gateway
         src = gw.spool.path(job.file)
         try:
             qpath = gw.quarantine_object(src, reason=reason, sop_uid=job.sop_uid, destination=self.destination,
                                          rule=job.rule, calling_ae=job.calling_ae, called_ae=job.called_ae)
-        except OSError as exc:
-            qpath = None
-            log.error("cannot quarantine %s: %s", job.sop_uid, exc)
+        except OSError as exc:  # not safely in quarantine: the spooled original stays, the job retries
+            self._retry_later(job, f"{reason}; quarantine not writable ({exc.strerror or type(exc).__name__})")
+            return
         gw.queue.mark_quarantined(job.id, reason)
-        gw.audit.write("quarantined", **self._audit_fields(job), reason=reason,
-                       quarantine=str(qpath) if qpath else None)
+        gw.audit.write("quarantined", **self._audit_fields(job), reason=reason, quarantine=str(qpath))
         log.warning("%s: %s not protected, quarantined, not sent: %s", self.destination, job.sop_uid, reason)
         with self._lock:
             tally = self._studies.get(job.study_uid)

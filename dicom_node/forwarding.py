@@ -20,16 +20,16 @@ from pathlib import Path
 
 from miadmark.config import Config
 
-from .audit import AuditLog
-from .forwarder import Forwarder
+from miadmark.audit import AuditLog
+from miadmark.quarantine import quarantine
+
+from .forwarder import SENDABLE, Forwarder
 from .protection import Protector
-from .quarantine import quarantine
 from .reload import ConfigWatcher
 from .spool import Spool
 from .workqueue import LESION_KEEP_S, Queue
 
 log = logging.getLogger("dicom_node.forward")
-SENDABLE = ("dimse", "stow")
 SWEEP_S = 60.0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
 
-from .transport import NODELAY_HANDLERS, scu_ae
+from dicomnet.dimse import NODELAY_HANDLERS, scu_ae
 
 
 def send_files(host: str, port: int, paths: Iterable[str | Path], *, called_ae: str, calling_ae: str = "STORESCU",
