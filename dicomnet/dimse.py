@@ -48,7 +48,7 @@ def scu_ae(ae_title: str, contexts: Iterable[tuple[str, str | list[str]]], *, ma
     ae = AE(ae_title=ae_title)
     ae.maximum_pdu_size = max_pdu
     ae.network_timeout = timeout_s
-    ae.dimse_timeout = max(timeout_s, 120.0)
+    ae.dimse_timeout = timeout_s  # a peer silent this long mid-transfer is given up on (transient)
     ae.acse_timeout = min(timeout_s, 30.0)
     seen = set()
     for sop_class, syntaxes in contexts:

@@ -185,7 +185,7 @@ class OrthancDicomwebDestination(_Destination):
 
 
 # kind -> (model, the keys that mark it in the YAML). A new kind of destination is one model here and
-# one transport registered for it (dicom_node.transports).
+# one sender for it (dicomnet; dicom_node.forwarder picks it by kind).
 DESTINATION_MODELS = {
     "dimse": (DimseDestination, ("ae_title", "host", "port")),
     "stow": (StowDestination, ("stow_url",)),
