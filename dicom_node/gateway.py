@@ -256,7 +256,12 @@ class Gateway:
                                 path.name)
                     path.unlink()
             except Exception as exc:  # noqa: BLE001 - keep it out of the way, with its reason
-                self.quarantine_object(path, reason=f"spooled but unreadable at recovery: {type(exc).__name__}")
+                try:
+                    self.quarantine_object(path, reason=f"spooled but unreadable at recovery: {type(exc).__name__}")
+                except OSError as qexc:  # not safely in quarantine: it stays in the spool for the next start
+                    log.error("spooled %s unreadable and cannot be quarantined (%s): kept", path.name,
+                              qexc.strerror or type(qexc).__name__)
+                    continue
                 path.unlink(missing_ok=True)
         if recovered:
             log.info("recovered %d spooled instance(s) that had no queue entry", recovered)

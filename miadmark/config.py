@@ -74,17 +74,22 @@ class TlsConfig(_Model):
     """DICOM TLS (PS3.15 B.1 / B.9): our certificate and key; `ca` verifies the peer's certificate.
     On a listener, require_client_cert makes it mutual (callers must present a certificate signed by ca)."""
 
-    cert: ConfigPath
-    key: ConfigPath
+    cert: ConfigPath | None = None  # PEM; required on a listener, optional for a client (mutual TLS)
+    key: ConfigPath | None = None
     ca: ConfigPath | None = None  # None: the system's CA store (client side); no client check (listener)
     require_client_cert: bool = False
     server_hostname: str | None = None  # client side: the name to check in the server's certificate
 
     @model_validator(mode="after")
     def _mutual(self):
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls needs both cert and key, or neither")
         if self.require_client_cert and self.ca is None:
             raise ValueError("require_client_cert needs ca (the CA that signs the callers' certificates)")
         return self
+
+    def files(self) -> list[tuple[str, Path]]:
+        return [(name, p) for name in ("cert", "key", "ca") if (p := getattr(self, name)) is not None]
 
 
 class RetryConfig(_Model):
@@ -382,6 +387,9 @@ def _check_files(cfg: Config, node, where) -> None:
         for i, kp in enumerate(cfg.receiver.keys):
             checks += [(("receiver", "keys", i, "key"), kp.key), (("receiver", "keys", i, "cert"), kp.cert)]
         checks += [(("receiver", "trust", i), p) for i, p in enumerate(cfg.receiver.trust or [])]
+    tls = [(("gateway", "tls"), cfg.gateway.tls)] + ([(("receiver", "tls"), cfg.receiver.tls)] if cfg.receiver else [])
+    tls += [(("destinations", n, "tls"), getattr(d, "tls", None)) for n, d in cfg.destinations.items()]
+    checks += [((*loc, name), p) for loc, t in tls if t is not None for name, p in t.files()]
     for loc, p in checks:
         if not p.is_file():
             raise ConfigError(f"{_dotted(loc)}: file not found: {p}", path=where, line=_line(_locate(node, loc)))
