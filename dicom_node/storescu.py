@@ -13,7 +13,8 @@ from dicomnet.dimse import NODELAY_HANDLERS, scu_ae
 def send_files(host: str, port: int, paths: Iterable[str | Path], *, called_ae: str, calling_ae: str = "STORESCU",
                max_pdu: int = 0, tls=None) -> list[int | None]:
     """C-STORE every file as stored (no re-encoding) over ONE association; returns each status
-    (None when no response came). tls: an ssl.SSLContext for DICOM TLS. Raises ConnectionError when no association could be made."""
+    (None when no response came); tls: an ssl.SSLContext for DICOM TLS. Raises ConnectionError when
+    no association could be made."""
     paths = [Path(p) for p in paths]
     metas = [read_file_meta_info(p) for p in paths]
     contexts = list(dict.fromkeys((str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas))
