@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomnet.dimse import Unreachable, accepted_pairs, open_association, release, scu_ae, send_on
 from dicomnet.outcome import Outcome
@@ -275,6 +275,10 @@ class Forwarder(threading.Thread):
                 note = self._forward_lesion_source(job) if job.action != "pass" else {}
                 out.append(Outgoing(job, path, job.sop_uid, job.sop_class, job.transfer_syntax, note))
             else:
+                poison = self._poison(job)
+                if poison:
+                    self._quarantine(job, poison)
+                    continue
                 groups.setdefault((job.recipients, job.profile), []).append(job)
         masks = {}
         if groups:
@@ -295,6 +299,14 @@ class Forwarder(threading.Thread):
                     self._quarantine(job, res.reason)
         out.sort(key=lambda o: o.job.id)
         return out
+
+    def _poison(self, job: Job) -> str | None:
+        """Compressed pixel data is decoded in the probe's worker process first (dicom_node.decode_probe);
+        the reason when it crashed that worker twice. Uncompressed pixels cannot crash a decoder."""
+        probe = getattr(self.gateway, "decode_probe", None)
+        if probe is None or not UID(job.transfer_syntax).is_compressed:
+            return None
+        return probe.poison(job.file, self.gateway.spool.path(job.file))
 
     def _forward_lesion_source(self, job: Job) -> dict:
         """A SEG / RTSTRUCT on a protect route carries no image: it goes as received. Images of its

@@ -23,6 +23,7 @@ from miadmark.config import Config
 from miadmark.audit import AuditLog
 from miadmark.quarantine import quarantine
 
+from .decode_probe import DecodeProbe
 from .forwarder import SENDABLE, Forwarder
 from .protection import Protector
 from .reload import ConfigWatcher
@@ -42,6 +43,7 @@ class Forwarding:
         self.queue = Queue(self.spool.queue_path)
         self.audit = AuditLog(config.gateway.audit)
         self.protector = Protector(config)
+        self.decode_probe = DecodeProbe()  # compressed pixel data: decoded in a worker process first
         self.forwarders: dict[str, Forwarder] = {}
         self._sweep_lock = threading.Lock()
         self._swept_at = 0.0
@@ -56,6 +58,7 @@ class Forwarding:
             fwd.stop()
         for fwd in self.forwarders.values():
             fwd.join(timeout=30)
+        self.decode_probe.close()
         self.queue.close()
 
     def apply_config(self, config: Config) -> None:

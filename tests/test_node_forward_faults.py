@@ -237,3 +237,24 @@ def test_stow_202_is_a_partial_success_in_both_adapters(stow_202):
     sender = StowSender(StowServer("web", base))
     sent, failures = sender.send([(f"orig{i}", pydicom.dcmread(p)) for i, p in enumerate(CT[:3])])
     assert sent == 2 and len(failures) == 1 and "orig1" in failures[0]
+
+
+# --------------------------------------------------------------------- finding 4: a poison image
+
+POISON_SOURCE = DATA / "transfer_syntaxes" / "JPEGBaseline" / "SC_rgb_dcmtk_+eb+cy+np.dcm"
+
+
+def test_an_image_that_aborts_the_decoder_is_quarantined_and_the_rest_delivered(site, tmp_path):
+    """BitsAllocated 32 on a JPEG image makes gdcm abort() the process that decodes it."""
+    start, rx, cfg = site
+    ds = pydicom.dcmread(POISON_SOURCE)
+    ds.BitsAllocated = 32
+    poison = tmp_path / "poison.dcm"
+    ds.save_as(poison)
+    gw = start()
+    assert send_files("127.0.0.1", gw.port, [poison, CT[0]], called_ae="PROTECT", calling_ae="PACS") == [0, 0]
+    assert wait_for(lambda: job_states(gw).get("done", 0) == 1 and job_states(gw).get("quarantined", 0) == 1, 90)
+    assert len(received(rx)) == 1
+    reasons = [p.read_text() for p in Path(cfg.gateway.quarantine).glob("*.reason.json")]
+    assert len(reasons) == 1 and "crashed 2 times" in reasons[0] and "SIGABRT" in reasons[0]
+    assert gw.forwarding.decode_probe.crashes  # counted per instance
