@@ -1,10 +1,12 @@
 """Forwarding, off the receive path: one thread per destination.
 
 Each round takes up to gateway.batch_size due jobs, protects those whose rule says so (batched,
-once), then delivers them over ONE association (or one STOW-RS request). Success marks a job
-done; a failure counts an attempt and schedules the next one with exponential backoff and jitter;
-after retry.max_attempts the job is dead (dead letter). A destination that cannot be reached
-makes the thread itself back off, so a long outage costs one connection attempt per wait.
+once), then delivers them over ONE link of the destination's transport (dicom_node.transports: an
+association, or one STOW-RS request). Success marks a job done; a transient failure counts an attempt
+and schedules the next one with exponential backoff and jitter, after retry.max_attempts the job is
+dead (dead letter); a permanent refusal (dicomnet.outcome) is dead at once, never retried. A
+destination that cannot be reached makes the thread itself back off, so a long outage costs one
+connection attempt per wait.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ from pathlib import Path
 
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from dicomnet.dimse import Unreachable, accepted_pairs, open_association, release, scu_ae, send_on
+from dicomnet.dimse import Unreachable
 from dicomnet.outcome import Outcome
-from dicomnet.stow import StowTarget, post_instances
 
 from .lesions import FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
 from .protection import Protected
-from .tls import client_context
+from .transports import TRANSPORTS
 from .workqueue import Job, backoff_delay
 
 log = logging.getLogger("dicom_node.forward")
@@ -37,31 +38,6 @@ class Outgoing:
     sop_class: str
     transfer_syntax: str
     note: dict = field(default_factory=dict)  # extra fields of its "sent" audit line
-
-
-# ------------------------------------------------------------------------------ transports by kind
-# A destination kind is sent by one function here: (destination, gateway config, batch) -> an open
-# association (dimse, kept open while more arrives) or outcomes (stow). A new transport is one entry.
-
-def open_dimse(dest, gateway_cfg, items: list[Outgoing]):
-    """An association proposing the items' (SOP class, transfer syntax) pairs; Unreachable if none."""
-    pairs = list(dict.fromkeys((i.sop_class, i.transfer_syntax) for i in items))
-    ae = scu_ae(dest.calling_ae or gateway_cfg.ae_title, pairs, max_pdu=gateway_cfg.max_pdu, timeout_s=dest.timeout_s)
-    tls = dest.tls
-    return open_association(ae, dest.host, dest.port, dest.ae_title, max_pdu=gateway_cfg.max_pdu,
-                            tls=client_context(tls), server_hostname=tls.server_hostname if tls else None)
-
-
-def send_stow(dest, items: list[Outgoing]) -> list[Outcome]:
-    """One STOW-RS POST (multipart/related; type="application/dicom") for the whole batch."""
-    cert = (str(dest.client_cert), str(dest.client_key)) if dest.client_key else \
-        (str(dest.client_cert) if dest.client_cert else None)
-    target = StowTarget(dest.stow_url, headers=dict(dest.headers), timeout_s=dest.timeout_s,
-                        verify=str(dest.verify) if isinstance(dest.verify, Path) else dest.verify, cert=cert)
-    return post_instances(target, [(i.sop_uid, i.path.read_bytes()) for i in items])
-
-
-SENDABLE = ("dimse", "stow")
 
 
 def outgoing_pair(job: Job) -> tuple[str, str]:
@@ -162,41 +138,40 @@ class Forwarder(threading.Thread):
         if not outgoing:
             self._log_finished_studies()
             return
+        link_class = TRANSPORTS.get(dest.kind) if dest is not None else None
         try:
-            if dest is None or dest.kind not in SENDABLE:
+            if link_class is None:
                 raise Unreachable(f"destination {self.destination!r} is not a DICOM or STOW-RS destination "
                                   "in the running configuration")
-            if dest.kind == "stow":
-                results = send_stow(dest, outgoing)
-                self._reachable()
-                self._record(outgoing, results)
-                return
-            assoc = open_dimse(dest, cfg.gateway, outgoing)
+            link = link_class(dest, cfg.gateway, outgoing)
         except Unreachable as exc:
             self._unreachable(outgoing, exc)
-            return
-        finally:
             self._log_finished_studies()
-        self._reachable()
+            return
         extra_claims: list[int] = []
         try:
             sent = 0
             while outgoing:
-                self._record(outgoing, send_on(assoc, [o.path for o in outgoing]))
+                try:
+                    results = link.send(outgoing)
+                except Unreachable as exc:
+                    self._unreachable(outgoing, exc)
+                    break
+                self._reachable()
+                self._record(outgoing, results)
                 sent += len(outgoing)
-                if not assoc.is_established or sent >= cfg.gateway.batch_size or self.stopping.is_set():
+                if not (link.lingers and link.is_open) or sent >= cfg.gateway.batch_size or self.stopping.is_set():
                     break
                 # small rounds: protecting a round keeps the association idle, and peers time out
                 more = self._claim_linger(min(cfg.gateway.batch_size - sent, self.ROUND))
                 if not more:
                     break
-                fits = accepted_pairs(assoc)
                 # what this association cannot carry is left for the next one before it is protected
                 # (a SEG's association carries no PET: protecting them here would be work thrown away)
-                later = {j.id for j in more if outgoing_pair(j) not in fits}
+                later = {j.id for j in more if not link.fits(outgoing_pair(j))}
                 extra_claims += [j.id for j in more if j.id not in later]
                 prepared = self.prepare([j for j in more if j.id not in later])
-                outgoing = [o for o in prepared if (o.sop_class, o.transfer_syntax) in fits]
+                outgoing = [o for o in prepared if link.fits((o.sop_class, o.transfer_syntax))]
                 unfit = {o.job.id for o in prepared} - {o.job.id for o in outgoing}
                 extra_claims = [i for i in extra_claims if i not in unfit]
                 later |= unfit
@@ -204,7 +179,7 @@ class Forwarder(threading.Thread):
                     with self._lock:  # (and no longer ours: the finally below must not release it again)
                         self._inflight.difference_update(later)
         finally:
-            release(assoc)
+            link.close()
             with self._lock:
                 self._inflight.difference_update(extra_claims)
             self._log_finished_studies()

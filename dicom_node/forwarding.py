@@ -24,7 +24,8 @@ from miadmark.audit import AuditLog
 from miadmark.quarantine import quarantine
 
 from .decode_probe import DecodeProbe
-from .forwarder import SENDABLE, Forwarder
+from .forwarder import Forwarder
+from .transports import SENDABLE
 from .protection import Protector
 from .reload import ConfigWatcher
 from .spool import Spool

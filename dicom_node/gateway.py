@@ -29,11 +29,12 @@ from dicomnet.listener import start_listener, storage_scp_ae
 from miadmark.audit import AuditLog
 from miadmark.quarantine import quarantine
 
-from .forwarding import SENDABLE, Forwarding
+from .forwarding import Forwarding
 from .reload import ConfigWatcher
 from .spool import Spool
 from .studylog import AssociationTally
 from .tls import server_context
+from .transports import SENDABLE
 from .transport import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, REFUSED_NOT_AUTHORIZED, SUCCESS
 from .workqueue import NewJob, Queue
 

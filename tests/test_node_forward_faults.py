@@ -223,7 +223,8 @@ def stow_202():
 
 
 def test_stow_202_is_a_partial_success_in_both_adapters(stow_202):
-    from dicom_node.forwarder import Outgoing, send_stow
+    from dicom_node.forwarder import Outgoing
+    from dicom_node.transports import send_stow
     from miadmark.config import parse_config
     from orthanc_plugin.senders import StowSender
     from orthanc_plugin.stow import StowServer

@@ -142,7 +142,8 @@ def test_stow_over_https_with_ca_bundle_and_client_certificate(pki):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from dicom_node.forwarder import Outgoing, send_stow
+    from dicom_node.forwarder import Outgoing
+    from dicom_node.transports import send_stow
     from dicomnet.dimse import Unreachable
     from miadmark.config import parse_config
 
