@@ -43,7 +43,9 @@ def _failure(what: str, exc: BaseException) -> NotProtected:
     if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS):
         return NotProtected(f"{what}: {type(exc).__name__} ({getattr(exc, 'strerror', None) or 'resources'})",
                             transient=True)
-    return NotProtected(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, MiadmarkError):  # the core's refusals name the element, not its value
+        return NotProtected(f"{what}: {type(exc).__name__}: {exc}")
+    return NotProtected(f"{what}: {type(exc).__name__}")  # others may quote an element's value: not kept
 
 
 @dataclass(frozen=True)
