@@ -20,7 +20,7 @@ def send_files(host: str, port: int, paths: Iterable[str | Path], *, called_ae: 
     contexts = list(dict.fromkeys((str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas))
     if len(contexts) > 128:
         raise ValueError("more than 128 (SOP class, transfer syntax) pairs: split the files")
-    ae = scu_ae(calling_ae, contexts, max_pdu=max_pdu)
+    ae = scu_ae(calling_ae, contexts, max_pdu=max_pdu, timeout_s=120.0)
     assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=NODELAY_HANDLERS, max_pdu=max_pdu,
                          tls_args=(tls, host) if tls is not None else None)
     if not assoc.is_established:
