@@ -248,6 +248,14 @@ class Rule(_Model):
                         raise ValueError(f"bad regular expression {text} for {key}: {exc}") from None
         return when
 
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, profile: str | None) -> str | None:
+        from .engine import ENGINES  # names only: no torch import
+        if profile is not None and profile not in ENGINES:
+            raise ValueError(f"unknown profile {profile!r} (known: {', '.join(sorted(ENGINES))})")
+        return profile
+
     @model_validator(mode="after")
     def _action(self):
         if self.action == "protect" and not self.recipients:
@@ -256,10 +264,6 @@ class Rule(_Model):
             raise ValueError(f"recipients are only for action protect, not {self.action}")
         if self.action != "protect" and self.profile is not None:
             raise ValueError(f"profile is only for action protect, not {self.action}")
-        if self.profile is not None:
-            from .engine import ENGINES  # names only: no torch import
-            if self.profile not in ENGINES:
-                raise ValueError(f"unknown profile {self.profile!r} (known: {', '.join(sorted(ENGINES))})")
         if self.action in ("protect", "pass") and not self.send_to:
             raise ValueError(f"action {self.action} needs send_to (a list of destination names)")
         return self
