@@ -207,3 +207,32 @@ def test_store_quarantine_and_audit_are_owner_only(receiver, material, tmp_path)
              Path(receiver.rx.store), Path(receiver.rx.quarantine)]
     assert len(paths) >= 8
     assert [p for p in paths if not _private(p)] == []
+
+
+@pytest.mark.slow
+def test_garbage_pdus_leave_the_listener_serving(receiver):
+    """100 seeded hostile connections: random PDU types, declared lengths up to 4 GiB, random bodies."""
+    import random
+    rng = random.Random(14)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for _ in range(100):
+            length = rng.choice([0, 1, 68, rng.randrange(1 << 16), rng.randrange(1 << 32)])
+            body = rng.randbytes(min(length, rng.randrange(2048)))
+            with socket.create_connection(("127.0.0.1", receiver.port)) as sock:
+                try:
+                    sock.sendall(struct.pack(">BBL", rng.randrange(0, 9), 0, length) + body)
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass  # the node closed it first
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak - before < 64 * 1024 * 1024
+    end = time.monotonic() + 60  # hostile connections end (closed by them, or after acse_timeout 10 s)
+    while receiver._server.active_associations and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not receiver._server.active_associations
+    assert send(receiver, CT[1]) == [0]
