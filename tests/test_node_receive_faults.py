@@ -143,6 +143,29 @@ def test_a_huge_pdu_header_is_refused_before_allocating(receiver):
     assert peak - before < 64 * 1024 * 1024, f"the listener allocated {peak - before} bytes"
 
 
+def test_the_gateway_listener_is_bounded_too(tmp_path):
+    from dicom_node.gateway import Gateway
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("gateway: {ae_title: GW, bind: 127.0.0.1, port: 0, spool: spool/}\n")
+    gw = Gateway(load_config(cfg), forward="none").start(watch=False)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(struct.pack(">BBL", 0x01, 0, 1 << 30))
+            assert _closed_within(sock, 5.0)
+        peak = tracemalloc.get_traced_memory()[1]
+        assert send_files("127.0.0.1", gw.port, [CT[0]], called_ae="GW", calling_ae="PACS") == [0x0124]  # no rule
+        queue_files = list((tmp_path / "spool").glob("queue.sqlite*"))  # with its -wal and -shm while open
+        assert len(queue_files) >= 2 and {stat.S_IMODE(p.stat().st_mode) for p in queue_files} == {0o600}
+    finally:
+        tracemalloc.stop()
+        gw.stop()
+    assert peak - before < 64 * 1024 * 1024
+    assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+
+
 def test_a_pdu_over_the_negotiated_maximum_closes_the_association(receiver):
     ae = AE(ae_title="GW")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
