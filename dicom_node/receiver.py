@@ -55,7 +55,7 @@ class Receiver:
         self.audit = AuditLog(rx.audit)
         self.tally = AssociationTally(log, "received")
         self.ae = storage_scp_ae(rx.ae_title, max_pdu=rx.max_pdu, require_calling=rx.allow_calling)
-        self._store_lock = threading.Lock()  # check-then-write of one SOP Instance is atomic
+        self._store_lock = threading.Lock()
         self._server = None
 
     def start(self) -> "Receiver":
@@ -86,8 +86,9 @@ class Receiver:
     def handle_store(self, event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
         data = event.encoded_dataset(include_meta=True)
-        with self._store_lock:
-            outcome = self.policy.decide(data, self._stored)
+        outcome = self.policy.decide(data)  # strip etc. in parallel across associations
+        with self._store_lock:  # check-then-write of one instance is one step
+            outcome = self.policy.settle(outcome, self._stored(outcome.uids) if outcome.uids else None)
             try:
                 path = write_private(outcome.data, self.path_of(outcome.uids)) if outcome.data is not None else None
             except OSError as exc:  # disk full, read-only store: the sender keeps it and retries

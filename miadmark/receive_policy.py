@@ -112,14 +112,21 @@ class ReceivePolicy:
         if not all(uids):
             bad = [k for k, u in zip(UID_KEYWORDS, uids) if not u]
             return Outcome(QUARANTINE, received, reason=f"missing or malformed {', '.join(bad)}")
-        existing = stored(uids) if stored is not None else None
-        if existing is not None:
-            if _dataset_part(existing) == _dataset_part(out):
-                return Outcome(DUPLICATE, received, uids, stripped=stripped)
-            return Outcome(QUARANTINE, received, uids, stripped=stripped, conflict=True,
-                           reason=f"conflict: SOP Instance {uids[2]} is already stored with different content "
-                                  "(never replaced)")
-        return Outcome(STORE, received, uids, out, stripped)
+        outcome = Outcome(STORE, received, uids, out, stripped)
+        return self.settle(outcome, stored(uids)) if stored is not None else outcome
+
+    @staticmethod
+    def settle(outcome: Outcome, existing: bytes | None) -> Outcome:
+        """A STORE outcome against what is already stored under its UIDs (an adapter calls this under
+        its store lock, so that check and write are one step): nothing -> STORE, the same dataset ->
+        DUPLICATE, a different one -> CONFLICT (quarantined; a stored instance is never replaced)."""
+        if outcome.action != STORE or existing is None:
+            return outcome
+        if _dataset_part(existing) == _dataset_part(outcome.data):
+            return Outcome(DUPLICATE, outcome.received_uid, outcome.uids, stripped=outcome.stripped)
+        return Outcome(QUARANTINE, outcome.received_uid, outcome.uids, stripped=outcome.stripped, conflict=True,
+                       reason=f"conflict: SOP Instance {outcome.uids[2]} is already stored with different content "
+                              "(never replaced)")
 
 
 def _dataset_part(data: bytes) -> bytes:
