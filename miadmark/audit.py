@@ -24,7 +24,7 @@ class AuditLog:
     def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path) if path is not None else None
         if self.path is not None:
-            private_dir(self.path.parent)
+            private_dir(self.path.parent, tighten=False)  # the file itself is 0600
         self._lock = threading.Lock()
 
     def write(self, event: str, **fields) -> None:

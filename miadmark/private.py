@@ -11,8 +11,9 @@ from .dicomio import write_atomic
 FILE_MODE, DIR_MODE = 0o600, 0o700
 
 
-def private_dir(path: str | os.PathLike) -> Path:
-    """Create the folder (and missing parents) as 0700; tighten an existing one we own."""
+def private_dir(path: str | os.PathLike, *, tighten: bool = True) -> Path:
+    """Create the folder (and missing parents) as 0700; tighten an existing one we own (unless told
+    not to: a folder the audit log merely lives in may be shared with other files)."""
     path = Path(path)
     missing = []
     p = path
@@ -25,7 +26,7 @@ def private_dir(path: str | os.PathLike) -> Path:
         except FileExistsError:
             pass
         os.chmod(folder, DIR_MODE)  # mkdir's mode is masked by the umask
-    if path.is_dir() and path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+    if tighten and path.is_dir() and path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
         os.chmod(path, DIR_MODE)
     return path
 
