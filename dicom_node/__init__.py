@@ -3,8 +3,11 @@
     gateway.Gateway          C-STORE SCP -> rules -> durable spool + SQLite queue (answers after both)
     forwarding.Forwarding    hosts one forwarder per destination; `miadmark gateway` runs it in a
                              child process (its own GIL), tests may run it in threads
-    forwarder.Forwarder      protect (batched, once) and deliver: C-STORE (one association per batch,
-                             kept open while more arrives) or STOW-RS; backoff with jitter, dead letter
-    receiver.Receiver        C-STORE SCP that strips with its keys and stores clean originals
-    workqueue, spool, quarantine, audit, reload, transport, storescu: one job each
+    forwarder.Forwarder      protect (batched, once) and deliver over the destination's transport
+                             (transports: DICOM association or STOW-RS); backoff with jitter, dead letter
+    receiver.Receiver        C-STORE SCP applying the core receive policy (miadmark.receive_policy)
+    decode_probe             compressed pixel data decoded first in a worker process (a crash stays there)
+    workqueue, spool, protection, lesions, reload, tls, studylog, storescu: one job each
+    commands                 the `miadmark gateway | receive | queue` subcommands
+The network plumbing is dicomnet's (shared with the Orthanc plugin).
 """

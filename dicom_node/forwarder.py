@@ -1,10 +1,12 @@
 """Forwarding, off the receive path: one thread per destination.
 
 Each round takes up to gateway.batch_size due jobs, protects those whose rule says so (batched,
-once), then delivers them over ONE association (or one STOW-RS request). Success marks a job
-done; a failure counts an attempt and schedules the next one with exponential backoff and jitter;
-after retry.max_attempts the job is dead (dead letter). A destination that cannot be reached
-makes the thread itself back off, so a long outage costs one connection attempt per wait.
+once), then delivers them over ONE link of the destination's transport (dicom_node.transports: an
+association, or one STOW-RS request). Success marks a job done; a transient failure counts an attempt
+and schedules the next one with exponential backoff and jitter, after retry.max_attempts the job is
+dead (dead letter); a permanent refusal (dicomnet.outcome) is dead at once, never retried. A
+destination that cannot be reached makes the thread itself back off, so a long outage costs one
+connection attempt per wait.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from miadmark.config import Destination
+from dicomnet.dimse import Unreachable
+from dicomnet.outcome import Outcome
 
 from .lesions import FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
 from .protection import Protected
-from .transport import NODELAY_HANDLERS, scu_ae, status_ok, status_text
+from .transports import TRANSPORTS
 from .workqueue import Job, backoff_delay
 
 log = logging.getLogger("dicom_node.forward")
@@ -37,105 +40,11 @@ class Outgoing:
     note: dict = field(default_factory=dict)  # extra fields of its "sent" audit line
 
 
-@dataclass
-class Result:
-    ok: bool
-    error: str = ""
-
-
-class DeliveryError(Exception):
-    """The destination could not be reached at all (nothing in the batch was delivered)."""
-
-
-# ------------------------------------------------------------------------------------------ senders
-
-def open_dimse(dest: Destination, calling_ae: str, items: list[Outgoing], *, max_pdu: int = 0):
-    """An association proposing the items' (SOP class, transfer syntax) pairs; DeliveryError if none."""
-    pairs = list(dict.fromkeys((i.sop_class, i.transfer_syntax) for i in items))[:128]
-    ae = scu_ae(dest.calling_ae or calling_ae, pairs, max_pdu=max_pdu)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=NODELAY_HANDLERS,
-                         max_pdu=max_pdu)
-    if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "could not connect"
-        raise DeliveryError(f"association to {dest.target} {why}")
-    return assoc
-
-
-def accepted_pairs(assoc) -> set[tuple[str, str]]:
-    return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
-
-
 def outgoing_pair(job: Job) -> tuple[str, str]:
     """The (SOP class, transfer syntax) a job will go out in: as received, or protected (Explicit VR LE)."""
     if job.action == "pass" or is_lesion_source_job(job):
         return job.sop_class, job.transfer_syntax
     return job.sop_class, ExplicitVRLittleEndian
-
-
-def send_on(assoc, items: list[Outgoing]) -> list[Result]:
-    """C-STORE each item (the spooled file as it is, no re-encoding) on an open association."""
-    results: list[Result] = []
-    for item in items:
-        if not assoc.is_established:
-            results.append(Result(False, "association lost"))
-            continue
-        try:
-            status = assoc.send_c_store(item.path)
-        except (ValueError, AttributeError, OSError) as exc:
-            results.append(Result(False, f"not sent: {exc}"))
-            continue
-        results.append(Result(True) if status_ok(status) else Result(False, status_text(status)))
-    return results
-
-
-def send_dimse(dest: Destination, calling_ae: str, items: list[Outgoing], *, max_pdu: int = 0) -> list[Result]:
-    """C-STORE every item over one association. Raises DeliveryError when none could be tried."""
-    assoc = open_dimse(dest, calling_ae, items, max_pdu=max_pdu)
-    try:
-        return send_on(assoc, items)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
-def send_stow(dest: Destination, items: list[Outgoing]) -> list[Result]:
-    """One STOW-RS POST (multipart/related; type="application/dicom") for the whole batch."""
-    import uuid
-
-    import requests
-
-    boundary = uuid.uuid4().hex
-    parts = []
-    for item in items:
-        parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
-        parts.append(item.path.read_bytes())
-        parts.append(b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-               "Accept": "application/dicom+json", **dest.headers}
-    try:
-        resp = requests.post(dest.stow_url, data=b"".join(parts), headers=headers, timeout=dest.timeout_s,
-                             verify=dest.verify)
-    except requests.RequestException as exc:
-        raise DeliveryError(f"STOW-RS to {dest.stow_url}: {type(exc).__name__}") from None
-    if resp.status_code == 200:
-        return [Result(True) for _ in items]
-    if resp.status_code == 202:
-        failed = _stow_failed_uids(resp)
-        return [Result(False, "refused by the STOW-RS server") if i.sop_uid in failed or "*all*" in failed
-                else Result(True) for i in items]
-    if resp.status_code >= 500 or resp.status_code in (401, 403, 404, 408, 429):
-        raise DeliveryError(f"STOW-RS to {dest.stow_url}: HTTP {resp.status_code}")
-    return [Result(False, f"HTTP {resp.status_code}") for _ in items]
-
-
-def _stow_failed_uids(resp) -> set[str]:
-    try:
-        body = resp.json()
-        seq = body.get("00081198", {}).get("Value", [])
-        return {item["00081155"]["Value"][0] for item in seq}
-    except Exception:  # noqa: BLE001 - unreadable body: treat every item as failed
-        return {"*all*"}
 
 
 # ---------------------------------------------------------------------------------------- forwarder
@@ -229,41 +138,40 @@ class Forwarder(threading.Thread):
         if not outgoing:
             self._log_finished_studies()
             return
+        link_class = TRANSPORTS.get(dest.kind) if dest is not None else None
         try:
-            if dest is None or dest.kind not in ("dimse", "stow"):
-                raise DeliveryError(f"destination {self.destination!r} is not a DICOM or STOW-RS destination "
-                                    "in the running configuration")
-            if dest.kind == "stow":
-                results = send_stow(dest, outgoing)
-                self._reachable()
-                self._record(outgoing, results)
-                return
-            assoc = open_dimse(dest, cfg.gateway.ae_title, outgoing, max_pdu=cfg.gateway.max_pdu)
-        except DeliveryError as exc:
+            if link_class is None:
+                raise Unreachable(f"destination {self.destination!r} is not a DICOM or STOW-RS destination "
+                                  "in the running configuration")
+            link = link_class(dest, cfg.gateway, outgoing)
+        except Unreachable as exc:
             self._unreachable(outgoing, exc)
-            return
-        finally:
             self._log_finished_studies()
-        self._reachable()
+            return
         extra_claims: list[int] = []
         try:
             sent = 0
             while outgoing:
-                self._record(outgoing, send_on(assoc, outgoing))
+                try:
+                    results = link.send(outgoing)
+                except Unreachable as exc:
+                    self._unreachable(outgoing, exc)
+                    break
+                self._reachable()
+                self._record(outgoing, results)
                 sent += len(outgoing)
-                if not assoc.is_established or sent >= cfg.gateway.batch_size or self.stopping.is_set():
+                if not (link.lingers and link.is_open) or sent >= cfg.gateway.batch_size or self.stopping.is_set():
                     break
                 # small rounds: protecting a round keeps the association idle, and peers time out
                 more = self._claim_linger(min(cfg.gateway.batch_size - sent, self.ROUND))
                 if not more:
                     break
-                fits = accepted_pairs(assoc)
                 # what this association cannot carry is left for the next one before it is protected
                 # (a SEG's association carries no PET: protecting them here would be work thrown away)
-                later = {j.id for j in more if outgoing_pair(j) not in fits}
+                later = {j.id for j in more if not link.fits(outgoing_pair(j))}
                 extra_claims += [j.id for j in more if j.id not in later]
                 prepared = self.prepare([j for j in more if j.id not in later])
-                outgoing = [o for o in prepared if (o.sop_class, o.transfer_syntax) in fits]
+                outgoing = [o for o in prepared if link.fits((o.sop_class, o.transfer_syntax))]
                 unfit = {o.job.id for o in prepared} - {o.job.id for o in outgoing}
                 extra_claims = [i for i in extra_claims if i not in unfit]
                 later |= unfit
@@ -271,8 +179,7 @@ class Forwarder(threading.Thread):
                     with self._lock:  # (and no longer ours: the finally below must not release it again)
                         self._inflight.difference_update(later)
         finally:
-            if assoc.is_established:
-                assoc.release()
+            link.close()
             with self._lock:
                 self._inflight.difference_update(extra_claims)
             self._log_finished_studies()
@@ -310,15 +217,15 @@ class Forwarder(threading.Thread):
                     self.destination, exc, waiting, delay)
         self.stopping.wait(delay)
 
-    def _record(self, outgoing: list[Outgoing], results: list[Result]) -> None:
+    def _record(self, outgoing: list[Outgoing], results: list[Outcome]) -> None:
         gw, retry = self.gateway, self.gateway.config.gateway.retry
         for o, res in zip(outgoing, results):
             if res.ok:
                 gw.queue.mark_done(o.job.id, o.sop_uid)
                 self._finish(o, "sent")
-            else:
+            else:  # a permanent refusal is not retried: dead letter at once (`queue retry` re-queues)
                 state = gw.queue.mark_failed(o.job, res.error, max_attempts=retry.max_attempts,
-                                             base_s=retry.base_s, max_s=retry.max_s)
+                                             base_s=retry.base_s, max_s=retry.max_s, permanent=res.permanent)
                 gw.audit.write("send_failed", **self._audit_fields(o.job), error=res.error, state=state)
                 if state == "dead":
                     self._finish(o, "dead", res.error)
@@ -343,6 +250,10 @@ class Forwarder(threading.Thread):
                 note = self._forward_lesion_source(job) if job.action != "pass" else {}
                 out.append(Outgoing(job, path, job.sop_uid, job.sop_class, job.transfer_syntax, note))
             else:
+                poison = self._poison(job)
+                if poison:
+                    self._quarantine(job, poison)
+                    continue
                 groups.setdefault((job.recipients, job.profile), []).append(job)
         masks = {}
         if groups:
@@ -357,10 +268,20 @@ class Forwarder(threading.Thread):
                 if isinstance(res, Protected):
                     note = {} if res.lesion_masked is None else {"lesion_mask": res.lesion_masked}
                     out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax, note))
+                elif res.transient:  # out of disk, memory, file handles: retried, never quarantined
+                    self._retry_later(job, res.reason)
                 else:
-                    self._quarantine(job, res)
+                    self._quarantine(job, res.reason)
         out.sort(key=lambda o: o.job.id)
         return out
+
+    def _poison(self, job: Job) -> str | None:
+        """Compressed pixel data is decoded in the probe's worker process first (dicom_node.decode_probe);
+        the reason when it crashed that worker twice. Uncompressed pixels cannot crash a decoder."""
+        probe = getattr(self.gateway, "decode_probe", None)
+        if probe is None or not UID(job.transfer_syntax).is_compressed:
+            return None
+        return probe.poison(job.file, self.gateway.spool.path(job.file))
 
     def _forward_lesion_source(self, job: Job) -> dict:
         """A SEG / RTSTRUCT on a protect route carries no image: it goes as received. Images of its
@@ -384,18 +305,25 @@ class Forwarder(threading.Thread):
             log.warning("%s: lesion source %s gives no mask (%s): images of its study are protected without it",
                         self.destination, uid, reason)
 
+    def _retry_later(self, job: Job, reason: str) -> None:
+        retry = self.gateway.config.gateway.retry
+        state = self.gateway.queue.mark_failed(job, reason, max_attempts=retry.max_attempts, base_s=retry.base_s,
+                                               max_s=retry.max_s)
+        self.gateway.audit.write("protect_deferred", **self._audit_fields(job), reason=reason, state=state)
+        log.warning("%s: %s not protected now (%s): %s", self.destination, job.sop_uid, reason,
+                    "will retry" if state == "pending" else "dead letter (kept in the spool)")
+
     def _quarantine(self, job: Job, reason: str) -> None:
         gw = self.gateway
         src = gw.spool.path(job.file)
         try:
             qpath = gw.quarantine_object(src, reason=reason, sop_uid=job.sop_uid, destination=self.destination,
                                          rule=job.rule, calling_ae=job.calling_ae, called_ae=job.called_ae)
-        except OSError as exc:
-            qpath = None
-            log.error("cannot quarantine %s: %s", job.sop_uid, exc)
+        except OSError as exc:  # not safely in quarantine: the spooled original stays, the job retries
+            self._retry_later(job, f"{reason}; quarantine not writable ({exc.strerror or type(exc).__name__})")
+            return
         gw.queue.mark_quarantined(job.id, reason)
-        gw.audit.write("quarantined", **self._audit_fields(job), reason=reason,
-                       quarantine=str(qpath) if qpath else None)
+        gw.audit.write("quarantined", **self._audit_fields(job), reason=reason, quarantine=str(qpath))
         log.warning("%s: %s not protected, quarantined, not sent: %s", self.destination, job.sop_uid, reason)
         with self._lock:
             tally = self._studies.get(job.study_uid)

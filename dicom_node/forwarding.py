@@ -20,16 +20,18 @@ from pathlib import Path
 
 from miadmark.config import Config
 
-from .audit import AuditLog
+from miadmark.audit import AuditLog
+from miadmark.quarantine import quarantine
+
+from .decode_probe import DecodeProbe
 from .forwarder import Forwarder
+from .transports import SENDABLE
 from .protection import Protector
-from .quarantine import quarantine
 from .reload import ConfigWatcher
 from .spool import Spool
 from .workqueue import LESION_KEEP_S, Queue
 
 log = logging.getLogger("dicom_node.forward")
-SENDABLE = ("dimse", "stow")
 SWEEP_S = 60.0
 
 
@@ -42,6 +44,7 @@ class Forwarding:
         self.queue = Queue(self.spool.queue_path)
         self.audit = AuditLog(config.gateway.audit)
         self.protector = Protector(config)
+        self.decode_probe = DecodeProbe()  # compressed pixel data: decoded in a worker process first
         self.forwarders: dict[str, Forwarder] = {}
         self._sweep_lock = threading.Lock()
         self._swept_at = 0.0
@@ -56,6 +59,7 @@ class Forwarding:
             fwd.stop()
         for fwd in self.forwarders.values():
             fwd.join(timeout=30)
+        self.decode_probe.close()
         self.queue.close()
 
     def apply_config(self, config: Config) -> None:

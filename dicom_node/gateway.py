@@ -25,17 +25,20 @@ from pynetdicom.dsutils import encode_file_meta
 from miadmark.config import Config
 from miadmark.rules import BLOCK, route
 
-from .audit import AuditLog
-from .forwarding import SENDABLE, Forwarding
-from .quarantine import quarantine
+from dicomnet.listener import start_listener, storage_scp_ae
+from miadmark.audit import AuditLog
+from miadmark.quarantine import quarantine
+
+from .forwarding import Forwarding
 from .reload import ConfigWatcher
 from .spool import Spool
 from .studylog import AssociationTally
-from .transport import (OUT_OF_RESOURCES, REFUSED_NOT_AUTHORIZED, SUCCESS, set_nodelay, storage_scp_ae)
+from .tls import server_context
+from .transports import SENDABLE
+from .transport import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, REFUSED_NOT_AUTHORIZED, SUCCESS
 from .workqueue import NewJob, Queue
 
 log = logging.getLogger("dicom_node.gateway")
-CANNOT_UNDERSTAND = 0xC000
 
 
 def spool_bytes(event, calling: str, called: str) -> bytes:
@@ -81,9 +84,11 @@ class Gateway:
             self.forwarding = Forwarding(self.config).start()
         elif self.forward == "process":
             self._spawn_forwarder()
-        handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, self.handle_store),
-                    (evt.EVT_RELEASED, self._assoc_done), (evt.EVT_ABORTED, self._assoc_done)]
-        self._server = self.ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_RELEASED, self._assoc_done),
+                    (evt.EVT_ABORTED, self._assoc_done)]
+        gw = self.config.gateway
+        self._server = start_listener(self.ae, self.bind, self.port, handlers, max_connections=gw.max_associations,
+                                      tls=server_context(gw.tls))
         self.port = self._server.server_address[1]
         if watch and self.config.path is not None:
             self._watcher = ConfigWatcher(self.config.path, self.apply_config, self.config.gateway.reload_interval_s)
@@ -252,7 +257,12 @@ class Gateway:
                                 path.name)
                     path.unlink()
             except Exception as exc:  # noqa: BLE001 - keep it out of the way, with its reason
-                self.quarantine_object(path, reason=f"spooled but unreadable at recovery: {type(exc).__name__}")
+                try:
+                    self.quarantine_object(path, reason=f"spooled but unreadable at recovery: {type(exc).__name__}")
+                except OSError as qexc:  # not safely in quarantine: it stays in the spool for the next start
+                    log.error("spooled %s unreadable and cannot be quarantined (%s): kept", path.name,
+                              qexc.strerror or type(qexc).__name__)
+                    continue
                 path.unlink(missing_ok=True)
         if recovered:
             log.info("recovered %d spooled instance(s) that had no queue entry", recovered)

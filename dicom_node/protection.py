@@ -8,21 +8,44 @@ Lesion masks (dicom_node.lesions) keep the watermark off each image's lesion.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from pydicom.filereader import read_file_meta_info
 
 from miadmark.config import Config
-from miadmark.dicomio import read_dicom, write_dicom_atomic
+from miadmark.dicomio import dataset_to_bytes, read_dicom
 from miadmark.errors import MiadmarkError
 from miadmark.keys import Identity, load_certificate, load_identity, read_passphrase, subject_name
 from miadmark.lesion import is_lesion_source, mask_for
+from miadmark.private import write_private
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NotProtected:
+    reason: str
+    transient: bool = False  # a resource error (disk full, memory, file handles): retry, do not quarantine
+
+
+# OS errors that say "not now", not "never": the job is retried, the original kept.
+RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.EIO,
+                   errno.EROFS}
+
+
+def _failure(what: str, exc: BaseException) -> NotProtected:
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS):
+        return NotProtected(f"{what}: {type(exc).__name__} ({getattr(exc, 'strerror', None) or 'resources'})",
+                            transient=True)
+    if isinstance(exc, MiadmarkError):  # the core's refusals name the element, not its value
+        return NotProtected(f"{what}: {type(exc).__name__}: {exc}")
+    return NotProtected(f"{what}: {type(exc).__name__}")  # others may quote an element's value: not kept
 
 
 @dataclass(frozen=True)
@@ -83,12 +106,13 @@ class Protector:
         return self._engines[name]
 
     def protect(self, items: list[tuple[Path, Path]], recipients: tuple[str, ...], profile: str | None,
-                lesion_masks: dict[str, np.ndarray] | None = None) -> list[Protected | str]:
+                lesion_masks: dict[str, np.ndarray] | None = None) -> list[Protected | NotProtected]:
         """items: (original, protected copy path); lesion_masks: SOP Instance UID -> lesion mask
-        (never watermarked). One result per item: Protected or a reason."""
+        (never watermarked). One result per item: Protected or NotProtected (a reason; transient or not).
+        A batch that fails as a whole is retried one image at a time: only the bad image fails."""
         from miadmark.engine import DEFAULT_PROFILE
         from miadmark.protect import protect_many
-        results: list[Protected | str | None] = [None] * len(items)
+        results: list[Protected | NotProtected | None] = [None] * len(items)
         with self._lock:
             todo, datasets = [], []
             for i, (src, out) in enumerate(items):
@@ -101,37 +125,52 @@ class Protector:
                 try:
                     ds = read_dicom(src)
                     if is_lesion_source(ds):  # SEG / RTSTRUCT by Modality under another SOP class
-                        results[i] = "a lesion source (SEG / RTSTRUCT) is not an image to watermark"
+                        results[i] = NotProtected("a lesion source (SEG / RTSTRUCT) is not an image to watermark")
                         continue
                     datasets.append(ds)
                     todo.append(i)
                 except MiadmarkError as exc:
-                    results[i] = f"cannot read the spooled original: {exc}"
+                    results[i] = NotProtected(f"cannot read the spooled original: {exc}")
                 except OSError as exc:
-                    results[i] = f"spooled original missing: {exc.strerror}"
+                    results[i] = _failure("cannot read the spooled original", exc)
             if todo:
                 masks = [mask_for(ds, lesion_masks or {}) for ds in datasets]
                 try:
-                    signer = self.signer()
-                    certs = self.certificates(recipients)
-                    engine = self._engine(profile)
-                    outputs = protect_many(datasets, recipients=certs, signer=signer,
-                                           profile=profile or DEFAULT_PROFILE, device=self.config.gateway.device,
-                                           lesion_masks=masks, engine=engine)
-                except (MiadmarkError, ValueError) as exc:
+                    signer, certs, engine = self.signer(), self.certificates(recipients), self._engine(profile)
+                except (MiadmarkError, ValueError, OSError) as exc:  # configuration: every image alike
                     outputs = [exc] * len(todo)
-                except Exception as exc:  # noqa: BLE001 - fail closed on anything
-                    log.exception("protect failed")
-                    outputs = [exc] * len(todo)
+                else:
+                    run = partial(protect_many, recipients=certs, signer=signer, profile=profile or DEFAULT_PROFILE,
+                                  device=self.config.gateway.device, engine=engine)
+                    outputs = _each_alone_on_failure(run, datasets, masks)
                 for i, out, mask in zip(todo, outputs, masks):
                     if isinstance(out, BaseException):
-                        results[i] = f"protect refused: {type(out).__name__}: {out}"
+                        results[i] = _failure("protect refused", out)
                         continue
                     path = items[i][1]
                     try:
-                        write_dicom_atomic(out, path)
+                        write_private(dataset_to_bytes(out), path)
                         results[i] = Protected(path, str(out.SOPInstanceUID), str(out.SOPClassUID),
                                                str(out.file_meta.TransferSyntaxUID), mask is not None)
-                    except Exception as exc:  # noqa: BLE001
-                        results[i] = f"cannot write the protected copy: {type(exc).__name__}: {exc}"
+                    except Exception as exc:  # noqa: BLE001 - ENOSPC here is transient: retried
+                        results[i] = _failure("cannot write the protected copy", exc)
         return results  # type: ignore[return-value]
+
+
+def _each_alone_on_failure(run, datasets: list, masks: list) -> list:
+    """protect_many over the batch; if the batch fails as a whole, each image alone, so one bad image
+    fails by itself and the others go on. Returns outputs or exceptions, one per dataset."""
+    try:
+        return list(run(datasets, lesion_masks=masks))
+    except Exception as exc:  # noqa: BLE001 - fail closed; retried per image below
+        if len(datasets) == 1:
+            return [exc]
+        log.warning("protecting a batch of %d failed (%s): protecting each image alone", len(datasets),
+                    type(exc).__name__)
+    outputs = []
+    for ds, mask in zip(datasets, masks):
+        try:
+            outputs.append(run([ds], lesion_masks=[mask])[0])
+        except Exception as exc:  # noqa: BLE001
+            outputs.append(exc)
+    return outputs

@@ -1,34 +1,37 @@
-"""The receiving node: a C-STORE SCP that strips protected instances with its keys.
+"""The receiving node: a C-STORE SCP that applies the core receive policy (miadmark.receive_policy).
 
-    protected -> miadmark.protect.strip(keyring, trust) -> the bit-exact original
-    plain     -> stored as received (receiver.plain: store) or refused (receiver.plain: refuse)
     stored at <store>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm (original UIDs),
-    durably (temp, fsync, rename, fsync folder) before success is answered.
+    durably (temp, fsync, rename, fsync folder; 0600 in 0700 folders) before success is answered.
 
-Anything that cannot be opened (no key, wrong key, tampered, untrusted signer, bad UIDs, ...)
-is quarantined with a reason file and answered with ONE generic failure status (0x0110), so the
-network peer learns nothing about why (no padding or signature oracle); the reason is local.
+Answers:
+    0x0000  stored, or the identical instance was already stored (a resend is harmless)
+    0x0110  refused and quarantined: cannot open, plain refused, conflict with a stored original. ONE
+            generic status, so the peer learns nothing about why (no padding or signature oracle);
+            the reason is local. A sender classifies it as permanent (dicomnet.outcome): no retry.
+    0xA700  the store or the quarantine could not be written (disk full, ...): transient, the sender
+            retries; nothing acknowledged is lost.
+Only callers in receiver.allow_calling may associate (when set); plain instances are stored only from
+those (receiver.plain unset) or when receiver.plain is "store".
 """
 
 from __future__ import annotations
 
-import io
 import logging
+import threading
 from pathlib import Path
 
-from pydicom import dcmread
 from pynetdicom import evt
 
+from dicomnet.listener import start_listener, storage_scp_ae
+from miadmark.audit import AuditLog
 from miadmark.config import Config, ConfigError, ReceiverConfig
-from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes, write_atomic
-from miadmark.errors import InvalidInputError, MiadmarkError
-from miadmark.keys import load_certificates, load_identity, read_passphrase
+from miadmark.private import private_dir, write_private
+from miadmark.quarantine import quarantine
+from miadmark.receive_policy import DUPLICATE, QUARANTINE, Outcome, ReceivePolicy
 
-from .audit import AuditLog
-from .quarantine import quarantine
-from .spool import safe_uid
 from .studylog import AssociationTally
-from .transport import PROCESSING_FAILURE, SUCCESS, set_nodelay, storage_scp_ae
+from .tls import server_context
+from .transport import OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
 
 log = logging.getLogger("dicom_node.receiver")
 
@@ -43,23 +46,27 @@ class Receiver:
         self.rx = rx
         self.bind = bind or rx.bind
         self.port = rx.port if port is None else port
-        self.keyring = [load_identity(k.key, k.cert, read_passphrase(k.passphrase_file)) for k in rx.keys]
-        self.trust = load_certificates(rx.trust) if rx.trust is not None else None
-        if self.trust is None:
+        self.policy = ReceivePolicy.from_config(rx)
+        if self.policy.keys_error is not None:
+            raise ConfigError(f"receiver keys: {self.policy.keys_error}", path=config.path)
+        if self.policy.trust is None:
             log.warning("receiver.trust not set: records signed by ANY signer are accepted")
+        self.store = private_dir(rx.store)
         self.audit = AuditLog(rx.audit)
         self.tally = AssociationTally(log, "received")
-        self.ae = storage_scp_ae(rx.ae_title, max_pdu=rx.max_pdu)
-        self.ae.require_calling_aet = list(rx.allow_calling or [])
+        self.ae = storage_scp_ae(rx.ae_title, max_pdu=rx.max_pdu, require_calling=rx.allow_calling)
+        self._store_lock = threading.Lock()
         self._server = None
 
     def start(self) -> "Receiver":
-        handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, self.handle_store),
-                    (evt.EVT_RELEASED, self._assoc_done), (evt.EVT_ABORTED, self._assoc_done)]
-        self._server = self.ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_RELEASED, self._assoc_done),
+                    (evt.EVT_ABORTED, self._assoc_done)]
+        self._server = start_listener(self.ae, self.bind, self.port, handlers, max_connections=self.rx.max_associations,
+                                      tls=server_context(self.rx.tls))
         self.port = self._server.server_address[1]
-        log.info("receiver %s listening on %s:%d; %d key(s), store %s", self.rx.ae_title, self.bind, self.port,
-                 len(self.keyring), self.rx.store)
+        log.info("receiver %s listening on %s:%d; %d key(s), plain instances %s, store %s", self.rx.ae_title,
+                 self.bind, self.port, len(self.policy.keyring),
+                 "stored" if self.policy.plain == "store" else "refused", self.rx.store)
         return self
 
     def stop(self) -> None:
@@ -67,58 +74,54 @@ class Receiver:
             self._server.shutdown()
             self._server = None
 
+    def path_of(self, uids) -> Path:
+        return self.store / uids[0] / uids[1] / f"{uids[2]}.dcm"
+
+    def _stored(self, uids) -> bytes | None:
+        try:
+            return self.path_of(uids).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def handle_store(self, event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
-        request_uid = str(event.request.AffectedSOPInstanceUID)
         data = event.encoded_dataset(include_meta=True)
-        stripped = False
-        try:
-            ds = _header(data)
-            if "EncryptedAttributesSequence" in ds:
-                from miadmark.protect import strip
-                original = strip(dataset_from_bytes(data), keyring=self.keyring, trust=self.trust)
-                out, stripped = dataset_to_bytes(original), True
-            elif self.rx.plain == "refuse":
-                raise MiadmarkError("plain (unprotected) instance refused: receiver.plain is 'refuse'")
-            else:
-                original, out = ds, data
-            uids = [safe_uid(getattr(original, k, "")) for k in
-                    ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
-            if not all(uids):
-                raise MiadmarkError("missing or malformed Study/Series/SOP Instance UID")
-            path = write_atomic(out, Path(self.rx.store) / uids[0] / uids[1] / f"{uids[2]}.dcm")
-        except Exception as exc:  # noqa: BLE001 - every failure is quarantined, none is dropped
-            return self._fail(event, data, request_uid, calling, exc)
-        self.audit.write("stored", sop_instance_uid=uids[2], received_sop_instance_uid=request_uid,
-                         study_instance_uid=uids[0], calling_ae=calling, stripped=stripped, path=str(path))
-        self.tally.count(event.assoc, uids[0], "stripped" if stripped else "plain", calling)
+        outcome = self.policy.decide(data)  # strip etc. in parallel across associations
+        with self._store_lock:  # check-then-write of one instance is one step
+            outcome = self.policy.settle(outcome, self._stored(outcome.uids) if outcome.uids else None)
+            try:
+                path = write_private(outcome.data, self.path_of(outcome.uids)) if outcome.data is not None else None
+            except OSError as exc:  # disk full, read-only store: the sender keeps it and retries
+                log.error("%s from %s: cannot store (%s): answered out of resources", outcome.received_uid,
+                          calling, exc.strerror or type(exc).__name__)
+                self.audit.write("not_stored", sop_instance_uid=outcome.received_uid, calling_ae=calling,
+                                 reason=f"store not writable: {exc.strerror or type(exc).__name__}")
+                return OUT_OF_RESOURCES
+        if outcome.action == QUARANTINE:
+            return self._quarantine(event, data, outcome, calling)
+        fields = {"sop_instance_uid": outcome.uids[2], "received_sop_instance_uid": outcome.received_uid,
+                  "study_instance_uid": outcome.uids[0], "calling_ae": calling, "stripped": outcome.stripped}
+        if outcome.action == DUPLICATE:
+            self.audit.write(outcome.event, **fields, path=str(self.path_of(outcome.uids)))
+            self.tally.count(event.assoc, outcome.uids[0], "duplicate", calling)
+        else:
+            self.audit.write(outcome.event, **fields, path=str(path))
+            self.tally.count(event.assoc, outcome.uids[0], "stripped" if outcome.stripped else "plain", calling)
         return SUCCESS
 
-    def _fail(self, event, data: bytes, sop_uid: str, calling: str, exc: Exception) -> int:
-        if isinstance(exc, MiadmarkError):
-            reason = f"{type(exc).__name__}: {exc}"
-        else:
-            reason = f"internal error {type(exc).__name__}: {exc}"
-            log.exception("receiver: unexpected error on %s", sop_uid)
+    def _quarantine(self, event, data: bytes, outcome: Outcome, calling: str) -> int:
         try:
-            qpath = quarantine(self.rx.quarantine, data, reason=reason, sop_uid=sop_uid, calling_ae=calling,
-                               error=type(exc).__name__)
-        except OSError as qexc:
-            qpath = None
-            log.error("cannot quarantine %s: %s", sop_uid, qexc)
-        self.audit.write("quarantined", sop_instance_uid=sop_uid, calling_ae=calling, reason=reason,
-                         quarantine=str(qpath) if qpath else None)
-        log.warning("%s from %s quarantined: %s", sop_uid, calling, reason)
-        self.tally.count(event.assoc, "(not opened)", "quarantined", calling)
+            qpath = quarantine(self.rx.quarantine, data, reason=outcome.reason, sop_uid=outcome.received_uid,
+                               calling_ae=calling)
+        except OSError as exc:  # not safely kept: the sender must keep it and retry
+            log.error("cannot quarantine %s: %s: answered out of resources", outcome.received_uid,
+                      exc.strerror or type(exc).__name__)
+            return OUT_OF_RESOURCES
+        self.audit.write(outcome.event, sop_instance_uid=outcome.received_uid, calling_ae=calling,
+                         reason=outcome.reason, quarantine=str(qpath))
+        log.warning("%s from %s quarantined: %s", outcome.received_uid, calling, outcome.reason)
+        self.tally.count(event.assoc, "(not stored)", "quarantined", calling)
         return PROCESSING_FAILURE
 
     def _assoc_done(self, event) -> None:
         self.tally.flush(event.assoc)
-
-
-def _header(data: bytes):
-    """Everything before Pixel Data (the record and the UIDs come first); no pixel copy."""
-    try:
-        return dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except Exception as exc:  # noqa: BLE001
-        raise InvalidInputError(f"unreadable DICOM ({type(exc).__name__})") from None

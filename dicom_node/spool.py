@@ -1,4 +1,5 @@
-"""The gateway's spool folder: received originals, protected copies, the queue database.
+"""The gateway's spool folder: received originals, protected copies, the queue database (0600 files in
+0700 folders: they hold patient data).
 
     <spool>/objects/<SOPInstanceUID>.<receipt>.dcm          originals as received (meta + dataset bytes)
     <spool>/protected/<SOPInstanceUID>.<receipt>.<key>.dcm  protected copy per (rule recipients, profile)
@@ -14,35 +15,25 @@ object (same new SOP Instance UID) and the destination sees a harmless duplicate
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from pathlib import Path
 
-from miadmark.dicomio import write_atomic
-
-UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def safe_uid(uid: str) -> str | None:
-    """The UID if it is a well-formed DICOM UID (safe as a file name), else None."""
-    uid = str(uid or "").strip().rstrip("\x00")
-    return uid if len(uid) <= 64 and UID_RE.match(uid) else None
+from miadmark.private import private_dir, write_private
+from miadmark.receive_policy import safe_uid
 
 
 class Spool:
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.objects = self.root / "objects"
-        self.protected = self.root / "protected"
-        for folder in (self.objects, self.protected):
-            folder.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(root)
+        self.objects = private_dir(self.root / "objects")
+        self.protected = private_dir(self.root / "protected")
         self.queue_path = self.root / "queue.sqlite"
 
     def store(self, data: bytes, sop_uid: str) -> str:
         """Durably write a received instance; returns its name relative to the spool root."""
         name = safe_uid(sop_uid) or "x" + hashlib.sha256(str(sop_uid).encode()).hexdigest()[:32]
         rel = f"objects/{name}.{uuid.uuid4().hex[:12]}.dcm"
-        write_atomic(data, self.root / rel)
+        write_private(data, self.root / rel)
         return rel
 
     def path(self, rel: str) -> Path:

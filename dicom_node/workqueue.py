@@ -15,6 +15,7 @@ one harmless repeated delivery. add(durable=True) fsyncs (synchronous=FULL) for 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
 import threading
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from miadmark.lesion import LESION_SOP_CLASSES
+from miadmark.private import FILE_MODE, private_dir, restrict_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -109,7 +111,10 @@ class Queue:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        # 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database file's mode
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+        restrict_file(self.path)
         self._local = threading.local()
         con = self._con()
         con.execute("PRAGMA journal_mode=WAL")
@@ -186,11 +191,13 @@ class Queue:
         self._con().execute("UPDATE jobs SET state='done', sent_sop_uid=?, last_error=NULL, updated=? WHERE id=?",
                             (sent_sop_uid, time.time(), job_id))
 
-    def mark_failed(self, job: Job, error: str, *, max_attempts: int, base_s: float, max_s: float) -> str:
-        """Count a failed attempt; returns the new state ('pending' with a backoff, or 'dead')."""
+    def mark_failed(self, job: Job, error: str, *, max_attempts: int, base_s: float, max_s: float,
+                    permanent: bool = False) -> str:
+        """Count a failed attempt; returns the new state ('pending' with a backoff, or 'dead': after
+        max_attempts, or at once for a permanent failure, which no retry can cure)."""
         attempts = job.attempts + 1
         now = time.time()
-        state = "dead" if attempts >= max_attempts else "pending"
+        state = "dead" if permanent or attempts >= max_attempts else "pending"
         next_try = now + backoff_delay(attempts, base_s, max_s)
         self._con().execute("UPDATE jobs SET state=?, attempts=?, next_try=?, last_error=?, updated=? WHERE id=?",
                             (state, attempts, next_try, error[:500], now, job.id))

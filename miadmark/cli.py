@@ -1,4 +1,4 @@
-"""The `miadmark` command. Each subcommand lives in miadmark.commands.<name> with a register()."""
+"""The `miadmark` command. Subcommands are modules with a register(subparsers), listed in COMMANDS."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import logging
 import sys
 from importlib import import_module
 
-# Modules under miadmark.commands; each defines register(subparsers) and sets args.func.
-COMMAND_MODULES = [
-    "keys", "protect", "strip", "inspect", "demo",
-    "train", "train_prior",
-    "evaluate",
-    "gateway", "receive", "rules", "queue",
-]
+# The command registry: name -> module defining register(subparsers) (which sets args.func). The
+# core's commands live in miadmark.commands; the node's beside the node (dicom_node.commands), imported
+# only here, so the core package itself never imports an adapter.
+COMMANDS = {
+    "keys": "miadmark.commands.keys", "protect": "miadmark.commands.protect",
+    "strip": "miadmark.commands.strip", "inspect": "miadmark.commands.inspect",
+    "demo": "miadmark.commands.demo", "train": "miadmark.commands.train",
+    "train_prior": "miadmark.commands.train_prior", "evaluate": "miadmark.commands.evaluate",
+    "gateway": "dicom_node.commands.gateway", "receive": "dicom_node.commands.receive",
+    "rules": "miadmark.commands.rules", "queue": "dicom_node.commands.queue",
+}
 
 
 def quiet_pydicom() -> None:
@@ -32,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="miadmark", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        import_module(f"miadmark.commands.{name}").register(sub)
+    for module in COMMANDS.values():
+        import_module(module).register(sub)
     return parser
 
 

@@ -21,16 +21,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 from pydicom.datadict import tag_for_keyword
 
 # Keys of `when` that are not DICOM keywords.
 SPECIAL_KEYS = ("called_ae", "calling_ae", "destination")
-DESTINATION_KINDS = ("dimse", "stow", "orthanc_modality", "orthanc_peer", "orthanc_dicomweb")
 
 
 class ConfigError(ValueError):
@@ -71,6 +70,28 @@ class KeyPair(_Model):
     passphrase_file: ConfigPath | None = None
 
 
+class TlsConfig(_Model):
+    """DICOM TLS (PS3.15 B.1 / B.9): our certificate and key; `ca` verifies the peer's certificate.
+    On a listener, require_client_cert makes it mutual (callers must present a certificate signed by ca)."""
+
+    cert: ConfigPath | None = None  # PEM; required on a listener, optional for a client (mutual TLS)
+    key: ConfigPath | None = None
+    ca: ConfigPath | None = None  # None: the system's CA store (client side); no client check (listener)
+    require_client_cert: bool = False
+    server_hostname: str | None = None  # client side: the name to check in the server's certificate
+
+    @model_validator(mode="after")
+    def _mutual(self):
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls needs both cert and key, or neither")
+        if self.require_client_cert and self.ca is None:
+            raise ValueError("require_client_cert needs ca (the CA that signs the callers' certificates)")
+        return self
+
+    def files(self) -> list[tuple[str, Path]]:
+        return [(name, p) for name in ("cert", "key", "ca") if (p := getattr(self, name)) is not None]
+
+
 class RetryConfig(_Model):
     max_attempts: int = Field(20, ge=1)  # then the item goes to the dead-letter state
     base_s: float = Field(2.0, gt=0)  # first wait; doubles each attempt, with +-50 % jitter
@@ -92,7 +113,9 @@ class GatewayConfig(_Model):
     study_settle_s: float = Field(0.0, ge=0, le=3600)
     retry: RetryConfig = RetryConfig()
     reload_interval_s: float = Field(2.0, gt=0)  # how often the config file is checked for changes
-    max_pdu: int = Field(0, ge=0)  # 0 = unlimited
+    max_pdu: int = Field(0, ge=0)  # 0 = dicomnet.listener.DEFAULT_MAX_PDU (4 MiB); reads are bounded by it
+    max_associations: int = Field(32, ge=1, le=512)  # concurrent connections; more are closed at accept
+    tls: TlsConfig | None = None  # DICOM TLS on the listener
 
     @model_validator(mode="after")
     def _defaults(self):
@@ -103,58 +126,96 @@ class GatewayConfig(_Model):
         return self
 
 
-class Destination(_Model):
-    """Exactly one of: ae_title+host+port (DIMSE C-STORE), stow_url (DICOMweb STOW-RS),
-    orthanc_modality / orthanc_peer / orthanc_dicomweb (a target known to Orthanc, plugin only)."""
-
-    ae_title: AETitle | None = None
-    host: str | None = None
-    port: Port | None = None
-    calling_ae: AETitle | None = None  # our AE title on the association (default: gateway.ae_title)
-    associations: int = Field(2, ge=1, le=16)  # parallel outgoing associations (dicom_node gateway)
-    stow_url: str | None = None
-    headers: dict[str, str] = {}
+class _Destination(_Model):
+    kind: ClassVar[str]
+    associations: int = Field(2, ge=1, le=16)  # parallel outgoing associations / requests (dicom_node gateway)
     timeout_s: float = Field(60.0, gt=0)
-    verify: bool | str = True  # TLS verification for stow_url (or a CA bundle path)
-    orthanc_modality: str | None = None
-    orthanc_peer: str | None = None
-    orthanc_dicomweb: str | None = None
 
-    @model_validator(mode="after")
-    def _one_kind(self):
-        kinds = [k for k in DESTINATION_KINDS if self._has(k)]
-        if len(kinds) != 1:
-            raise ValueError("a destination needs exactly one of: {ae_title, host, port}, stow_url, "
-                             "orthanc_modality, orthanc_peer, orthanc_dicomweb"
-                             + (f" (found {', '.join(kinds)})" if kinds else ""))
-        if kinds[0] == "dimse":
-            missing = [f for f in ("ae_title", "host", "port") if getattr(self, f) is None]
-            if missing:
-                raise ValueError(f"a DICOM destination needs ae_title, host and port (missing {', '.join(missing)})")
-        if kinds[0] == "stow" and not re.match(r"^https?://", self.stow_url or ""):
-            raise ValueError("stow_url must start with http:// or https://")
-        return self
 
-    def _has(self, kind: str) -> bool:
-        if kind == "dimse":
-            return any(getattr(self, f) is not None for f in ("ae_title", "host", "port"))
-        if kind == "stow":
-            return self.stow_url is not None
-        return getattr(self, kind) is not None
+class DimseDestination(_Destination):
+    """A DICOM C-STORE SCP: ae_title + host + port (optionally over TLS)."""
 
-    @property
-    def kind(self) -> str:
-        return next(k for k in DESTINATION_KINDS if self._has(k))
+    kind: ClassVar[str] = "dimse"
+    ae_title: AETitle
+    host: str
+    port: Port
+    calling_ae: AETitle | None = None  # our AE title on the association (default: gateway.ae_title)
+    tls: TlsConfig | None = None
 
     @property
     def target(self) -> str:
-        """The Orthanc target name for orthanc_* kinds, the URL for stow, AE@host:port for dimse."""
-        kind = self.kind
-        if kind == "dimse":
-            return f"{self.ae_title}@{self.host}:{self.port}"
-        if kind == "stow":
-            return str(self.stow_url)
-        return str(getattr(self, kind))
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class StowDestination(_Destination):
+    """A DICOMweb STOW-RS endpoint (the full POST URL, e.g. https://pacs/dicom-web/studies)."""
+
+    kind: ClassVar[str] = "stow"
+    stow_url: Annotated[str, Field(pattern=r"^https?://")]
+    headers: dict[str, str] = {}
+    verify: bool | ConfigPath = True  # TLS verification of the server, or a CA bundle path
+    client_cert: ConfigPath | None = None  # mutual TLS: our certificate (PEM) ...
+    client_key: ConfigPath | None = None  # ... and its key (PEM; may be inside client_cert)
+
+    @property
+    def target(self) -> str:
+        return str(self.stow_url)
+
+
+class OrthancModalityDestination(_Destination):
+    kind: ClassVar[str] = "orthanc_modality"
+    orthanc_modality: str
+
+    @property
+    def target(self) -> str:
+        return self.orthanc_modality
+
+
+class OrthancPeerDestination(_Destination):
+    kind: ClassVar[str] = "orthanc_peer"
+    orthanc_peer: str
+
+    @property
+    def target(self) -> str:
+        return self.orthanc_peer
+
+
+class OrthancDicomwebDestination(_Destination):
+    kind: ClassVar[str] = "orthanc_dicomweb"
+    orthanc_dicomweb: str
+
+    @property
+    def target(self) -> str:
+        return self.orthanc_dicomweb
+
+
+# kind -> (model, the keys that mark it in the YAML). A new kind of destination is one model here and
+# one sender for it (dicomnet; dicom_node.forwarder picks it by kind).
+DESTINATION_MODELS = {
+    "dimse": (DimseDestination, ("ae_title", "host", "port")),
+    "stow": (StowDestination, ("stow_url",)),
+    "orthanc_modality": (OrthancModalityDestination, ("orthanc_modality",)),
+    "orthanc_peer": (OrthancPeerDestination, ("orthanc_peer",)),
+    "orthanc_dicomweb": (OrthancDicomwebDestination, ("orthanc_dicomweb",)),
+}
+DESTINATION_KINDS = tuple(DESTINATION_MODELS)
+KIND_HELP = ("a destination needs exactly one of: {ae_title, host, port}, stow_url, orthanc_modality, orthanc_peer, "
+             "orthanc_dicomweb")
+
+
+def _destination_kind(value) -> str | None:
+    if not isinstance(value, dict):
+        return getattr(value, "kind", None) and f"kind:{value.kind}"
+    kinds = [k for k, (_, keys) in DESTINATION_MODELS.items() if any(key in value for key in keys)]
+    return f"kind:{kinds[0]}" if len(kinds) == 1 else None
+
+
+# One pydantic model per kind, chosen by which keys are present (a discriminated union: errors name the
+# fields of that kind only).
+Destination = Annotated[
+    Union[tuple(Annotated[model, Tag(f"kind:{kind}")] for kind, (model, _) in DESTINATION_MODELS.items())],
+    Discriminator(_destination_kind, custom_error_type="destination_kind", custom_error_message=KIND_HELP),
+]
 
 
 Scalar = str | int | float
@@ -191,6 +252,14 @@ class Rule(_Model):
                         raise ValueError(f"bad regular expression {text} for {key}: {exc}") from None
         return when
 
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, profile: str | None) -> str | None:
+        from .engine import ENGINES  # names only: no torch import
+        if profile is not None and profile not in ENGINES:
+            raise ValueError(f"unknown profile {profile!r} (known: {', '.join(sorted(ENGINES))})")
+        return profile
+
     @model_validator(mode="after")
     def _action(self):
         if self.action == "protect" and not self.recipients:
@@ -218,9 +287,13 @@ class ReceiverConfig(_Model):
     quarantine: ConfigPath
     keys: list[KeyPair] = []
     trust: list[ConfigPath] | None = None  # signer certificates accepted; None = any signer (not advised)
-    plain: Literal["store", "refuse"] = "store"  # what to do with instances that carry no record
+    # instances that carry no record: None = "store" when allow_calling names the callers, else "refuse"
+    # (the Orthanc plugin, whose callers Orthanc authenticates, treats None as "store")
+    plain: Literal["store", "refuse"] | None = None
     audit: ConfigPath | None = None  # default <quarantine>/../receiver-audit.jsonl
-    max_pdu: int = Field(0, ge=0)
+    max_pdu: int = Field(0, ge=0)  # 0 = dicomnet.listener.DEFAULT_MAX_PDU (4 MiB)
+    max_associations: int = Field(32, ge=1, le=512)  # concurrent connections; more are closed at accept
+    tls: TlsConfig | None = None  # DICOM TLS on the listener
 
     @model_validator(mode="after")
     def _defaults(self):
@@ -327,6 +400,9 @@ def _check_files(cfg: Config, node, where) -> None:
         for i, kp in enumerate(cfg.receiver.keys):
             checks += [(("receiver", "keys", i, "key"), kp.key), (("receiver", "keys", i, "cert"), kp.cert)]
         checks += [(("receiver", "trust", i), p) for i, p in enumerate(cfg.receiver.trust or [])]
+    tls = [(("gateway", "tls"), cfg.gateway.tls)] + ([(("receiver", "tls"), cfg.receiver.tls)] if cfg.receiver else [])
+    tls += [(("destinations", n, "tls"), getattr(d, "tls", None)) for n, d in cfg.destinations.items()]
+    checks += [((*loc, name), p) for loc, t in tls if t is not None for name, p in t.files()]
     for loc, p in checks:
         if not p.is_file():
             raise ConfigError(f"{_dotted(loc)}: file not found: {p}", path=where, line=_line(_locate(node, loc)))

@@ -12,82 +12,56 @@ PKCS#11) fall back to store-straight through the SDK, which is correct but holds
 
 from __future__ import annotations
 
-import socket
 from typing import Callable
 
 import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from dicomnet.dimse import Unreachable, open_association, release, scu_ae, send_on
+from dicomnet.stow import post_instances
 from miadmark.dicomio import dataset_to_bytes
 
-from .stow import StowServer, stow
+from .stow import StowServer
 
 Ready = list[tuple[str, Dataset]]  # (original SOP Instance UID, protected dataset)
-OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
 
 
 class DimseSender:
-    """C-STORE over one association, kept open across batches of a job."""
+    """C-STORE over one association, kept open across batches of a job (dicomnet.dimse: the
+    gateway's sending code, statuses classified the same way)."""
 
     def __init__(self, *, called_ae: str, host: str, port: int, calling_ae: str, sop_classes: set[str],
                  timeout_s: float = 30.0, originator: tuple[str | None, int | None] = (None, None)):
         self.called_ae, self.host, self.port, self.calling_ae = called_ae, host, port, calling_ae
-        self.originator_aet, self.originator_id = originator
+        self.originator = (originator[0], int(originator[1] or 1)) if originator[0] else None
         self.sop_classes = sorted(sop_classes)
         self.timeout_s = timeout_s
         self.assoc = None
 
     def _open(self) -> None:
-        from pynetdicom import AE, evt
-
-        ae = AE(ae_title=self.calling_ae)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
-        for sop_class in self.sop_classes[:128]:
-            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        self.assoc = ae.associate(self.host, self.port, ae_title=self.called_ae,
-                                  evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
-        if not self.assoc.is_established:
-            raise ConnectionError(f"no association with {self.called_ae}@{self.host}:{self.port}"
-                                  + (" (rejected)" if self.assoc.is_rejected else ""))
+        contexts = [(c, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for c in self.sop_classes]
+        ae = scu_ae(self.calling_ae, contexts, timeout_s=self.timeout_s)
+        try:
+            self.assoc = open_association(ae, self.host, self.port, self.called_ae)
+        except Unreachable as exc:
+            raise ConnectionError(str(exc)) from None
 
     def send(self, ready: Ready) -> tuple[int, list[str]]:
         if not ready:
             return 0, []
         if self.assoc is None or not self.assoc.is_established:
             self._open()
-        sent, failures = 0, []
-        for index, (uid, ds) in enumerate(ready):
-            if self.assoc is None:  # the association was lost: the rest of the batch is not sent
-                failures += [f"protected instance for {u}: not sent (association to {self.called_ae} lost)"
-                             for u, _ in ready[index:]]
-                break
-            if self.originator_aet:
-                status = self.assoc.send_c_store(ds, originator_aet=self.originator_aet,
-                                                 originator_id=int(self.originator_id or 1))
-            else:
-                status = self.assoc.send_c_store(ds)
-            code = getattr(status, "Status", None)
-            if code in OK_STATUSES:
-                sent += 1
-            else:
-                failures.append(f"protected instance for {uid}: C-STORE to {self.called_ae} answered "
-                                + (f"0x{code:04X}" if code is not None else "nothing"))
-                if not self.assoc.is_established:
-                    self.assoc = None
-        return sent, failures
+        outcomes = send_on(self.assoc, [ds for _, ds in ready], originator=self.originator)
+        failures = [f"protected instance for {uid}: C-STORE to {self.called_ae}: {o.error}"
+                    for (uid, _), o in zip(ready, outcomes) if not o.ok]
+        if not self.assoc.is_established:
+            self.assoc = None
+        return sum(o.ok for o in outcomes), failures
 
     def close(self) -> None:
-        if self.assoc is not None and self.assoc.is_established:
-            self.assoc.release()
+        release(self.assoc)
         self.assoc = None
-
-
-def _nodelay(event) -> None:
-    try:
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except Exception:  # noqa: BLE001 - an optimisation only
-        pass
 
 
 class HttpSender:
@@ -131,6 +105,8 @@ def _orthanc_status(response) -> str | None:
 
 
 class StowSender:
+    """One STOW-RS POST per batch (dicomnet.stow: a 202 fails only the instances it names)."""
+
     def __init__(self, server: StowServer):
         self.server = server
         self.session = requests.Session()
@@ -138,11 +114,14 @@ class StowSender:
     def send(self, ready: Ready) -> tuple[int, list[str]]:
         if not ready:
             return 0, []
+        items = [(str(ds.SOPInstanceUID), dataset_to_bytes(ds)) for _, ds in ready]
         try:
-            stow(self.server, [dataset_to_bytes(ds) for _, ds in ready], session=self.session)
-            return len(ready), []
-        except Exception as exc:  # noqa: BLE001
+            outcomes = post_instances(self.server.target(), items, session=self.session)
+        except Unreachable as exc:
             return 0, [f"protected instance for {uid}: not delivered ({exc})" for uid, _ in ready]
+        failures = [f"protected instance for {uid}: not delivered to {self.server.name} ({o.error})"
+                    for (uid, _), o in zip(ready, outcomes) if not o.ok]
+        return sum(o.ok for o in outcomes), failures
 
     def close(self) -> None:
         self.session.close()

@@ -1,17 +1,22 @@
-"""A minimal STOW-RS client for DICOMweb servers declared in Orthanc's `DicomWeb.Servers`.
+"""DICOMweb servers declared in Orthanc's `DicomWeb.Servers`, sent to with dicomnet.stow.
 
 Orthanc's own `/dicom-web/servers/{name}/stow` only sends instances stored in Orthanc; protected
 objects are never stored there, so the plugin posts them itself with the server's URL,
-credentials and headers read from Orthanc's configuration.
+credentials, headers and TLS settings read from Orthanc's configuration.
 """
 
 from __future__ import annotations
 
-import uuid
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from pydicom import dcmread
+
+from dicomnet.stow import StowTarget, multipart, post_instances
+
+__all__ = ["StowServer", "multipart", "stow"]
 
 
 @dataclass(frozen=True)
@@ -22,40 +27,48 @@ class StowServer:
     password: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 60.0
+    verify: bool | str = True  # Orthanc's HttpsCACertificates / HttpsVerifyPeers
+    cert: tuple[str, str] | None = None  # CertificateFile + CertificateKeyFile (mutual TLS)
 
     @classmethod
-    def from_orthanc(cls, name: str, entry: Any) -> "StowServer":
+    def from_orthanc(cls, name: str, entry: Any, orthanc_config: dict | None = None) -> "StowServer":
         """entry: Orthanc's ["url", "user", "password"] array form or its {"Url": ...} object form."""
+        cfg = orthanc_config or {}
+        verify: bool | str = cfg.get("HttpsCACertificates") or bool(cfg.get("HttpsVerifyPeers", True))
         if isinstance(entry, list) and entry:
-            return cls(name, str(entry[0]), *(entry[1:3] if len(entry) >= 3 else (None, None)))
+            return cls(name, str(entry[0]), *(entry[1:3] if len(entry) >= 3 else (None, None)), verify=verify)
         if isinstance(entry, dict) and entry.get("Url"):
             timeout = entry.get("Timeout") or 60
+            cert = (str(entry["CertificateFile"]), str(entry.get("CertificateKeyFile") or entry["CertificateFile"])) \
+                if entry.get("CertificateFile") else None
             return cls(name, str(entry["Url"]), entry.get("Username"), entry.get("Password"),
-                       dict(entry.get("HttpHeaders") or {}), float(timeout))
+                       dict(entry.get("HttpHeaders") or {}), float(timeout), verify, cert)
         raise ValueError(f"DicomWeb server {name!r} has no Url in Orthanc's configuration")
 
+    def target(self) -> StowTarget:
+        auth = (self.username, self.password or "") if self.username else None
+        return StowTarget(self.url.rstrip("/") + "/studies", self.name, dict(self.headers), auth, self.timeout_s,
+                          self.verify, self.cert)
 
-def multipart(instances: list[bytes]) -> tuple[bytes, str]:
-    boundary = "miadmark-" + uuid.uuid4().hex
-    parts = []
-    for data in instances:
-        parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n")
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+def sop_instance_uid(data: bytes) -> str:
+    try:
+        return str(dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+    except Exception:  # noqa: BLE001 - not findable: it can only fail as a whole
+        return "?"
 
 
 def stow(server: StowServer, instances: list[bytes], session: requests.Session | None = None) -> None:
-    """POST instances to <url>/studies; raise RuntimeError with the HTTP status on failure."""
+    """POST instances; RuntimeError naming the failed instances unless every one was stored
+    (a 202 partial success fails only for those it names)."""
     if not instances:
         return
-    body, content_type = multipart(instances)
-    headers = {**server.headers, "Content-Type": content_type, "Accept": "application/dicom+json"}
-    auth = (server.username, server.password or "") if server.username else None
-    http = session or requests
+    uids = [sop_instance_uid(data) for data in instances]
     try:
-        response = http.post(server.url.rstrip("/") + "/studies", data=body, headers=headers, auth=auth,
-                             timeout=server.timeout_s)
-    except requests.RequestException as exc:
-        raise RuntimeError(f"STOW-RS to {server.name}: {type(exc).__name__}") from None
-    if response.status_code not in (200, 204):
-        raise RuntimeError(f"STOW-RS to {server.name}: HTTP {response.status_code}")
+        outcomes = post_instances(server.target(), list(zip(uids, instances)), session=session)
+    except Exception as exc:  # noqa: BLE001 - Unreachable
+        raise RuntimeError(str(exc)) from None
+    failed = [f"{uid}: {o.error}" for uid, o in zip(uids, outcomes) if not o.ok]
+    if failed:
+        raise RuntimeError(f"STOW-RS to {server.name}: {len(failed)} of {len(instances)} not stored ("
+                           + "; ".join(failed[:5]) + ")")

@@ -110,7 +110,7 @@ def _error(text: str, tmp_path: Path, **kw) -> ConfigError:
     (("    action: protect\n    recipients: [keys/research.cert.pem]\n", "    action: protect\n"), 14,
      "needs recipients"),
     (("  archive:  {ae_title: ARCHIVE, host: 127.0.0.1, port: 11114}", "  archive:  {ae_title: ARCHIVE}"), 12,
-     "needs ae_title, host and port"),
+     "destinations.archive.host: Field required"),
     (("  cloud:    {stow_url", "  cloud:    {ae_title: X, stow_url"), 11, "exactly one of"),
     (("recipients: [keys/research.cert.pem]", "recipients: [keys/nobody.cert.pem]"), 17, "file not found"),
     (("allow_calling: [PACS, CT1]", "allow_calling: [PACS, CT1, THIS_NAME_IS_TOO_LONG]"), 7, "allow_calling[2]"),

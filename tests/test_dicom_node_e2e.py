@@ -23,10 +23,10 @@ import pydicom
 import pytest
 from pynetdicom import evt
 
-from dicom_node.audit import read_audit
+from miadmark.audit import read_audit
 from dicom_node.receiver import Receiver
 from dicom_node.storescu import send_files
-from dicom_node.transport import storage_scp_ae
+from dicomnet.listener import storage_scp_ae
 from miadmark.config import load_config
 from miadmark.dicomio import dataset_to_bytes
 from miadmark.keys import new_identity
@@ -127,6 +127,7 @@ receiver:
   port: {rx_port}
   store: received/
   quarantine: quarantine/
+  allow_calling: [MIADMARK]
   keys: [{{key: {keys}/research.key.pem, cert: {keys}/research.cert.pem}}]
   trust: [{keys}/hospital.cert.pem]
 """)

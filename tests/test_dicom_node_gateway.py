@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node.audit import read_audit
+from miadmark.audit import read_audit
 from dicom_node.gateway import Gateway
 from dicom_node.receiver import Receiver
 from dicom_node.storescu import send_files
@@ -47,6 +47,7 @@ receiver:
   port: {rx_port}
   store: received/
   quarantine: rx-quarantine/
+  allow_calling: [GW]
 {extra}""")
     return path
 

@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.audit import read_audit
+from miadmark.audit import read_audit
 from dicom_node.gateway import Gateway
 from dicom_node.storescu import send_files
 from dicom_node.workqueue import LESION_KEEP_S

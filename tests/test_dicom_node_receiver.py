@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node.audit import read_audit
+from miadmark.audit import read_audit
 from dicom_node.receiver import Receiver
 from dicom_node.storescu import send_files
 from dicom_node.transport import PROCESSING_FAILURE

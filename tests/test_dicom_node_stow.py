@@ -15,7 +15,7 @@ import pytest
 
 from dicom_node.gateway import Gateway
 from dicom_node.storescu import send_files
-from dicom_node.transport import set_nodelay
+from dicomnet.dimse import set_nodelay
 from miadmark.config import load_config
 
 CT = sorted((Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314"
@@ -104,7 +104,8 @@ def test_set_nodelay_on_the_association_socket():
 def test_nodelay_set_on_both_ends_of_a_real_association():
     from pynetdicom import evt
 
-    from dicom_node.transport import NODELAY_HANDLERS, scu_ae, storage_scp_ae
+    from dicomnet.dimse import NODELAY_HANDLERS, scu_ae
+    from dicomnet.listener import storage_scp_ae
     seen = []
 
     def accepted(event):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ..config import ConfigError, load_config
-from ..errors import MiadmarkError
+from miadmark.config import ConfigError, load_config
+from miadmark.errors import MiadmarkError
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from dicom_node.receiver import Receiver
+    from ..receiver import Receiver
 
     from .gateway import quiet_pynetdicom, serve
     quiet_pynetdicom(args)

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from ..config import ConfigError, load_config
+from miadmark.config import ConfigError, load_config
 
 log = logging.getLogger("dicom_node")
 
@@ -33,7 +33,7 @@ def quiet_pynetdicom(args) -> None:
 
 
 def run(args) -> int:
-    from dicom_node.gateway import Gateway
+    from ..gateway import Gateway
     quiet_pynetdicom(args)
     try:
         cfg = load_config(args.config)

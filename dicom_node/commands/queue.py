@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..config import ConfigError, load_config
+from miadmark.config import ConfigError, load_config
 
 
 def register(sub) -> None:
@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def _queue(args):
-    from dicom_node.workqueue import Queue
+    from ..workqueue import Queue
     cfg = load_config(args.config, check_files=False)
     path = cfg.gateway.spool / "queue.sqlite"
     if not path.exists():
