@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pydicom import dcmread
 
 from .config import ReceiverConfig
-from .dicomio import dataset_from_bytes, dataset_to_bytes
+from .dicomio import dataset_from_bytes
 from .errors import MiadmarkError
 
 STORE, DUPLICATE, QUARANTINE = "store", "duplicate", "quarantine"
@@ -97,10 +97,10 @@ class ReceivePolicy:
         if "EncryptedAttributesSequence" in header:
             if self.keys_error is not None:
                 return Outcome(QUARANTINE, received, reason=f"receiver keys not loaded: {self.keys_error}")
-            from .protect import strip
-            try:
-                original = strip(dataset_from_bytes(data), keyring=self.keyring, trust=self.trust)
-                out, stripped = dataset_to_bytes(original), True
+            from .protect import strip_bytes
+            try:  # the original file byte for byte, as the protecting site read it
+                out, stripped = strip_bytes(dataset_from_bytes(data), keyring=self.keyring, trust=self.trust), True
+                original = dcmread(io.BytesIO(out), stop_before_pixels=True)
             except MiadmarkError as exc:
                 return Outcome(QUARANTINE, received, reason=f"{type(exc).__name__}: {exc}")
         elif self.plain != "store":
