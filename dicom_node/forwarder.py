@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from miadmark.config import Destination
 
 from .lesions import FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
+from .monitoring.metrics import observe_protect
 from .protection import Protected
 from .transport import NODELAY_HANDLERS, scu_ae, status_ok, status_text
 from .workqueue import Job, backoff_delay
@@ -353,7 +354,11 @@ class Forwarder(threading.Thread):
             masks = lesions.masks
         for (recipients, profile), group in groups.items():
             items = [(gw.spool.path(j.file), gw.spool.protected_path(j.file, recipients, profile)) for j in group]
-            for job, res in zip(group, gw.protector.protect(items, recipients, profile, masks)):
+            started = time.monotonic()
+            results = gw.protector.protect(items, recipients, profile, masks)
+            observe_protect(profile, time.monotonic() - started, sum(isinstance(r, Protected) for r in results),
+                            gw.config.gateway.device)
+            for job, res in zip(group, results):
                 if isinstance(res, Protected):
                     note = {} if res.lesion_masked is None else {"lesion_mask": res.lesion_masked}
                     out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax, note))

@@ -27,6 +27,7 @@ from miadmark.rules import BLOCK, route
 
 from .audit import AuditLog
 from .forwarding import SENDABLE, Forwarding
+from .monitoring.server import monitor_gateway
 from .quarantine import quarantine
 from .reload import ConfigWatcher
 from .spool import Spool
@@ -71,12 +72,14 @@ class Gateway:
         self.receipts = AssociationTally(log, "received")
         self._server = None
         self._watcher: ConfigWatcher | None = None
+        self.monitor = None  # the metrics / health / status page server (gateway.metrics_port)
         self.ae = storage_scp_ae(config.gateway.ae_title, max_pdu=config.gateway.max_pdu)
         self._apply_allowlist(config)
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self, *, watch: bool = True) -> "Gateway":
         self.recover()
+        self.monitor = monitor_gateway(self)  # before the forwarding child: it inherits the metrics mode
         if self.forward == "thread":
             self.forwarding = Forwarding(self.config).start()
         elif self.forward == "process":
@@ -137,6 +140,8 @@ class Gateway:
                 self._child.kill()
             self._child = None
         self.queue.close()
+        if self.monitor is not None:
+            self.monitor.stop()
 
     def reload(self, reason: str = "SIGHUP") -> bool:
         if self._child_reload is not None:

@@ -25,6 +25,7 @@ from miadmark.errors import InvalidInputError, MiadmarkError
 from miadmark.keys import load_certificates, load_identity, read_passphrase
 
 from .audit import AuditLog
+from .monitoring.server import monitor_receiver
 from .quarantine import quarantine
 from .spool import safe_uid
 from .studylog import AssociationTally
@@ -52,12 +53,14 @@ class Receiver:
         self.ae = storage_scp_ae(rx.ae_title, max_pdu=rx.max_pdu)
         self.ae.require_calling_aet = list(rx.allow_calling or [])
         self._server = None
+        self.monitor = None  # the metrics / health / status page server (receiver.metrics_port)
 
     def start(self) -> "Receiver":
         handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, self.handle_store),
                     (evt.EVT_RELEASED, self._assoc_done), (evt.EVT_ABORTED, self._assoc_done)]
         self._server = self.ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
         self.port = self._server.server_address[1]
+        self.monitor = monitor_receiver(self)
         log.info("receiver %s listening on %s:%d; %d key(s), store %s", self.rx.ae_title, self.bind, self.port,
                  len(self.keyring), self.rx.store)
         return self
@@ -66,6 +69,9 @@ class Receiver:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
 
     def handle_store(self, event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()

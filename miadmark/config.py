@@ -93,6 +93,8 @@ class GatewayConfig(_Model):
     retry: RetryConfig = RetryConfig()
     reload_interval_s: float = Field(2.0, gt=0)  # how often the config file is checked for changes
     max_pdu: int = Field(0, ge=0)  # 0 = unlimited
+    metrics_port: ListenPort | None = None  # GET /metrics, /health, / (status page); None = off
+    metrics_bind: str = "127.0.0.1"  # loopback unless told otherwise
 
     @model_validator(mode="after")
     def _defaults(self):
@@ -212,6 +214,8 @@ class ReceiverConfig(_Model):
     plain: Literal["store", "refuse"] = "store"  # what to do with instances that carry no record
     audit: ConfigPath | None = None  # default <quarantine>/../receiver-audit.jsonl
     max_pdu: int = Field(0, ge=0)
+    metrics_port: ListenPort | None = None  # GET /metrics, /health, / (status page); None = off
+    metrics_bind: str = "127.0.0.1"  # loopback unless told otherwise
 
     @model_validator(mode="after")
     def _defaults(self):
