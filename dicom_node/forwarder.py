@@ -57,9 +57,20 @@ def open_dimse(dest: Destination, calling_ae: str, items: list[Outgoing], *, max
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=NODELAY_HANDLERS,
                          max_pdu=max_pdu)
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "could not connect"
+        why = "rejected" if assoc.is_rejected else connect_failure(dest.host, dest.port) or "aborted"
         raise DeliveryError(f"association to {dest.target} {why}")
     return assoc
+
+
+def connect_failure(host: str, port: int) -> str | None:
+    """Why a TCP connection cannot be made ("connection refused"...), None if it can: pynetdicom
+    reports a refused connection as an aborted association, which sends operators the wrong way."""
+    import socket
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return None
+    except OSError as exc:
+        return f"could not connect: {exc.strerror or type(exc).__name__}".lower()
 
 
 def accepted_pairs(assoc) -> set[tuple[str, str]]:
@@ -168,6 +179,7 @@ class Forwarder(threading.Thread):
         self._inflight: set[int] = set()
         self._workers: list[threading.Thread] = []
         self._down_since: float | None = None
+        self._retry_at = 0.0  # no worker tries this destination before then (it was unreachable)
         self._failures = 0
         self._studies: dict[str, StudyTally] = {}
         self._reported_unusable: set[str] = set()  # lesion sources already audited as giving no mask
@@ -195,6 +207,10 @@ class Forwarder(threading.Thread):
         while not self.stopping.is_set():
             cfg = self.gateway.config
             try:
+                hold = self._retry_at - time.time()  # every worker honours the destination's backoff
+                if hold > 0:
+                    self.stopping.wait(min(hold, 1.0))
+                    continue
                 jobs = self._claim(cfg.gateway.batch_size)
                 if not jobs:
                     self.gateway.sweep_lesion_sources()  # idle: a moment for housekeeping
@@ -293,7 +309,7 @@ class Forwarder(threading.Thread):
     def _reachable(self) -> None:
         if self._down_since is not None:
             log.info("%s reachable again after %.0f s", self.destination, time.time() - self._down_since)
-        self._down_since, self._failures = None, 0
+        self._down_since, self._failures, self._retry_at = None, 0, 0.0
 
     def _unreachable(self, outgoing: list[Outgoing], exc: Exception) -> None:
         gw, retry = self.gateway, self.gateway.config.gateway.retry
@@ -306,10 +322,12 @@ class Forwarder(threading.Thread):
         if self._down_since is None:
             self._down_since = time.time()
         waiting = gw.queue.counts().get(self.destination, {}).get("pending", 0)
-        delay = backoff_delay(self._failures, retry.base_s, retry.max_s)
+        now = time.time()
+        self._retry_at = max(self._retry_at, now + backoff_delay(self._failures, retry.base_s, retry.max_s))
+        due = gw.queue.next_due_time(self.destination)  # a job also waits for its own next try
+        delay = max(self._retry_at, due or 0.0) - now
         log.warning("%s unreachable: %s; %d instance(s) waiting, next try in %.1f s",
                     self.destination, exc, waiting, delay)
-        self.stopping.wait(delay)
 
     def _record(self, outgoing: list[Outgoing], results: list[Result]) -> None:
         gw, retry = self.gateway, self.gateway.config.gateway.retry

@@ -58,7 +58,10 @@ class Receiver:
     def start(self) -> "Receiver":
         handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, self.handle_store),
                     (evt.EVT_RELEASED, self._assoc_done), (evt.EVT_ABORTED, self._assoc_done)]
-        self._server = self.ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
+        try:
+            self._server = self.ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
+        except OSError as exc:
+            raise OSError(exc.errno, f"DICOM port {self.bind}:{self.port}: {exc.strerror}") from None
         self.port = self._server.server_address[1]
         self.monitor = monitor_receiver(self)
         log.info("receiver %s listening on %s:%d; %d key(s), store %s", self.rx.ae_title, self.bind, self.port,
