@@ -37,6 +37,11 @@ def run(args) -> int:
     quiet_pynetdicom(args)
     try:
         cfg = load_config(args.config)
+        if not cfg.destinations and not cfg.rules:
+            print(f"{args.config}: no destinations and no rules: nothing for a gateway to route"
+                  + (" (a receiver section: run `miadmark receive --config` with it)" if cfg.receiver else ""),
+                  file=sys.stderr)
+            return 2
         gateway = Gateway(cfg, bind=args.bind, port=args.port, forward=args.forward).start()
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -12,12 +12,12 @@ def register(sub) -> None:
     p = sub.add_parser("queue", help="the gateway's forwarding queue")
     qsub = p.add_subparsers(dest="queue_command", required=True)
     status = qsub.add_parser("status", help="per destination: pending, done, dead, quarantined, last error")
-    status.add_argument("--config", required=True)
+    status.add_argument("--config", required=True, help="the gateway's site YAML file")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=run_status)
     retry = qsub.add_parser("retry", help="re-queue dead-letter instances (after fixing the destination)")
-    retry.add_argument("--config", required=True)
-    retry.add_argument("--destination")
+    retry.add_argument("--config", required=True, help="the gateway's site YAML file")
+    retry.add_argument("--destination", help="only this destination (default: all)")
     retry.set_defaults(func=run_retry)
 
 
