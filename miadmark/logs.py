@@ -96,9 +96,14 @@ def configure_child(level: int) -> None:
 
 
 def _install(handler: logging.Handler, level: int, json_lines: bool) -> None:
+    """Replace the handler installed by an earlier call; like logging.basicConfig, a stderr handler
+    is not added where someone else (a test harness) already handles the root logger."""
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    handler.miadmark = True
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if getattr(h, "miadmark", False)]:
         root.removeHandler(old)
-    root.addHandler(handler)
+        old.close()
     root.setLevel(level)
+    if isinstance(handler, logging.FileHandler) or not root.handlers:
+        root.addHandler(handler)
