@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from miadmark.config import Destination
 
 from .lesions import FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
+from .monitoring.backlog import backlogs
 from .monitoring.metrics import observe_protect
 from .protection import Protected
 from .transport import NODELAY_HANDLERS, scu_ae, status_ok, status_text
@@ -180,6 +181,7 @@ class Forwarder(threading.Thread):
         self._workers: list[threading.Thread] = []
         self._down_since: float | None = None
         self._retry_at = 0.0  # no worker tries this destination before then (it was unreachable)
+        self._backlog_logged = time.monotonic()
         self._failures = 0
         self._studies: dict[str, StudyTally] = {}
         self._reported_unusable: set[str] = set()  # lesion sources already audited as giving no mask
@@ -224,10 +226,23 @@ class Forwarder(threading.Thread):
                 finally:
                     with self._lock:
                         self._inflight.difference_update(j.id for j in jobs)
+                self._log_backlog()
             except Exception:  # noqa: BLE001 - the thread must survive anything and retry
                 log.exception("forwarder %s: unexpected error; retrying in 2 s", self.destination)
                 self.stopping.wait(2.0)
         queue.close()
+
+    BACKLOG_LOG_S = 30.0  # while instances wait, one backlog line (with its ETA) this often
+
+    def _log_backlog(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._backlog_logged < self.BACKLOG_LOG_S:
+                return
+            self._backlog_logged = now
+        b = backlogs(self.gateway.queue).get(self.destination)
+        if b is not None and b.pending:
+            log.info("%s", b.line())
 
     def _claim(self, limit: int) -> list[Job]:
         with self._lock:

@@ -284,6 +284,12 @@ class Queue:
                                    " AND attempts>0 GROUP BY destination")
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    def done_since(self, since: float) -> dict[str, tuple[int, float]]:
+        """Per destination: (entries delivered since this time, time of the first of them): a rate."""
+        rows = self._con().execute("SELECT destination, COUNT(*), MIN(updated) FROM jobs WHERE state='done'"
+                                   " AND updated>=? GROUP BY destination", (since,))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     def status(self) -> list[dict]:
         """Per destination: counts by state, oldest pending age, next try, last error."""
         now = time.time()

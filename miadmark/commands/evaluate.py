@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 from ..engine import DEFAULT_PROFILE, ENGINES
 
 
@@ -24,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--alpha-max", type=float, default=0.6, help="largest logo opacity (default 0.6)")
     p.add_argument("--examples", type=int, default=4, help="example images written (PNG)")
     p.add_argument("--options", default=None, help='engine options as JSON, e.g. \'{"iterations": 20}\'')
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="progress bars on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
 
 

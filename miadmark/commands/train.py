@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
+import sys
 
 
 def register(sub) -> None:
@@ -22,6 +24,8 @@ def register(sub) -> None:
                    help="paste random logos while training (a careful third party)")
     p.add_argument("--adv-eps", type=float, default=0.0,
                    help="fast adversarial training at this L-inf budget (grey levels of 255); 0: off")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="progress bars on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
@@ -45,7 +49,8 @@ def run(args) -> int:
     command = " ".join(shlex.quote(p) for p in parts)
     meta = train(args.data, args.arch, args.out, epochs=args.epochs, device=str(resolve_device(args.device)),
                  seed=args.seed, logo_augment=args.logo_augment, size=args.size, batch=args.batch, lr=args.lr,
-                 split_seed=args.split_seed, command=command, adv_eps=args.adv_eps)
+                 split_seed=args.split_seed, command=command, adv_eps=args.adv_eps,
+                 progress=args.progress)
     print(f"{args.out}: {meta['arch']} val_accuracy {meta['val_accuracy']:.4f} "
           f"({meta['n_val']} validation images, {meta['train_seconds']:.0f}s)")
     return 0
