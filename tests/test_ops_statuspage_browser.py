@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def browser():
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
     if not CHROMIUM.exists() or shutil.which("chromium") is None:
-        pytest.skip("no /usr/bin/chromium: run .ci/install-chromium.sh (Debian package chromium)")
+        pytest.skip("no /usr/bin/chromium: run .ci/install-ops.sh (Debian package chromium)")
     with playwright.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         yield b
