@@ -504,5 +504,6 @@ def install() -> None:
     orthanc.RegisterOnChangeCallback(on_change)
     orthanc.RegisterMoveCallback(on_move)  # C-MOVE SCP: moves to a target go through the rules too
     orthanc.ExtendOrthancExplorer((HERE / "explorer.js").read_text(encoding="utf-8"))
+    __import__("orthanc_plugin.monitoring").monitoring.register()  # /miadmark/metrics, /miadmark/status-page
     log(f"plugin ready (config {PLUGIN.settings.path}, {'loaded' if PLUGIN.settings.config else 'NOT loaded: '}"
         f"{PLUGIN.settings.error or ''})")
