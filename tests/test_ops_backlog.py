@@ -7,6 +7,8 @@ import json
 import logging
 import time
 
+from test_ops_metrics import CT, free_port, site_yaml, wait_for
+
 from dicom_node.forwarder import Forwarder
 from dicom_node.gateway import Gateway
 from dicom_node.monitoring.backlog import backlogs, duration
@@ -14,7 +16,6 @@ from dicom_node.storescu import send_files
 from dicom_node.workqueue import NewJob, Queue
 from miadmark.cli import main
 from miadmark.config import load_config
-from test_ops_metrics import CT, free_port, keys, site_yaml, wait_for  # noqa: F401 - keys: a fixture
 
 
 def fill(queue: Queue, n: int) -> list[int]:
@@ -39,9 +40,9 @@ def test_rate_and_eta_from_the_queue(tmp_path):
     assert backlogs(stalled)["research"].eta_s is None and "no estimate" in backlogs(stalled)["research"].line()
 
 
-def test_gateway_logs_backlog_and_queue_status_shows_eta(tmp_path, keys, caplog, capsys, monkeypatch):
+def test_gateway_logs_backlog_and_queue_status_shows_eta(tmp_path, site_keys, caplog, capsys, monkeypatch):
     monkeypatch.setattr(Forwarder, "BACKLOG_LOG_S", 0.2)
-    cfg_path = site_yaml(tmp_path, keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0)  # rx down
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0)  # rx down
     caplog.set_level(logging.INFO, logger="dicom_node.forward")
     gw = Gateway(load_config(cfg_path)).start()
     try:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from test_ops_metrics import CT, site_yaml
 
 from miadmark import __version__
 from miadmark.cli import build_parser, main
 from miadmark.engine import ENGINES
-from test_ops_metrics import CT, keys, site_yaml  # noqa: F401 - keys: a fixture
 
 
 def subparsers(parser: argparse.ArgumentParser, prefix: str = "miadmark"):
@@ -63,16 +60,17 @@ def test_gateway_on_a_receiver_only_file_says_so(tmp_path, capsys):
     assert "no destinations and no rules" in err and "miadmark receive" in err
 
 
-def test_log_file_json_lines_from_both_gateway_processes(tmp_path, keys):
+def test_log_file_json_lines_from_both_gateway_processes(tmp_path, site_keys):
     """--log-file + --log-json: the receiving process and the forwarding child write JSON lines to one
     file; a file past --log-max-bytes is rotated."""
-    from test_ops_metrics import free_port
     import signal
     import time
 
+    from test_ops_metrics import free_port
+
     from dicom_node.storescu import send_files
     gw_port = free_port()
-    cfg = site_yaml(tmp_path, keys, gw_port=gw_port, rx_port=free_port(), gw_metrics=free_port(), rx_metrics=0)
+    cfg = site_yaml(tmp_path, site_keys, gw_port=gw_port, rx_port=free_port(), gw_metrics=free_port(), rx_metrics=0)
     log_file = tmp_path / "logs" / "gateway.log"
     proc = subprocess.Popen([sys.executable, "-m", "miadmark.cli", "--log-file", str(log_file), "--log-json",
                              "--log-max-bytes", "1000", "gateway", "--config", str(cfg)], cwd=tmp_path,

@@ -11,10 +11,11 @@ import sys
 import threading
 import time
 
+from test_ops_metrics import CT, free_port, site_yaml, wait_for
+
 from dicom_node.gateway import Gateway
 from dicom_node.storescu import send_files
 from miadmark.config import load_config
-from test_ops_metrics import CT, free_port, keys, site_yaml, wait_for  # noqa: F401 - keys: a fixture
 
 
 class Acceptor:
@@ -42,9 +43,9 @@ class Acceptor:
         self.sock.close()
 
 
-def test_logged_next_try_is_when_the_next_try_comes(tmp_path, keys, caplog):
+def test_logged_next_try_is_when_the_next_try_comes(tmp_path, site_keys, caplog):
     dest = Acceptor()
-    cfg_path = site_yaml(tmp_path, keys, gw_port=0, rx_port=dest.port, gw_metrics=0, rx_metrics=0)
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=dest.port, gw_metrics=0, rx_metrics=0)
     text = cfg_path.read_text().replace("retry: {base_s: 0.1, max_s: 0.5, max_attempts: 100}",
                                         "retry: {base_s: 0.4, max_s: 1.6, max_attempts: 100}")
     cfg_path.write_text(text.replace("research: {ae_title", "research: {associations: 2, ae_title"))
@@ -67,9 +68,9 @@ def test_logged_next_try_is_when_the_next_try_comes(tmp_path, keys, caplog):
         assert abs((nxt - logged_at) - delay) < 0.35, (delay, nxt - logged_at)
 
 
-def test_refused_connection_is_called_so(tmp_path, keys):
+def test_refused_connection_is_called_so(tmp_path, site_keys):
     closed = free_port()  # nothing listens there
-    cfg_path = site_yaml(tmp_path, keys, gw_port=0, rx_port=closed, gw_metrics=0, rx_metrics=0)
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=closed, gw_metrics=0, rx_metrics=0)
     gw = Gateway(load_config(cfg_path)).start()
     try:
         assert send_files("127.0.0.1", gw.port, CT[:1], called_ae="ARCHIVE", calling_ae="PACS") == [0]
@@ -80,12 +81,12 @@ def test_refused_connection_is_called_so(tmp_path, keys):
         gw.stop()
 
 
-def test_port_in_use_is_named_without_traceback(tmp_path, keys):
+def test_port_in_use_is_named_without_traceback(tmp_path, site_keys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        cfg_path = site_yaml(tmp_path, keys, gw_port=port, rx_port=free_port(), gw_metrics=0, rx_metrics=0)
+        cfg_path = site_yaml(tmp_path, site_keys, gw_port=port, rx_port=free_port(), gw_metrics=0, rx_metrics=0)
         for command in ("gateway", "receive"):
             text = cfg_path.read_text()
             if command == "receive":
@@ -98,8 +99,8 @@ def test_port_in_use_is_named_without_traceback(tmp_path, keys):
             assert "Traceback" not in res.stderr, res.stderr
 
 
-def test_receipt_line_says_what_happened(tmp_path, keys, caplog):
-    cfg_path = site_yaml(tmp_path, keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0)
+def test_receipt_line_says_what_happened(tmp_path, site_keys, caplog):
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0)
     caplog.set_level(logging.INFO, logger="dicom_node.gateway")
     gw = Gateway(load_config(cfg_path), forward="none").start()
     try:

@@ -23,7 +23,6 @@ from dicom_node.gateway import Gateway
 from dicom_node.receiver import Receiver
 from dicom_node.storescu import send_files
 from miadmark.config import load_config
-from miadmark.keys import new_identity
 
 CT = sorted((Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data")
             .glob("*.dcm"))
@@ -67,9 +66,10 @@ def value(samples: dict, name: str, **labels) -> float:
     return samples.get((name, *sorted(labels.items())), 0.0)
 
 
-def site_yaml(tmp: Path, keys: Path, *, gw_port: int, rx_port: int, gw_metrics: int, rx_metrics: int,
+def site_yaml(tmp: Path, site_keys: dict, *, gw_port: int, rx_port: int, gw_metrics: int, rx_metrics: int,
               rx_keys: bool = True) -> Path:
     path = tmp / "site.yaml"
+    keys = site_keys["hospital_paths"][0].parent  # conftest's session keys: hospital.*, research.*
     rx_key_line = f"  keys: [{{key: {keys}/research.key.pem, cert: {keys}/research.cert.pem}}]\n" if rx_keys else ""
     path.write_text(f"""\
 identity: {{key: {keys}/hospital.key.pem, cert: {keys}/hospital.cert.pem}}
@@ -105,16 +105,10 @@ receiver:
     return path
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("keys")
-    new_identity("hospital", folder)
-    new_identity("research", folder)
-    return folder
 
 
-def test_in_process_counts_health_and_status_page(tmp_path, keys):
-    cfg_path = site_yaml(tmp_path, keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0)
+def test_in_process_counts_health_and_status_page(tmp_path, site_keys):
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0)
     rx = Receiver(load_config(cfg_path)).start()
     gw = Gateway(load_config(cfg_path)).start()
     try:
@@ -155,8 +149,8 @@ def _refused(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_health_503_names_the_failing_check(tmp_path, keys):
-    cfg_path = site_yaml(tmp_path, keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0, rx_keys=False)
+def test_health_503_names_the_failing_check(tmp_path, site_keys):
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0, rx_keys=False)
     rx = Receiver(load_config(cfg_path)).start()
     try:
         status, body = get(f"http://127.0.0.1:{rx.monitor.port}/health")
@@ -167,22 +161,22 @@ def test_health_503_names_the_failing_check(tmp_path, keys):
         rx.stop()
 
 
-def test_metrics_port_in_use_is_named(tmp_path, keys):
+def test_metrics_port_in_use_is_named(tmp_path, site_keys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        cfg_path = site_yaml(tmp_path, keys, gw_port=0, rx_port=free_port(), gw_metrics=port, rx_metrics=port)
+        cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=free_port(), gw_metrics=port, rx_metrics=port)
         with pytest.raises(OSError, match=f"metrics port 127.0.0.1:{port}"):
             Receiver(load_config(cfg_path)).start()
 
 
 @pytest.mark.slow
-def test_two_process_gateway_counts_both_processes(tmp_path, keys):
+def test_two_process_gateway_counts_both_processes(tmp_path, site_keys):
     """`miadmark gateway` as a service runs it: receipts counted by the receiving process, protection
     and delivery by the forwarding child; one /metrics shows both."""
     gw_port, rx_port, gw_metrics = free_port(), free_port(), free_port()
-    cfg_path = site_yaml(tmp_path, keys, gw_port=gw_port, rx_port=rx_port, gw_metrics=gw_metrics, rx_metrics=0)
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=gw_port, rx_port=rx_port, gw_metrics=gw_metrics, rx_metrics=0)
     rx = Receiver(load_config(cfg_path)).start()
     log = open(tmp_path / "gateway.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "miadmark.cli", "gateway", "--config", str(cfg_path)],

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_ops_metrics import CT
 
 from miadmark.keys import new_identity
 from orthanc_plugin.testing import OrthancProcess, missing
-from test_ops_metrics import CT
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 

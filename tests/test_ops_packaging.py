@@ -12,16 +12,15 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from test_ops_metrics import CT, free_port, get, wait_for
 
 from dicom_node.storescu import send_files
 from miadmark.cli import build_parser
 from miadmark.keys import new_identity
-from test_ops_metrics import CT, free_port, get, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = sorted((REPO / "packaging" / "systemd").glob("*.service"))
@@ -70,7 +69,8 @@ def localize(text: str, prefix: Path, keys: Path, state: Path, ports: dict[int, 
     """A container path / host / port made a path / host / port of this machine."""
     text = text.replace("/opt/miadmark/etc", str(prefix / "etc")).replace("/etc/miadmark/keys", str(keys))
     text = text.replace("/var/lib/miadmark", str(state)).replace("0.0.0.0", "127.0.0.1")
-    text = text.replace("host: research", "host: 127.0.0.1").replace('"RESEARCH", "research"', '"RESEARCH", "127.0.0.1"')
+    text = text.replace("host: research", "host: 127.0.0.1")
+    text = text.replace('"RESEARCH", "research"', '"RESEARCH", "127.0.0.1"')
     text = text.replace('"RemoteAccessAllowed" : true', '"RemoteAccessAllowed" : false')
     for inside, here in ports.items():
         text = re.sub(rf"\b{inside}\b", str(here), text)

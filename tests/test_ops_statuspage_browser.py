@@ -7,13 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_ops_metrics import CT, free_port, site_yaml, wait_for
 
 from dicom_node.gateway import Gateway
 from dicom_node.receiver import Receiver
 from dicom_node.storescu import send_files
 from miadmark.config import load_config
-
-from test_ops_metrics import CT, free_port, site_yaml, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.slow
@@ -30,18 +29,11 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    from miadmark.keys import new_identity
-    folder = tmp_path_factory.mktemp("keys")
-    new_identity("hospital", folder)
-    new_identity("research", folder)
-    return folder
 
 
-def test_status_page_shows_queue_deliveries_and_failures(tmp_path, keys, browser):
+def test_status_page_shows_queue_deliveries_and_failures(tmp_path, site_keys, browser):
     rx_port = free_port()
-    cfg_path = site_yaml(tmp_path, keys, gw_port=0, rx_port=rx_port, gw_metrics=0, rx_metrics=0)
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=rx_port, gw_metrics=0, rx_metrics=0)
     gw = Gateway(load_config(cfg_path)).start()  # the research node is down: retries, then it comes up
     rx = None
     try:

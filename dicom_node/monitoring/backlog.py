@@ -20,7 +20,8 @@ class Backlog:
     eta_s: float | None  # None: nothing delivered lately (no estimate)
 
     def line(self) -> str:
-        eta = "no estimate (nothing delivered in the last 5 min)" if self.eta_s is None else f"ETA {duration(self.eta_s)}"
+        eta = ("no estimate (nothing delivered in the last 5 min)" if self.eta_s is None
+               else f"ETA {duration(self.eta_s)}")
         oldest = f", oldest waiting {duration(self.oldest_s)}" if self.oldest_s else ""
         return f"backlog {self.destination}: {self.pending} pending{oldest}, {self.per_s:.1f}/s delivered, {eta}"
 

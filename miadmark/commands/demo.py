@@ -47,7 +47,8 @@ receiver:
 def register(sub) -> None:
     p = sub.add_parser("demo", help="protect and strip real CT slices through a gateway and a receiver on loopback")
     p.add_argument("--out", default="demo-out", help="folder for keys, configuration, spool and results")
-    p.add_argument("--series", default=str(DEFAULT_SERIES), help="folder of DICOM files to send (any file name; default: the shared CT series)")
+    p.add_argument("--series", default=str(DEFAULT_SERIES),
+                   help="folder of DICOM files to send (any file name; default: the shared CT series)")
     p.add_argument("--slices", type=int, default=8, help="how many files of the series to send")
     p.add_argument("--profile", default=None, choices=sorted(ENGINES),
                    help=f"watermark profile: {', '.join(sorted(ENGINES))} (default {DEFAULT_PROFILE})")

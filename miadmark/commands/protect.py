@@ -34,7 +34,8 @@ def register(sub) -> None:
                    help=f"watermark profile: {', '.join(sorted(ENGINES))} (default {DEFAULT_PROFILE})")
     p.add_argument("--logo", help="PNG logo (alpha channel = shape); default: the built-in logo")
     p.add_argument("--seed", type=int, default=0, help="seed of the watermark optimiser")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the engine runs: auto (CUDA when available), cpu or cuda")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the engine runs: auto (CUDA when available), cpu or cuda")
     p.set_defaults(func=run)
 
 

@@ -13,7 +13,8 @@ def register(sub) -> None:
     p.add_argument("--arch", required=True, help="resnet10, resnet18, mobilenetv3, convvit, vgg")
     p.add_argument("--out", required=True, help="weights file (.pt, fp16); a .json beside it records the run")
     p.add_argument("--epochs", type=int, default=12, help="passes over the training split (default 12)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the engine runs: auto (CUDA when available), cpu or cuda")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the engine runs: auto (CUDA when available), cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
     p.add_argument("--size", type=int, default=64, help="input resolution (square)")
     p.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
