@@ -58,6 +58,11 @@ def test_gateway_on_a_receiver_only_file_says_so(tmp_path, capsys):
     assert main(["gateway", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "no destinations and no rules" in err and "miadmark receive" in err
+    plugin_only = tmp_path / "orthanc.yaml"  # the shipped miadmark.yaml kind: orthanc_* destinations only
+    plugin_only.write_text("destinations:\n  research: {orthanc_modality: research}\n"
+                           "rules:\n  - {send_to: [research], action: pass}\n")
+    assert main(["gateway", "--config", str(plugin_only)]) == 2
+    assert "orthanc_* destinations are for the Orthanc plugin" in capsys.readouterr().err
 
 
 def test_log_file_json_lines_from_both_gateway_processes(tmp_path, site_keys):

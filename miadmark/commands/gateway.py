@@ -37,8 +37,10 @@ def run(args) -> int:
     quiet_pynetdicom(args)
     try:
         cfg = load_config(args.config)
-        if not cfg.destinations and not cfg.rules:
-            print(f"{args.config}: no destinations and no rules: nothing for a gateway to route"
+        if not any(d.kind in ("dimse", "stow") for d in cfg.destinations.values()):
+            what = ("no destinations and no rules" if not cfg.destinations and not cfg.rules else
+                    "no DICOM or STOW-RS destination (orthanc_* destinations are for the Orthanc plugin)")
+            print(f"{args.config}: {what}: nothing for a gateway to send"
                   + (" (a receiver section: run `miadmark receive --config` with it)" if cfg.receiver else ""),
                   file=sys.stderr)
             return 2
