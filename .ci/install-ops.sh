@@ -6,6 +6,7 @@ set -eu
 export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update
 $SUDO apt-get install -y chromium systemd
 chromium --version
 systemd-analyze --version | head -n 1
