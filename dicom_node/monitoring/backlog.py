@@ -22,7 +22,7 @@ class Backlog:
     def line(self) -> str:
         eta = ("no estimate (nothing delivered in the last 5 min)" if self.eta_s is None
                else f"ETA {duration(self.eta_s)}")
-        oldest = f", oldest waiting {duration(self.oldest_s)}" if self.oldest_s else ""
+        oldest = f", oldest waiting {duration(self.oldest_s)}" if self.oldest_s is not None else ""
         return f"backlog {self.destination}: {self.pending} pending{oldest}, {self.per_s:.1f}/s delivered, {eta}"
 
 
