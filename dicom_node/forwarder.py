@@ -23,6 +23,8 @@ from dicomnet.dimse import Unreachable
 from dicomnet.outcome import Outcome
 
 from .lesions import FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
+from .monitoring.backlog import backlogs
+from .monitoring.metrics import observe_protect
 from .protection import Protected
 from .transports import TRANSPORTS
 from .workqueue import Job, backoff_delay
@@ -76,6 +78,8 @@ class Forwarder(threading.Thread):
         self._inflight: set[int] = set()
         self._workers: list[threading.Thread] = []
         self._down_since: float | None = None
+        self._retry_at = 0.0  # no worker tries this destination before then (it was unreachable)
+        self._backlog_logged = time.monotonic()
         self._failures = 0
         self._studies: dict[str, StudyTally] = {}
         self._reported_unusable: set[str] = set()  # lesion sources already audited as giving no mask
@@ -103,6 +107,10 @@ class Forwarder(threading.Thread):
         while not self.stopping.is_set():
             cfg = self.gateway.config
             try:
+                hold = self._retry_at - time.time()  # every worker honours the destination's backoff
+                if hold > 0:
+                    self.stopping.wait(min(hold, 1.0))
+                    continue
                 jobs = self._claim(cfg.gateway.batch_size)
                 if not jobs:
                     self.gateway.sweep_lesion_sources()  # idle: a moment for housekeeping
@@ -116,10 +124,23 @@ class Forwarder(threading.Thread):
                 finally:
                     with self._lock:
                         self._inflight.difference_update(j.id for j in jobs)
+                self._log_backlog()
             except Exception:  # noqa: BLE001 - the thread must survive anything and retry
                 log.exception("forwarder %s: unexpected error; retrying in 2 s", self.destination)
                 self.stopping.wait(2.0)
         queue.close()
+
+    BACKLOG_LOG_S = 30.0  # while instances wait, one backlog line (with its ETA) this often
+
+    def _log_backlog(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._backlog_logged < self.BACKLOG_LOG_S:
+                return
+            self._backlog_logged = now
+        b = backlogs(self.gateway.queue).get(self.destination)
+        if b is not None and b.pending:
+            log.info("%s", b.line())
 
     def _claim(self, limit: int) -> list[Job]:
         with self._lock:
@@ -199,7 +220,7 @@ class Forwarder(threading.Thread):
     def _reachable(self) -> None:
         if self._down_since is not None:
             log.info("%s reachable again after %.0f s", self.destination, time.time() - self._down_since)
-        self._down_since, self._failures = None, 0
+        self._down_since, self._failures, self._retry_at = None, 0, 0.0
 
     def _unreachable(self, outgoing: list[Outgoing], exc: Exception) -> None:
         gw, retry = self.gateway, self.gateway.config.gateway.retry
@@ -212,10 +233,12 @@ class Forwarder(threading.Thread):
         if self._down_since is None:
             self._down_since = time.time()
         waiting = gw.queue.counts().get(self.destination, {}).get("pending", 0)
-        delay = backoff_delay(self._failures, retry.base_s, retry.max_s)
+        now = time.time()
+        self._retry_at = max(self._retry_at, now + backoff_delay(self._failures, retry.base_s, retry.max_s))
+        due = gw.queue.next_due_time(self.destination)  # a job also waits for its own next try
+        delay = max(self._retry_at, due or 0.0) - now
         log.warning("%s unreachable: %s; %d instance(s) waiting, next try in %.1f s",
                     self.destination, exc, waiting, delay)
-        self.stopping.wait(delay)
 
     def _record(self, outgoing: list[Outgoing], results: list[Outcome]) -> None:
         gw, retry = self.gateway, self.gateway.config.gateway.retry
@@ -264,7 +287,11 @@ class Forwarder(threading.Thread):
             masks = lesions.masks
         for (recipients, profile), group in groups.items():
             items = [(gw.spool.path(j.file), gw.spool.protected_path(j.file, recipients, profile)) for j in group]
-            for job, res in zip(group, gw.protector.protect(items, recipients, profile, masks)):
+            started = time.monotonic()
+            results = gw.protector.protect(items, recipients, profile, masks)
+            observe_protect(profile, time.monotonic() - started, sum(isinstance(r, Protected) for r in results),
+                            gw.config.gateway.device)
+            for job, res in zip(group, results):
                 if isinstance(res, Protected):
                     note = {} if res.lesion_masked is None else {"lesion_mask": res.lesion_masked}
                     out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax, note))

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from miadmark.config import Config
+from miadmark.logs import configure_child
 
 from miadmark.audit import AuditLog
 from miadmark.quarantine import quarantine
@@ -115,7 +116,7 @@ def run_child(config: Config, wake, reload_requested, parent_pid: int, log_level
     validated configuration; later changes of the file are followed like the parent does."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come through reload_requested
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides (Ctrl-C reaches the whole group)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_child(log_level)  # the parent's --log-file / --log-json
     if log_level > logging.DEBUG:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     _die_with_parent(parent_pid)

@@ -30,6 +30,7 @@ from miadmark.audit import AuditLog
 from miadmark.quarantine import quarantine
 
 from .forwarding import Forwarding
+from .monitoring.server import monitor_gateway
 from .reload import ConfigWatcher
 from .spool import Spool
 from .studylog import AssociationTally
@@ -71,25 +72,32 @@ class Gateway:
         self._child_reload = None
         self._supervisor: threading.Thread | None = None
         self._stopping = threading.Event()
-        self.receipts = AssociationTally(log, "received")
+        self.receipts = AssociationTally(log, "offered")
         self._server = None
         self._watcher: ConfigWatcher | None = None
+        self.monitor = None  # the metrics / health / status page server (gateway.metrics_port)
         self.ae = storage_scp_ae(config.gateway.ae_title, max_pdu=config.gateway.max_pdu)
         self._apply_allowlist(config)
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self, *, watch: bool = True) -> "Gateway":
         self.recover()
+        self.monitor = monitor_gateway(self)  # before the forwarding child: it inherits the metrics mode
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_RELEASED, self._assoc_done),
+                    (evt.EVT_ABORTED, self._assoc_done)]
+        gw = self.config.gateway
+        try:  # listen first: a port in use stops here, naming it, before any child process exists
+            self._server = start_listener(self.ae, self.bind, self.port, handlers,
+                                          max_connections=gw.max_associations, tls=server_context(gw.tls))
+        except OSError as exc:
+            if self.monitor is not None:
+                self.monitor.stop()
+            raise OSError(exc.errno, f"DICOM port {self.bind}:{self.port}: {exc.strerror}") from None
+        self.port = self._server.server_address[1]
         if self.forward == "thread":
             self.forwarding = Forwarding(self.config).start()
         elif self.forward == "process":
             self._spawn_forwarder()
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_RELEASED, self._assoc_done),
-                    (evt.EVT_ABORTED, self._assoc_done)]
-        gw = self.config.gateway
-        self._server = start_listener(self.ae, self.bind, self.port, handlers, max_connections=gw.max_associations,
-                                      tls=server_context(gw.tls))
-        self.port = self._server.server_address[1]
         if watch and self.config.path is not None:
             self._watcher = ConfigWatcher(self.config.path, self.apply_config, self.config.gateway.reload_interval_s)
             self._watcher.start()
@@ -142,6 +150,8 @@ class Gateway:
                 self._child.kill()
             self._child = None
         self.queue.close()
+        if self.monitor is not None:
+            self.monitor.stop()
 
     def reload(self, reason: str = "SIGHUP") -> bool:
         if self._child_reload is not None:
@@ -201,7 +211,7 @@ class Gateway:
             self.audit.write("blocked", **base, destination=d.destinations[0] if d.destinations else None,
                              rule=d.rule_label, reason=d.reason)
         if not jobs:
-            self.receipts.count(assoc, study, "blocked", calling)
+            self.receipts.count(assoc, study, "refused by the rules", calling)
             log.debug("%s blocked: %s", sop_uid, blocked[0].reason if blocked else "")
             return REFUSED_NOT_AUTHORIZED
         try:

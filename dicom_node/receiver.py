@@ -29,6 +29,7 @@ from miadmark.private import private_dir, write_private
 from miadmark.quarantine import quarantine
 from miadmark.receive_policy import DUPLICATE, QUARANTINE, Outcome, ReceivePolicy
 
+from .monitoring.server import monitor_receiver
 from .studylog import AssociationTally
 from .tls import server_context
 from .transport import OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
@@ -57,13 +58,18 @@ class Receiver:
         self.ae = storage_scp_ae(rx.ae_title, max_pdu=rx.max_pdu, require_calling=rx.allow_calling)
         self._store_lock = threading.Lock()
         self._server = None
+        self.monitor = None  # the metrics / health / status page server (receiver.metrics_port)
 
     def start(self) -> "Receiver":
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_RELEASED, self._assoc_done),
                     (evt.EVT_ABORTED, self._assoc_done)]
-        self._server = start_listener(self.ae, self.bind, self.port, handlers, max_connections=self.rx.max_associations,
-                                      tls=server_context(self.rx.tls))
+        try:
+            self._server = start_listener(self.ae, self.bind, self.port, handlers,
+                                          max_connections=self.rx.max_associations, tls=server_context(self.rx.tls))
+        except OSError as exc:
+            raise OSError(exc.errno, f"DICOM port {self.bind}:{self.port}: {exc.strerror}") from None
         self.port = self._server.server_address[1]
+        self.monitor = monitor_receiver(self)
         log.info("receiver %s listening on %s:%d; %d key(s), plain instances %s, store %s", self.rx.ae_title,
                  self.bind, self.port, len(self.policy.keyring),
                  "stored" if self.policy.plain == "store" else "refused", self.rx.store)
@@ -73,6 +79,9 @@ class Receiver:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
 
     def path_of(self, uids) -> Path:
         return self.store / uids[0] / uids[1] / f"{uids[2]}.dcm"

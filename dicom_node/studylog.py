@@ -29,4 +29,5 @@ class AssociationTally:
         for study, counts in studies.items():
             total = sum(counts.values())
             detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-            self.log.info("study %s from %s: %d instance(s) %s (%s)", study, peer, total, self.what, detail)
+            self.log.info("study %s from %s: %d instance%s %s: %s", study, peer, total, "" if total == 1 else "s",
+                          self.what, detail)

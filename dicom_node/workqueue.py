@@ -285,6 +285,18 @@ class Queue:
             out.setdefault(row[0], {s: 0 for s in STATES})[row[1]] = row[2]
         return out
 
+    def retries(self) -> dict[str, tuple[int, int]]:
+        """Per destination: (pending jobs already tried at least once, failed attempts among them)."""
+        rows = self._con().execute("SELECT destination, COUNT(*), SUM(attempts) FROM jobs WHERE state='pending'"
+                                   " AND attempts>0 GROUP BY destination")
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def done_since(self, since: float) -> dict[str, tuple[int, float]]:
+        """Per destination: (entries delivered since this time, time of the first of them): a rate."""
+        rows = self._con().execute("SELECT destination, COUNT(*), MIN(updated) FROM jobs WHERE state='done'"
+                                   " AND updated>=? GROUP BY destination", (since,))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     def status(self) -> list[dict]:
         """Per destination: counts by state, oldest pending age, next try, last error."""
         now = time.time()

@@ -71,9 +71,20 @@ def open_association(ae: AE, host: str, port: int, called_ae: str, *, max_pdu: i
     except (OSError, ValueError) as exc:
         raise Unreachable(f"association to {called_ae}@{host}:{port}: {type(exc).__name__}") from None
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "could not connect"
+        why = "rejected" if assoc.is_rejected else connect_failure(host, port) or "aborted"
         raise Unreachable(f"association to {called_ae}@{host}:{port} {why}")
     return assoc
+
+
+def connect_failure(host: str, port: int) -> str | None:
+    """Why a TCP connection cannot be made ("could not connect: connection refused"), None if it can:
+    pynetdicom reports a refused connection as an aborted association, which sends operators the wrong way."""
+    import socket
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return None
+    except OSError as exc:
+        return f"could not connect: {exc.strerror or type(exc).__name__}".lower()
 
 
 def accepted_pairs(assoc) -> set[tuple[str, str]]:

@@ -116,6 +116,8 @@ class GatewayConfig(_Model):
     max_pdu: int = Field(0, ge=0)  # 0 = dicomnet.listener.DEFAULT_MAX_PDU (4 MiB); reads are bounded by it
     max_associations: int = Field(32, ge=1, le=512)  # concurrent connections; more are closed at accept
     tls: TlsConfig | None = None  # DICOM TLS on the listener
+    metrics_port: ListenPort | None = None  # GET /metrics, /health, / (status page); None = off
+    metrics_bind: str = "127.0.0.1"  # loopback unless told otherwise
 
     @model_validator(mode="after")
     def _defaults(self):
@@ -294,6 +296,8 @@ class ReceiverConfig(_Model):
     max_pdu: int = Field(0, ge=0)  # 0 = dicomnet.listener.DEFAULT_MAX_PDU (4 MiB)
     max_associations: int = Field(32, ge=1, le=512)  # concurrent connections; more are closed at accept
     tls: TlsConfig | None = None  # DICOM TLS on the listener
+    metrics_port: ListenPort | None = None  # GET /metrics, /health, / (status page); None = off
+    metrics_bind: str = "127.0.0.1"  # loopback unless told otherwise
 
     @model_validator(mode="after")
     def _defaults(self):

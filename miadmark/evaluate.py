@@ -153,9 +153,13 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
         "resize_half_and_back": lambda t: resize_back(t, 0.5),
     }
     acc: dict = {}
+    scored = tqdm(total=len(conditions) * len(transforms), desc="score (condition x transform)", file=sys.stderr,
+                  disable=not (progress and tqdm is not None)) if tqdm is not None else None
     for cname, cx in conditions.items():
         for tname, tf in transforms.items():
             tx = tf(cx)
+            if scored is not None:
+                scored.update()
             for role, group in (("white_box", white), ("black_box", black)):
                 for mname, model in group.items():
                     acc.setdefault(role, {}).setdefault(mname, {}).setdefault(cname, {})[tname] = \
@@ -280,7 +284,7 @@ def main(args) -> int:
                       max_area_fraction=args.max_area_fraction, alpha_max=args.alpha_max)
     rep = run_evaluation(args.data, profile, args.out, models=args.models, limit=args.limit, batch=args.batch,
                          device=args.device, n_examples=getattr(args, "examples", 4),
-                         command=_command(args))
+                         command=_command(args), progress=getattr(args, "progress", True))
     s = rep["accuracy_summary"]
     for role in s:
         if role.endswith("_models"):

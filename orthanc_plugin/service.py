@@ -265,7 +265,7 @@ def _move_resources(request) -> list[str]:
 # ------------------------------------------------------------------------------------------ install
 
 def install() -> Plugin:
-    from . import filters, ingest, routes
+    from . import filters, ingest, monitoring, routes
 
     plugin = Plugin()
     routes.register(plugin)
@@ -276,6 +276,7 @@ def install() -> Plugin:
                                                                                     resource))
     orthanc.RegisterMoveCallback(lambda **request: on_move(plugin, **request))  # C-MOVE SCP: through the rules
     orthanc.ExtendOrthancExplorer((Path(__file__).resolve().parent / "explorer.js").read_text(encoding="utf-8"))
+    monitoring.register(plugin)  # /miadmark/metrics, /miadmark/status-page
     log(f"plugin ready (config {plugin.settings.path}, {'loaded' if plugin.settings.config else 'NOT loaded: '}"
         f"{plugin.settings.error or ''}; outbox {plugin.outbox.path})")
     return plugin

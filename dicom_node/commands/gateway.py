@@ -37,6 +37,13 @@ def run(args) -> int:
     quiet_pynetdicom(args)
     try:
         cfg = load_config(args.config)
+        if not any(d.kind in ("dimse", "stow") for d in cfg.destinations.values()):
+            what = ("no destinations and no rules" if not cfg.destinations and not cfg.rules else
+                    "no DICOM or STOW-RS destination (orthanc_* destinations are for the Orthanc plugin)")
+            print(f"{args.config}: {what}: nothing for a gateway to send"
+                  + (" (a receiver section: run `miadmark receive --config` with it)" if cfg.receiver else ""),
+                  file=sys.stderr)
+            return 2
         gateway = Gateway(cfg, bind=args.bind, port=args.port, forward=args.forward).start()
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from miadmark.config import ConfigError, load_config
 from miadmark.errors import MiadmarkError
+
+log = logging.getLogger("dicom_node")
 
 
 def register(sub) -> None:
@@ -29,4 +32,6 @@ def run(args) -> int:
     except (MiadmarkError, OSError) as exc:
         print(f"{args.config}: cannot start the receiver: {exc}", file=sys.stderr)
         return 1
-    return serve(receiver)
+    # SIGHUP (`systemctl reload`): nothing to reload here; logged rather than ending the process
+    return serve(receiver, reload=lambda reason: log.info("%s: the receiving node has nothing to reload "
+                                                          "(restart it to change keys or settings)", reason))

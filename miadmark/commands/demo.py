@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine import DEFAULT_PROFILE, ENGINES
+
 DEFAULT_SERIES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data"
 
 CONFIG = """\
@@ -45,11 +47,19 @@ receiver:
 def register(sub) -> None:
     p = sub.add_parser("demo", help="protect and strip real CT slices through a gateway and a receiver on loopback")
     p.add_argument("--out", default="demo-out", help="folder for keys, configuration, spool and results")
-    p.add_argument("--series", default=str(DEFAULT_SERIES), help="folder of DICOM files to send")
+    p.add_argument("--series", default=str(DEFAULT_SERIES),
+                   help="folder of DICOM files to send (any file name; default: the shared CT series)")
     p.add_argument("--slices", type=int, default=8, help="how many files of the series to send")
-    p.add_argument("--profile", default=None, help="watermark profile (default: the engine's default)")
+    p.add_argument("--profile", default=None, choices=sorted(ENGINES),
+                   help=f"watermark profile: {', '.join(sorted(ENGINES))} (default {DEFAULT_PROFILE})")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
     p.set_defaults(func=run)
+
+
+def series_files(folder: Path, limit: int) -> list[Path]:
+    """The first `limit` DICOM files of the folder by name, with or without .dcm (as protect takes them)."""
+    from .files import iter_inputs
+    return [item.path for item in iter_inputs([str(folder)], [])][:limit] if folder.is_dir() else []
 
 
 def _free_port() -> int:
@@ -65,13 +75,12 @@ def run(args) -> int:
 
     from ..config import load_config
     from ..dicomio import body_bytes, read_dicom
-    from ..engine import DEFAULT_PROFILE
     from ..keys import new_identity
 
     out = Path(args.out).resolve()
-    files = sorted(Path(args.series).glob("*.dcm"))[: args.slices]
+    files = series_files(Path(args.series), args.slices)
     if not files:
-        print(f"{args.series}: no .dcm files found", file=sys.stderr)
+        print(f"{args.series}: no DICOM files found (files with the DICM marker, any name)", file=sys.stderr)
         return 2
     for name in ("hospital", "research"):
         if not (out / "keys" / f"{name}.key.pem").exists():

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
+from ..engine import DEFAULT_PROFILE, ENGINES
+
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a watermark profile against white-box and black-box models")
     p.add_argument("--data", required=True, help="dataset folder (its seeded validation split is used)")
-    p.add_argument("--profile", default=None, help="engine profile (default: the default profile)")
+    p.add_argument("--profile", default=None, choices=sorted(ENGINES),
+                   help=f"watermark profile: {', '.join(sorted(ENGINES))} (default {DEFAULT_PROFILE})")
     p.add_argument("--models", nargs="*", default=None,
                    help="black-box model weight files (default: miadmark/surrogates/weights/blackbox/*.pt)")
     p.add_argument("--out", required=True, help="report folder (report.json, report.html, PNGs)")
     p.add_argument("--limit", type=int, default=200, help="validation images used (seeded subset)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=32, help="images per engine batch (default 32)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                   help="where the engine runs: auto (CUDA when available), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and the optimiser")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
-    p.add_argument("--max-area-fraction", type=float, default=1 / 9)
-    p.add_argument("--alpha-max", type=float, default=0.6)
+    p.add_argument("--max-area-fraction", type=float, default=1 / 9,
+                   help="largest logo area as a fraction of the image (default 1/9)")
+    p.add_argument("--alpha-max", type=float, default=0.6, help="largest logo opacity (default 0.6)")
     p.add_argument("--examples", type=int, default=4, help="example images written (PNG)")
     p.add_argument("--options", default=None, help='engine options as JSON, e.g. \'{"iterations": 20}\'')
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="progress bars on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
 
 

@@ -13,10 +13,10 @@ from ..protect import inspect_record
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="show whether a file is protected, for whom, by whom")
-    p.add_argument("file")
+    p.add_argument("file", help="the DICOM file to look at")
     p.add_argument("--key", help="a recipient's private key: also show the signer and watermark parameters")
     p.add_argument("--cert", help="certificate of --key")
-    p.add_argument("--passphrase-file")
+    p.add_argument("--passphrase-file", help="file holding the passphrase of --key")
     p.set_defaults(func=run)
 
 

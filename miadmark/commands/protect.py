@@ -30,10 +30,12 @@ def register(sub) -> None:
     p.add_argument("--sign-key", required=True, help="this site's private key (PEM)")
     p.add_argument("--sign-cert", required=True, help="this site's certificate (PEM)")
     p.add_argument("--passphrase-file", help="passphrase of --sign-key")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"watermark profile (default {DEFAULT_PROFILE})")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(ENGINES),
+                   help=f"watermark profile: {', '.join(sorted(ENGINES))} (default {DEFAULT_PROFILE})")
     p.add_argument("--logo", help="PNG logo (alpha channel = shape); default: the built-in logo")
     p.add_argument("--seed", type=int, default=0, help="seed of the watermark optimiser")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the engine runs: auto (CUDA when available), cpu or cuda")
     p.add_argument("--destination", help="destination name: with the signing key it makes the protected UIDs "
                    "(same file, same destination: same UIDs); default: the recipient set")
     p.add_argument("--deidentify", choices=["basic"], help="apply the PS3.15 Basic Application Level "

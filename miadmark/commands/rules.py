@@ -12,14 +12,14 @@ def register(sub) -> None:
     p = sub.add_parser("rules", help="check routing rules, or show which rule matches a file")
     rsub = p.add_subparsers(dest="rules_command", required=True)
     check = rsub.add_parser("check", help="validate the configuration file (line and reason on error)")
-    check.add_argument("--config", required=True)
+    check.add_argument("--config", required=True, help="the site YAML file")
     check.set_defaults(func=run_check)
     test = rsub.add_parser("test", help="which rule matches each file, and why")
-    test.add_argument("--config", required=True)
+    test.add_argument("--config", required=True, help="the site YAML file")
     test.add_argument("--called-ae", help="the AE title the sender calls (the gateway's route selector)")
     test.add_argument("--calling-ae", help="the sender's AE title")
     test.add_argument("--destination", help="decide for this destination only (as the Orthanc plugin does)")
-    test.add_argument("files", nargs="+", metavar="FILE.dcm")
+    test.add_argument("files", nargs="+", metavar="FILE.dcm", help="DICOM files to route")
     test.set_defaults(func=run_test)
 
 

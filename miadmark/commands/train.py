@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
+import sys
 
 
 def register(sub) -> None:
@@ -10,18 +12,21 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="dataset folder (class folders + labels.csv) or MedMNIST npz")
     p.add_argument("--arch", required=True, help="resnet10, resnet18, mobilenetv3, convvit, vgg")
     p.add_argument("--out", required=True, help="weights file (.pt, fp16); a .json beside it records the run")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=12, help="passes over the training split (default 12)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the engine runs: auto (CUDA when available), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
     p.add_argument("--size", type=int, default=64, help="input resolution (square)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 0.003)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (hash of md5 groups)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--logo-augment", action="store_true",
                    help="paste random logos while training (a careful third party)")
     p.add_argument("--adv-eps", type=float, default=0.0,
                    help="fast adversarial training at this L-inf budget (grey levels of 255); 0: off")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="progress bars on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
@@ -45,7 +50,8 @@ def run(args) -> int:
     command = " ".join(shlex.quote(p) for p in parts)
     meta = train(args.data, args.arch, args.out, epochs=args.epochs, device=str(resolve_device(args.device)),
                  seed=args.seed, logo_augment=args.logo_augment, size=args.size, batch=args.batch, lr=args.lr,
-                 split_seed=args.split_seed, command=command, adv_eps=args.adv_eps)
+                 split_seed=args.split_seed, command=command, adv_eps=args.adv_eps,
+                 progress=args.progress)
     print(f"{args.out}: {meta['arch']} val_accuracy {meta['val_accuracy']:.4f} "
           f"({meta['n_val']} validation images, {meta['train_seconds']:.0f}s)")
     return 0

@@ -11,7 +11,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="prior file (.pt); a .json beside it records the run")
     p.add_argument("--surrogates", nargs="+", default=None, help="surrogate names (default: the engine's)")
     p.add_argument("--steps", type=int, default=400, help="Adam steps per target class")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the optimisation")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.set_defaults(func=run)
 
