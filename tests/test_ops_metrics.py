@@ -99,6 +99,8 @@ receiver:
   port: {rx_port}
   store: received/
   quarantine: quarantine/
+  allow_calling: [GW]
+  plain: store
 {rx_key_line}  trust: [{keys}/hospital.cert.pem]
   metrics_port: {rx_metrics}
 """)

@@ -83,7 +83,8 @@ class ReceiverHealth:
     def __call__(self) -> dict[str, Check]:
         rx = self.receiver
         listening = (True, f"{rx.bind}:{rx.port}") if rx._server is not None else (False, "not listening")
-        keys = (True, f"{len(rx.keyring)} key(s)") if rx.keyring else (False, "no receiver.keys: nothing can be opened")
+        keyring = rx.policy.keyring
+        keys = (True, f"{len(keyring)} key(s)") if keyring else (False, "no receiver.keys: nothing can be opened")
         return {"listening": listening, "store_writable": folder_writable(Path(rx.rx.store)), "keys_loaded": keys}
 
 
