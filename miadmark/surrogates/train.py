@@ -60,7 +60,7 @@ def train(data: str, arch: str, out: str, *, epochs: int = 12, device: str = "cp
         perm = torch.randperm(len(xtr), generator=gen)
         it = range(0, len(xtr), batch)
         if progress and tqdm is not None:
-            it = tqdm(it, desc=f"{arch} epoch {ep + 1}/{epochs}", leave=False, file=sys.stderr)
+            it = tqdm(it, desc=f"{arch} epoch {ep + 1}/{epochs}", file=sys.stderr)  # one line per epoch stays
         tot = 0.0
         for i in it:
             idx = perm[i:i + batch]
