@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "train", "train_prior",
     "evaluate",
     "gateway", "receive", "rules", "queue",
+    "release",
 ]
 
 
