@@ -62,6 +62,8 @@ class Summary:
     stopped: str | None
     failed: list[tuple[str, str]]
     skipped: list[tuple[str, str]]
+    done_now: int = 0          # instances settled this run (sent, skipped or failed) by the workers
+    elapsed_s: float = 0.0     # from the workers being ready to the last outcome
 
     @property
     def exit_code(self) -> int:
@@ -90,7 +92,7 @@ def release(job: ReleaseJob, opts: RunOptions, say: Callable[[str], None] = prin
 
 def _release(job: ReleaseJob, opts: RunOptions, manifest: Manifest, say) -> Summary:
     sent_before = manifest.counts()[SENT]
-    stopped = None
+    stopped, timing = None, {}
     try:
         refs = list_cohort(dicomweb_client(job.source, timeout_s=job.timeout_s), filters=opts.filters,
                            studies=opts.studies, patience_s=job.patience_s)
@@ -101,12 +103,12 @@ def _release(job: ReleaseJob, opts: RunOptions, manifest: Manifest, say) -> Summ
         _settle(manifest, sink, manifest.in_state(PENDING), say)
         work = [ref for ref, _ in manifest.in_state(TODO, FAILED)]
         if work:
-            stopped = _dispatch(job, opts, manifest, sink, work, say)
+            stopped = _dispatch(job, opts, manifest, sink, work, say, timing)
     except Unavailable as exc:
         stopped = str(exc)
     counts = manifest.counts()
     return Summary(dict(counts), counts[SENT] - sent_before, stopped, manifest.reasons(FAILED),
-                   manifest.reasons(SKIPPED))
+                   manifest.reasons(SKIPPED), **timing)
 
 
 def _settle(manifest: Manifest, sink, pending: list[tuple[InstanceRef, str | None]], say) -> list[InstanceRef]:
@@ -146,8 +148,8 @@ def start_ray(opts: RunOptions):
     return ray
 
 
-def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work: list[InstanceRef], say
-              ) -> str | None:
+def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work: list[InstanceRef], say,
+              timing: dict) -> str | None:
     from tqdm import tqdm
 
     ray = start_ray(opts)
@@ -225,7 +227,9 @@ def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work:
             elif outcomes is None or any(o["state"] == PENDING and not o["unavailable"] for o in outcomes):
                 # the actor lost the batch (restarted) or the send's outcome is unknown: ask the destination
                 per_slot[slot] -= 1
-                manifest.record([o for o in outcomes or [] if o["state"] != PENDING])
+                settled = [o for o in outcomes or [] if o["state"] != PENDING]
+                manifest.record(settled)
+                bar.update(len(settled))
                 pending = {sop: uid for sop, uid in ((r.sop, u) for r, u in manifest.in_state(PENDING))}
                 open_refs = [r for r in batch.refs if r.sop in pending]
                 missing = _settle(manifest, sink, [(r, pending[r.sop]) for r in open_refs], say)
@@ -237,7 +241,10 @@ def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work:
             feed(slot)
     finally:
         bar.close()
+        for actor in slots:  # this release's workers end with it (a driver that lives on, e.g. a benchmark)
+            ray.kill(actor)
         elapsed = time.monotonic() - started
+        timing.update(done_now=bar.n, elapsed_s=elapsed)
         say(f"{bar.n} instance(s) done in {elapsed:.1f} s ({bar.n / max(elapsed, 1e-9):.2f} instances/s)")
     return stopped
 
