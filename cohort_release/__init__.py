@@ -2,6 +2,7 @@
 
 One module per job:
     job.py        what a release is (source, destination, keys, rules): the settings every worker gets
+    client.py     a DICOMweb client (dicomweb-client; no gzip of pixel data)
     patience.py   waiting out a source or destination that went away (backoff with jitter)
     listing.py    the cohort, listed by QIDO-RS
     fetching.py   instances, fetched by WADO-RS in the archive's own transfer syntax

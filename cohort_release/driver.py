@@ -26,7 +26,8 @@ from .job import ReleaseJob
 from .listing import InstanceRef, list_cohort
 from .manifest import FAILED, PENDING, SENT, SKIPPED, TODO, Manifest
 from .patience import Unavailable
-from .sink import dicomweb_client, open_sink
+from .client import dicomweb_client
+from .sink import open_sink
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 3  # a batch whose worker died this often is split / its instance failed
@@ -169,6 +170,12 @@ def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work:
     started, dispatched = time.monotonic(), 0
     bar = tqdm(total=len(work), unit="inst", desc="release", file=sys.stderr, disable=not opts.progress,
                smoothing=0.1)
+    done = 0  # instances settled (sent, skipped, failed); tqdm does not count when disabled
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        bar.update(n)
 
     def feed(slot: int) -> None:
         nonlocal dispatched
@@ -184,7 +191,7 @@ def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work:
         nonlocal next_id
         if batch.tries + 1 >= MAX_TRIES:
             manifest.record([{"sop": r.sop, "state": FAILED, "reason": reason} for r in refs])
-            bar.update(len(refs))
+            advance(len(refs))
             return
         for part in ([refs] if len(refs) == 1 or batch.tries == 0 else [[r] for r in refs]):
             queue.appendleft(Batch(next_id, part, batch.tries + 1))
@@ -194,7 +201,7 @@ def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work:
         nonlocal stopped
         per_slot[slot] -= 1
         manifest.record(outcomes)
-        bar.update(sum(o["state"] in (SENT, SKIPPED, FAILED) for o in outcomes))
+        advance(sum(o["state"] in (SENT, SKIPPED, FAILED) for o in outcomes))
         if any(o["unavailable"] for o in outcomes):
             stopped = stopped or next(o["reason"] for o in outcomes if o["unavailable"])
 
@@ -217,7 +224,7 @@ def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work:
                     per_slot[slot] -= 1
                     requeue(batch, batch.refs, reason)
                 else:
-                    _record_prepared(manifest, outcomes, bar)
+                    _record_prepared(manifest, outcomes, advance)
                     if any(o["state"] == PENDING for o in outcomes):
                         inflight[slots[slot].send.remote(batch.id)] = ("send", slot, batch, slots[slot])
                     else:
@@ -229,11 +236,11 @@ def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work:
                 per_slot[slot] -= 1
                 settled = [o for o in outcomes or [] if o["state"] != PENDING]
                 manifest.record(settled)
-                bar.update(len(settled))
+                advance(len(settled))
                 pending = {sop: uid for sop, uid in ((r.sop, u) for r, u in manifest.in_state(PENDING))}
                 open_refs = [r for r in batch.refs if r.sop in pending]
                 missing = _settle(manifest, sink, [(r, pending[r.sop]) for r in open_refs], say)
-                bar.update(len(open_refs) - len(missing))
+                advance(len(open_refs) - len(missing))
                 if missing:
                     requeue(batch, missing, outcomes[0]["reason"] if outcomes else "worker lost the batch")
             else:
@@ -244,15 +251,15 @@ def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work:
         for actor in slots:  # this release's workers end with it (a driver that lives on, e.g. a benchmark)
             ray.kill(actor)
         elapsed = time.monotonic() - started
-        timing.update(done_now=bar.n, elapsed_s=elapsed)
-        say(f"{bar.n} instance(s) done in {elapsed:.1f} s ({bar.n / max(elapsed, 1e-9):.2f} instances/s)")
+        timing.update(done_now=done, elapsed_s=elapsed)
+        say(f"{done} instance(s) done in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} instances/s)")
     return stopped
 
 
-def _record_prepared(manifest: Manifest, outcomes: list[dict], bar) -> None:
+def _record_prepared(manifest: Manifest, outcomes: list[dict], advance: Callable[[int], None]) -> None:
     """Pending rows first (the UID to look for after a crash), before the send is even asked for."""
     manifest.record(outcomes)
-    bar.update(sum(o["state"] in (SKIPPED, FAILED) for o in outcomes))
+    advance(sum(o["state"] in (SKIPPED, FAILED) for o in outcomes))
 
 
 def print_summary(summary: Summary, say: Callable[[str], None] = print, limit: int = 50) -> None:

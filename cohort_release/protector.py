@@ -31,7 +31,8 @@ from .job import ReleaseJob
 from .listing import InstanceRef
 from .manifest import FAILED, PENDING, SENT, SKIPPED, TODO
 from .patience import Unavailable
-from .sink import dicomweb_client, open_sink
+from .client import dicomweb_client
+from .sink import open_sink
 
 log = logging.getLogger(__name__)
 # Stable UIDs (core): protect derives the new SOP Instance UID from the original and the destination.

@@ -11,21 +11,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import requests
-from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from miadmark.dicomio import write_dicom_atomic
 
+from .client import dicomweb_client
 from .patience import patiently
 
 STORED = None
-
-
-def dicomweb_client(url: str, *, headers: dict[str, str] | None = None, verify: bool | str = True,
-                    timeout_s: float = 120.0) -> DICOMwebClient:
-    session = requests.Session()
-    session.verify = verify
-    return DICOMwebClient(url.rstrip("/"), session=session, headers=dict(headers or {}), timeout=timeout_s)
 
 
 class StowSink:

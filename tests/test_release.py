@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -93,7 +94,7 @@ def _assert_exact(stripped: pydicom.Dataset, original_path: Path) -> None:
 def test_kill_driver_mid_release_then_rerun_delivers_every_instance_exactly_once(archive, site_keys, tmp_path):
     source, dest, originals = archive
     state = tmp_path / "state"
-    args = _release_args(source, dest.url + "/dicom-web", site_keys, state, "--workers", "2", "--batch-size", "2")
+    args = _release_args(source, dest.url + "/dicom-web", site_keys, state, "--batch-size", "2")
     cmd = [sys.executable, "-m", "miadmark.cli", *args]
     releasable = len(originals) - 1  # 966.dcm does not decode
 
@@ -137,8 +138,26 @@ def test_kill_driver_mid_release_then_rerun_delivers_every_instance_exactly_once
         assert dict(db.execute("SELECT sop, sent_uid FROM instances WHERE state='sent'").fetchall()) == sent_uids
 
 
-def test_rules_block_mr_and_folder_destination(archive, site_keys, tmp_path):
-    """--config: the gateway's rules decide per destination; file://DIR destination; --studies limits the cohort."""
+def _descendants(pid: int) -> list[int]:
+    """Our own process tree (Ray's head and workers started by this test process)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def test_rules_and_a_worker_killed_mid_release(archive, site_keys, tmp_path):
+    """--config: the gateway's rules decide (MR blocked, CT protected); file://DIR destination; --studies
+    limits the cohort; a worker killed (SIGKILL) mid-release is replaced and its batch retried."""
     from miadmark.cli import main
 
     source, _, originals = archive
@@ -157,20 +176,40 @@ def test_rules_block_mr_and_folder_destination(archive, site_keys, tmp_path):
         "    action: protect\n"
         f"    recipients: [{research_cert}]\n"
         "    profile: plain\n")
+    state, out = tmp_path / "state", tmp_path / "out"
     studies = tmp_path / "studies.txt"
-    ct_and_mr = [CT[0], MR[0]]
     studies.write_text("".join(f"{pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID}\n"
-                               for p in ct_and_mr))
-    out = tmp_path / "out"
+                               for p in (CT[0], MR[0])))  # not 966.dcm's study, nor MR2_J2KR's
+    killed: list[int] = []
+
+    def kill_one_worker():
+        deadline = time.monotonic() + 300
+        while _sent_count(state) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in _descendants(os.getpid()):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if title.startswith(b"ray::Protector"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
     code = main(["release", "--source", source.url + "/dicom-web", "--dest", f"file://{out}", "--dest-name",
-                 "research", "--config", str(config), "--studies", str(studies), "--state", str(tmp_path / "s"),
-                 "--no-progress", "--workers", "1", "--batch-size", "4"])
+                 "research", "--config", str(config), "--studies", str(studies), "--state", str(state),
+                 "--no-progress", "--workers", "2", "--batch-size", "2", "--max-rate", "3"])
+    killer.join(timeout=30)
+    assert killed, "no worker was found to kill"
     assert code == 0
-    written = sorted(out.rglob("*.dcm"))
-    assert len(written) == len(CT)
-    for path in written:
+    arrived = Counter()
+    for path in out.rglob("*.dcm"):
         stripped = _stripped(path.read_bytes(), site_keys)
+        arrived[str(stripped.SOPInstanceUID)] += 1
         _assert_exact(stripped, originals[str(stripped.SOPInstanceUID)])
-    with sqlite3.connect(tmp_path / "s" / "manifest.sqlite") as db:
+    assert arrived == Counter({str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): 1 for p in CT})
+    with sqlite3.connect(state / "manifest.sqlite") as db:
         skipped = db.execute("SELECT reason FROM instances WHERE state='skipped'").fetchall()
-    assert len(skipped) == 4 and all("rule 1" in reason for (reason,) in skipped)
+    assert len(skipped) == 4 and all("rule 1" in reason for (reason,) in skipped)  # the Siemens MR series
