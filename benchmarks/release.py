@@ -6,7 +6,8 @@ Starts an archive Orthanc (DICOMweb) holding the first N slices of the real CT s
 run a fresh destination Orthanc; one local Ray for all runs. Per profile it measures:
   engine     the core alone: protect_many on the same slices in this process, one thread (no network);
   pass       a `pass` rule: fetch (WADO-RS) + STOW-RS through the workers, no protection (I/O bound);
-  release    `miadmark release` with 1 and 2 workers (one CPU, one torch thread each).
+  release    `miadmark release` with 1 and 2 workers (one CPU, one torch thread each), --repeat times,
+             interleaved (1, 2, 1, 2, ...): the median is reported with every run.
 Rates count from the workers being ready (engine loaded) to the last outcome; Ray and actor start-up
 are reported apart. Numbers, not pass/fail.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -81,6 +84,7 @@ def main() -> int:
     ap.add_argument("--transfer-slices", type=int, default=16, help="CT slices for the default (transfer) profile")
     ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per setting, interleaved; the median is reported")
     ap.add_argument("--json", default=str(Path(__file__).with_name("release_cpu.json")))
     args = ap.parse_args()
     if missing():
@@ -113,18 +117,28 @@ def main() -> int:
                              "instances_s": round(engine_rate(paths[:slices], profile, tmp), 2)})
                 print(json.dumps(rows[-1]), flush=True)
                 for action in (["pass", "protect"] if profile == "plain" else ["protect"]):
-                    for workers in args.workers:
-                        name = f"{action}-{profile}-{workers}w"
-                        batch = min(args.batch_size, max(1, slices // (2 * max(args.workers))))  # work for all
-                        rows.append(release_rate(source, tmp, name, profile, workers, slices, batch, action))
-                        print(json.dumps(rows[-1]), flush=True)
+                    batch = min(args.batch_size, max(1, slices // (2 * max(args.workers))))  # work for all
+                    runs: dict[int, list[dict]] = {w: [] for w in args.workers}
+                    for rep in range(args.repeat):  # interleaved: a shared machine's load drifts
+                        for workers in args.workers:
+                            name = f"{action}-{profile}-{workers}w-{rep}"
+                            runs[workers].append(release_rate(source, tmp, name, profile, workers, slices, batch,
+                                                              action))
+                            print(json.dumps(runs[workers][-1]), flush=True)
+                    for workers, done in runs.items():
+                        rates = [r["instances_s"] for r in done]
+                        rows.append({**done[0], "run": f"{action}-{profile}-{workers}w",
+                                     "instances_s": round(statistics.median(rates), 2), "each_run": rates,
+                                     "elapsed_s": [r["elapsed_s"] for r in done],
+                                     "wall_s_with_startup": [r["wall_s_with_startup"] for r in done]})
                 delete_all(source)  # the next profile's cohort has its own slice count
     finally:
         ray.shutdown()
     by = {r["run"]: r["instances_s"] for r in rows}
-    ratios = {f"{p}_2w_over_1w": round(by[f"protect-{p}-2w"] / by[f"protect-{p}-1w"], 2)
-              for p in ("plain", "transfer") if f"protect-{p}-2w" in by and f"protect-{p}-1w" in by}
-    result = {"machine": machine, "command": " ".join(["benchmarks/release.py", *sys.argv[1:]]),
+    ratios = {f"{run}_2w_over_1w": round(by[f"{run}-2w"] / by[f"{run}-1w"], 2)
+              for run in ("pass-plain", "protect-plain", "protect-transfer") if f"{run}-2w" in by and f"{run}-1w" in by}
+    result = {"machine": machine, "load_at_end": [round(x, 1) for x in os.getloadavg()],
+              "command": " ".join(["benchmarks/release.py", *sys.argv[1:]]),
               "ray_start_s": ray_start_s, "results": rows, "scaling": ratios}
     print(json.dumps(ratios))
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -47,6 +47,7 @@ class RunOptions:
     max_rate: float | None = None         # instances/s dispatched at most (spare a clinical archive)
     object_store_mb: int = 256            # local Ray only: batches carry UIDs, not pixels
     progress: bool = True
+    start_timeout_s: float = 600.0        # workers must be up (engine loaded) by then
 
 
 @dataclass
@@ -158,8 +159,18 @@ def _dispatch(job: ReleaseJob, opts: RunOptions, manifest: Manifest, sink, work:
 
     actor_class = ray.remote(Protector).options(num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker,
                                                 max_restarts=2, max_task_retries=1)
+    if opts.gpus_per_worker and not ray.cluster_resources().get("GPU"):
+        raise ValueError("--gpus-per-worker: the Ray cluster has no GPU (the workers would wait forever)")
     slots = [actor_class.remote(job) for _ in range(opts.workers)]
-    devices = ray.get([a.ready.remote() for a in slots])  # an actor that cannot start fails here, clearly
+    try:  # an actor that cannot start (keys, engine, no room in the cluster) fails here, clearly
+        devices = ray.get([a.ready.remote() for a in slots], timeout=opts.start_timeout_s)
+    except ray.exceptions.RayError as exc:
+        for actor in slots:
+            ray.kill(actor)
+        if isinstance(exc, ray.exceptions.GetTimeoutError):
+            raise ValueError(f"{opts.workers} worker(s) did not start within {opts.start_timeout_s:.0f} s "
+                             "(not enough CPUs / GPUs free in the Ray cluster?)") from None
+        raise ValueError(f"the workers did not start: {str(exc).strip().splitlines()[-1]}") from None
     say(f"{len(slots)} worker(s) on {', '.join(sorted(set(devices)))}; {len(work)} instance(s) to release")
 
     queue = deque(Batch(i, refs) for i, refs in enumerate(_batches(work, opts.batch_size)))
