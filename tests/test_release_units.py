@@ -151,3 +151,28 @@ def test_cli_refuses_a_destination_the_rules_do_not_name(tmp_path, site_keys, ca
                  "--config", str(config), "--dest-name", "cloud"])
     assert code == 2
     assert "--dest-name 'cloud' is not a destination" in capsys.readouterr().err
+
+
+def test_a_worker_reports_a_source_or_destination_that_stays_away(tmp_path, site_keys):
+    """Fetch from a closed port: the instance stays todo (not failed) and the run is told to stop; a STOW
+    that cannot reach the destination leaves the batch pending, to be settled with the destination later."""
+    from cohort_release.job import ReleaseJob
+    from cohort_release.protector import Protector
+    from miadmark.dicomio import read_dicom
+
+    from conftest import DICOM_DATA
+
+    key, cert = site_keys["hospital_paths"]
+    closed = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    job = ReleaseJob(source=closed, dest=closed, dest_name="research", sign_key=str(key), sign_cert=str(cert),
+                     recipients=(str(site_keys["research_paths"][1]),), profile="plain", device="cpu",
+                     patience_s=1.0, timeout_s=2.0)
+    worker = Protector(job)
+    ref = InstanceRef("1.2", "1.2.3", "1.2.3.4")
+    (fetched,) = worker.prepare(1, [ref])
+    assert fetched["state"] == TODO and fetched["unavailable"] and "source (WADO-RS) unreachable" in fetched["reason"]
+    ds = read_dicom(sorted((DICOM_DATA / "ct_chest_lidc0314" / "data").glob("*"))[0])
+    worker.held[2] = [(ref, ds)]
+    (sent,) = worker.send(2)
+    assert sent["state"] == PENDING and sent["unavailable"] and "destination (STOW-RS) unreachable" in sent["reason"]
+    assert worker.send(2) is None  # a batch the worker no longer holds: the driver settles it
