@@ -17,6 +17,7 @@ COMMANDS = {
     "train_prior": "miadmark.commands.train_prior", "evaluate": "miadmark.commands.evaluate",
     "gateway": "dicom_node.commands.gateway", "receive": "dicom_node.commands.receive",
     "rules": "miadmark.commands.rules", "queue": "dicom_node.commands.queue",
+    "release": "cohort_release.command",
 }
 
 
