@@ -29,8 +29,8 @@ def register(sub) -> None:
     p.add_argument("--query", action="append", default=[], metavar="KEY=VALUE",
                    help="QIDO-RS study filter, e.g. StudyDate=20240101-20241231 (repeat)")
     p.add_argument("--studies", metavar="FILE", help="Study Instance UIDs to release, one per line")
-    p.add_argument("--profile", help=f"watermark profile: {', '.join(sorted(ENGINES))} (default {DEFAULT_PROFILE}; "
-                   "a rule's profile wins)")
+    p.add_argument("--profile", choices=sorted(ENGINES),
+                   help=f"watermark profile (default {DEFAULT_PROFILE}; a rule's profile wins)")
     p.add_argument("--address", help="Ray cluster: auto or ray://HOST:10001 (default: a local Ray)")
     p.add_argument("--workers", type=int, default=1, help="protecting actors (default 1)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per actor (default 1)")
