@@ -16,7 +16,8 @@ and resizing), both upsampled into the full-resolution image.
 
 Options (Profile.options): iterations (30), alpha_min (0.25: the logo stays visible), stroke_min
 (0.5: bright strokes), step_alpha (0.04), step_texture (0.1), step_cloak (0.15 of the budget per step),
-momentum (1.0), feature_weight (0.5), p_fill (0.5), avoid (0.2), candidates (8), cam_threshold (170),
+momentum (1.0), feature_weight (0.5), loss ("ce"; "cw": logit margin capped at kappa), cloak_step ("sign";
+"l2": normalized-gradient steps), p_fill (0.5), avoid (0.2), candidates (8), cam_threshold (170),
 surrogates (names), keep_best (True), and the budget's fields (constraints.Budget: cloak_linf (4),
 flat_weight, background_weight, psnr_min (40), alpha_cap (0.5)).
 """
@@ -79,8 +80,11 @@ class CloakEngine(TransferEngine):
         use_eot = bool(self.opt("transforms", True))
         keep_best = bool(self.opt("keep_best", True))
 
+        kind, kappa = str(self.opt("loss", "ce")), float(self.opt("kappa", 5.0))
+        l2_cloak = str(self.opt("cloak_step", "sign")) == "l2"
+
         def lossf(x_, avoid_, f_):
-            return _loss(ens, x_, avoid_, f_, fw)
+            return _loss(ens, x_, avoid_, f_, fw, kind, kappa)
 
         with torch.no_grad():
             les, les_src = self.lesion_mask(images, lesion)
@@ -144,7 +148,11 @@ class CloakEngine(TransferEngine):
                 for j, (p, gr) in enumerate(zip(params, grads)):
                     gr = gr / gr.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (gr.dim() - 1))
                     mom[j] = mu * mom[j] + gr
-                    p.add_(steps[j] * mom[j].sign())
+                    if j == 2 and l2_cloak:  # L2 steps: the energy goes where the gradient is (PSNR-bound)
+                        nrm = mom[j].flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                        p.add_(steps[j] * mom[j] / nrm * mom[j][0].numel() ** 0.5)
+                    else:
+                        p.add_(steps[j] * mom[j].sign())
                 a1.clamp_(a_min, cap)
                 t1.clamp_(s_min, 1)
                 u.clamp_(-1, 1)
