@@ -37,7 +37,8 @@ def balanced_accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
 
 def train(data: str, arch: str, out: str, *, epochs: int = 12, device: str = "cpu", seed: int = 0,
           logo_augment: bool = False, size: int = 64, batch: int = 64, lr: float = 3e-3,
-          split_seed: int = 0, progress: bool = True, command: str | None = None, adv_eps: float = 0.0) -> dict:
+          split_seed: int = 0, progress: bool = True, command: str | None = None, adv_eps: float = 0.0,
+          max_train: int = 0) -> dict:
     """adv_eps > 0 (grey levels of 255): fast adversarial training (FGSM from a random start, Wong et al.
     2020) at that L-inf budget. Slightly robust surrogates give perturbations that transfer better
     (Springer et al., "A little robustness goes a long way", 2021)."""
@@ -46,6 +47,9 @@ def train(data: str, arch: str, out: str, *, epochs: int = 12, device: str = "cp
     ds = load_dataset(data, seed=split_seed)
     in_ch = ds.images.shape[1]
     xtr_u8, ytr = ds.split(val=False)
+    if 0 < max_train < len(xtr_u8):  # a seeded subset of the training split (CPU time)
+        keep = torch.randperm(len(xtr_u8), generator=torch.Generator().manual_seed(seed))[:max_train].sort().values
+        xtr_u8, ytr = xtr_u8[keep], ytr[keep]
     xva_u8, yva = ds.split(val=True)
     xtr = to_model_input(xtr_u8, size, in_ch)
     xva = to_model_input(xva_u8, size, in_ch)
@@ -93,7 +97,7 @@ def train(data: str, arch: str, out: str, *, epochs: int = 12, device: str = "cp
     acc = float((pred == yva).float().mean())
     meta = {"arch": arch, "in_ch": in_ch, "in_size": size, "classes": ds.classes, "dataset": ds.name,
             "val_accuracy": round(acc, 4), "val_balanced_accuracy": round(balanced_accuracy(pred, yva), 4), "n_train": len(xtr), "n_val": len(xva), "epochs": epochs,
-            "seed": seed, "split_seed": split_seed, "logo_augment": logo_augment, "adv_eps": adv_eps,
+            "seed": seed, "split_seed": split_seed, "logo_augment": logo_augment, "adv_eps": adv_eps, "max_train": max_train,
             "train_seconds": round(time.time() - t0, 1), "device": str(dev),
             "command": command or " ".join(sys.argv)}
     save(model, meta, out)
