@@ -298,7 +298,9 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
         names["label"] = ds.classes[int(labels[i])]
         examples.append(names)
     report = {
-        "data": ds.name, "split": f"validation ({'upstream, by patient / lesion' if ds.name in UPSTREAM else 'seeded md5-group hash'}, split_seed={split_seed})",
+        "data": ds.name,
+        "split": f"validation ({'upstream, by patient / lesion' if ds.name in UPSTREAM else 'seeded md5-group hash'}, "
+                 f"split_seed={split_seed})",
         "n_images": n, "image_size": [h, w], "classes": ds.classes,
         "metric": "balanced accuracy" if balanced else "accuracy",
         "profile": {"name": profile.name, "max_area_fraction": profile.max_area_fraction,
@@ -322,6 +324,11 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
     return report
 
 
+def _target_row(t: dict) -> str:
+    cells = (t["target"], str(t["models"]), t["bound"], str(t["value"]), "yes" if t["met"] else "NO")
+    return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
 def _html(r: dict) -> str:
     rows = []
     for role, d in r["accuracy"].items():
@@ -342,7 +349,7 @@ Command: <code>{html.escape(r['command'])}</code></p>
 <th>resize 1/2</th></tr>
 {''.join(rows)}</table>
 <h2>Targets</h2><table><tr><th>target</th><th>models</th><th>bound</th><th>measured</th><th>met</th></tr>
-{''.join(f"<tr><td>{t['target']}</td><td>{html.escape(str(t['models']))}</td><td>{html.escape(t['bound'])}</td><td>{t['value']}</td><td>{'yes' if t['met'] else 'NO'}</td></tr>" for t in r.get('targets', []))}</table>
+{''.join(_target_row(t) for t in r.get('targets', []))}</table>
 <h2>Quality</h2><pre>{html.escape(json.dumps(r['quality'], indent=2))}</pre>
 <h2>Examples (difference x16; lesion mask in grey; inpainted = TELEA over the box)</h2><table>{ex}</table></body></html>
 """

@@ -1,5 +1,5 @@
-"""Choose engine settings (`cloak`, the default, or `transfer`) without looking at the black-box models: attack N validation images and
-report the accuracy of the surrogates (white-box) and of the tuning proxies in
+"""Choose engine settings (`cloak`, the default, or `transfer`) without looking at the black-box models:
+attack N validation images and report the accuracy of the surrogates (white-box) and of the tuning proxies in
 miadmark/surrogates/weights/proxy/ (other architectures, never in the engine's ensemble, never among
 the evaluation's black-box models).
 

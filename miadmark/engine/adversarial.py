@@ -50,7 +50,8 @@ class AdversarialEngine(Engine):
     def watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
                   contexts: list[ImageContext]) -> WatermarkBatch:
         """Images go to the surrogates of their modality (chest radiographs to the chest X-ray model,
-        colour photographs to the dermoscopy model, the rest to the brain-MRI ensemble, unless options['surrogates'] names one ensemble for all),
+        colour photographs to the dermoscopy model, the rest to the brain-MRI ensemble, unless
+        options['surrogates'] names one ensemble for all),
         in chunks of at most options['max_batch'] (32) through `_watermark`."""
         n = images.shape[0]
         contexts_ok(contexts, n)

@@ -96,8 +96,9 @@ def train(data: str, arch: str, out: str, *, epochs: int = 12, device: str = "cp
     pred = predictions(model, xva, dev)
     acc = float((pred == yva).float().mean())
     meta = {"arch": arch, "in_ch": in_ch, "in_size": size, "classes": ds.classes, "dataset": ds.name,
-            "val_accuracy": round(acc, 4), "val_balanced_accuracy": round(balanced_accuracy(pred, yva), 4), "n_train": len(xtr), "n_val": len(xva), "epochs": epochs,
-            "seed": seed, "split_seed": split_seed, "logo_augment": logo_augment, "adv_eps": adv_eps, "max_train": max_train,
+            "val_accuracy": round(acc, 4), "val_balanced_accuracy": round(balanced_accuracy(pred, yva), 4),
+            "n_train": len(xtr), "n_val": len(xva), "epochs": epochs, "seed": seed, "split_seed": split_seed,
+            "logo_augment": logo_augment, "adv_eps": adv_eps, "max_train": max_train,
             "train_seconds": round(time.time() - t0, 1), "device": str(dev),
             "command": command or " ".join(sys.argv)}
     save(model, meta, out)
