@@ -1,5 +1,6 @@
-"""Engine throughput: images/s of `paper` and `transfer` at batch 1, 16, 64 against plain PGD-10
-(L-inf 8/255 on the same surrogate ensemble, gradients through the same resize) in the same run.
+"""Engine throughput: images/s of `cloak` (the default), `transfer` (the previous default) and `paper`
+at batch 1, 16, 64 against plain PGD-10 (L-inf 8/255 on the same surrogate ensemble, gradients through
+the same resize) in the same run; `cloak_vs_transfer` is the default's speed relative to the previous one.
 
     .venv/bin/python benchmarks/engine.py [--device auto] [--size 224] [--batches 1 16 64] [--threads 2]
 """
@@ -67,6 +68,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 16, 64])
+    ap.add_argument("--engines", nargs="*", default=["cloak", "transfer", "paper"])
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write the results here")
@@ -78,8 +80,8 @@ def main() -> int:
             "torch": torch.__version__, "device": str(dev),
             "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None, "image_size": args.size}
     print(json.dumps(info))
-    engines = {name: get_engine(Profile(name=name), dev) for name in ("transfer", "paper")}
-    ens = engines["transfer"].ensemble
+    engines = {name: get_engine(Profile(name=name), dev) for name in args.engines}
+    ens = next(iter(engines.values())).ensemble
     print(f"surrogates: {', '.join(ens.names)} at {ens.size}x{ens.size}")
     x_all = images(max(args.batches), args.size).to(dev)
     rows = []
@@ -91,6 +93,8 @@ def main() -> int:
             r = timed(lambda t: eng.watermark(t, None, []), x, dev, args.repeat)
             row[f"{name}_img_s"] = round(r, 2)
             row[f"{name}_vs_pgd10"] = round(r / pgd, 3)
+        if "cloak_img_s" in row and "transfer_img_s" in row:
+            row["cloak_vs_transfer"] = round(row["cloak_img_s"] / row["transfer_img_s"], 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

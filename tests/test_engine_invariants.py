@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from miadmark.engine import DEFAULT_PROFILE, Profile, get_engine
+from miadmark.engine import Profile, get_engine
 from miadmark.surrogates import surrogate_paths
 
 torch.set_num_threads(1)
@@ -44,10 +44,6 @@ def disk(n: int, size: int, cy: int, cx: int, r: int) -> torch.Tensor:
 def box_area(p) -> int:
     y0, x0, y1, x1 = p["box"]
     return (y1 - y0) * (x1 - x0)
-
-
-def test_default_profile_is_transfer():
-    assert DEFAULT_PROFILE == "transfer"
 
 
 @pytest.mark.parametrize("name,opts", [("transfer", FAST), ("paper", PAPER_FAST)])

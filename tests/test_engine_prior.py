@@ -69,15 +69,16 @@ def test_chest_radiographs_go_to_the_chest_surrogate():
     from miadmark.engine import ImageContext
     from miadmark.surrogates import surrogate_paths
 
-    if not surrogate_paths(["chest_xray28_resnet10_logoaug"]):
+    from miadmark.surrogates import CHEST_SURROGATES
+
+    if not surrogate_paths(CHEST_SURROGATES):
         import pytest
 
         pytest.skip("no chest surrogate committed")
     x = brainlike(3, 1, 96)
     ctx = [ImageContext(modality="DX"), ImageContext(modality="MR"), ImageContext(modality="CR")]
     res = get_engine(Profile(name="transfer", options=FAST), "cpu").watermark(x, None, ctx)
-    assert [p["surrogates"] for p in res.params] == [["chest_xray28_resnet10_logoaug"], list(DEFAULT_SURROGATES),
-                                                    ["chest_xray28_resnet10_logoaug"]]
+    assert [p["surrogates"] for p in res.params] == [CHEST_SURROGATES, list(DEFAULT_SURROGATES), CHEST_SURROGATES]
     alone = get_engine(Profile(name="transfer", options=FAST), "cpu").watermark(x[1:2], None, ctx[1:2])
     assert torch.equal(res.images[1:2], alone.images), "a mixed batch is watermarked group by group"
     named = get_engine(Profile(name="transfer", options={**FAST, "surrogates": list(DEFAULT_SURROGATES)}), "cpu")

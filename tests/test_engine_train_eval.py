@@ -27,14 +27,20 @@ def test_train_then_evaluate(tmp_path, monkeypatch):
     assert meta["arch"] == "resnet10" and 0.0 <= meta["val_accuracy"] <= 1.0 and meta["n_val"] == 270
     assert "miadmark train" in meta["command"]
     rep_dir = tmp_path / "report"
-    assert main(["evaluate", "--data", str(NPZ), "--profile", "transfer", "--models", str(out), "--out",
+    assert main(["evaluate", "--data", str(NPZ), "--profile", "cloak", "--models", str(out), "--out",
                  str(rep_dir), "--limit", "6", "--batch", "6", "--options", '{"iterations": 2}',
                  "--threads", "1"]) == 0
     rep = json.loads((rep_dir / "report.json").read_text())
     assert rep["quality"]["lesion_pixels_changed"] == 0
     assert rep["quality"]["box_area_fraction_max"] <= 1 / 9 + 1e-6
     assert set(rep["accuracy_summary"]["black_box"]) == {"clean", "plain_logo_same_box", "protected",
-                                                         "protected_inpainted"}
+                                                         "protected_inpainted_telea", "protected_inpainted_ns"}
+    assert set(rep["accuracy_summary"]["black_box"]["protected"]) == {"none", "jpeg_q75", "resize_half_and_back"}
+    q = rep["quality"]
+    assert 0.5 - 1e-6 <= q["contrast_transmission_in_box"] <= 1.0 + 1e-6 or q["contrast_transmission_in_box"] != \
+        q["contrast_transmission_in_box"]  # see-through logo (nan: no anatomy in a 28 px box)
+    assert q["psnr_outside_logo_db"]["min"] is None or q["psnr_outside_logo_db"]["min"] >= 40.0
+    assert {t["target"] for t in rep["targets"]} >= {"readability_in_box", "ssim_outside_box", "lesion_pixels_changed"}
     assert (rep_dir / "report.html").exists() and list(rep_dir.glob("ex0_after.png"))
 
 

@@ -1,9 +1,10 @@
-"""Choose `transfer` settings without looking at the black-box models: attack N validation images and
-report the accuracy of the surrogates (white-box) and of the tuning proxies in
+"""Choose engine settings (`cloak`, the default, or `transfer`) without looking at the black-box models:
+attack N validation images and report the accuracy of the surrogates (white-box) and of the tuning proxies in
 miadmark/surrogates/weights/proxy/ (other architectures, never in the engine's ensemble, never among
 the evaluation's black-box models).
 
-    .venv/bin/python tools/proxy_tuning.py --n 128 --opts '{"prior": false}'
+    .venv/bin/python tools/proxy_tuning.py --n 128 --opts '{"cloak_step": "l2"}'
+    .venv/bin/python tools/proxy_tuning.py --profile transfer --n 128 --opts '{"prior": false}'
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/brain_mri"))
     ap.add_argument("--n", type=int, default=128, help="validation images (the evaluation's order, first N)")
-    ap.add_argument("--opts", default="{}", help="transfer options as JSON")
+    ap.add_argument("--opts", default="{}", help="engine options as JSON")
+    ap.add_argument("--profile", default="cloak")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--area", type=float, default=None, help="logo box as a fraction of the image (default 1/9)")
     a = ap.parse_args()
@@ -47,7 +49,7 @@ def main() -> None:
     perm = torch.randperm(len(x_u8), generator=torch.Generator().manual_seed(1234))[:a.n].sort().values
     imgs, labels = x_u8[perm].float() / 255, y[perm]
     box = {} if a.area is None else {"max_area_fraction": a.area}
-    eng = get_engine(Profile(name="transfer", options=opts, **box), "cpu")
+    eng = get_engine(Profile(name=a.profile, options=opts, **box), "cpu")
     names = opts.get("surrogates") or DEFAULT_SURROGATES
     ens = Ensemble.get(names, torch.device("cpu"))
     models = {n: load(WEIGHTS_DIR / f"{n}.pt") for n in names}
@@ -58,7 +60,7 @@ def main() -> None:
         outs.append(eng.watermark(xb, gradcam_lesion(ens, xb, eng.cam_threshold_default), []).images)
     prot = torch.cat(outs)
     print(json.dumps({
-        "opts": opts, "area": eng.profile.max_area_fraction, "n": a.n,
+        "profile": a.profile, "opts": opts, "area": eng.profile.max_area_fraction, "n": a.n,
         "seconds_per_image": round((time.time() - t0) / a.n, 3),
         "accuracy_clean_protected": {k: [round(accuracy(m, imgs, labels), 3), round(accuracy(m, prot, labels), 3)]
                                      for k, m in models.items()},

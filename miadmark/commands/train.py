@@ -27,6 +27,7 @@ def register(sub) -> None:
                    help="fast adversarial training at this L-inf budget (grey levels of 255); 0: off")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bars on stderr (default: when stderr is a terminal)")
+    p.add_argument("--max-train", type=int, default=0, help="train on a seeded subset of this many images; 0: all")
     p.set_defaults(func=run)
 
 
@@ -40,7 +41,8 @@ def run(args) -> int:
     parts = ["miadmark", "train", "--data", args.data, "--arch", args.arch, "--out", args.out,
              "--epochs", str(args.epochs), "--device", args.device, "--seed", str(args.seed)]
     for flag, val, default in (("--size", args.size, 64), ("--batch", args.batch, 64), ("--lr", args.lr, 3e-3),
-                               ("--split-seed", args.split_seed, 0), ("--threads", args.threads, 2)):
+                               ("--split-seed", args.split_seed, 0), ("--threads", args.threads, 2),
+                               ("--max-train", args.max_train, 0)):
         if val != default:
             parts += [flag, str(val)]
     if args.logo_augment:
@@ -51,7 +53,7 @@ def run(args) -> int:
     meta = train(args.data, args.arch, args.out, epochs=args.epochs, device=str(resolve_device(args.device)),
                  seed=args.seed, logo_augment=args.logo_augment, size=args.size, batch=args.batch, lr=args.lr,
                  split_seed=args.split_seed, command=command, adv_eps=args.adv_eps,
-                 progress=args.progress)
+                 progress=args.progress, max_train=args.max_train)
     print(f"{args.out}: {meta['arch']} val_accuracy {meta['val_accuracy']:.4f} "
           f"({meta['n_val']} validation images, {meta['train_seconds']:.0f}s)")
     return 0

@@ -17,8 +17,9 @@ ENGINES: dict[str, str] = {
     "plain": "miadmark.engine.plain:PlainLogoEngine",
     "transfer": "miadmark.engine.transfer:TransferEngine",
     "paper": "miadmark.engine.paper:PaperEngine",
+    "cloak": "miadmark.engine.cloak:CloakEngine",
 }
-DEFAULT_PROFILE = "transfer"
+DEFAULT_PROFILE = "cloak"
 
 
 def get_engine(profile: str | Profile = DEFAULT_PROFILE, device: str | torch.device = "auto") -> Engine:

@@ -50,7 +50,8 @@ class AdversarialEngine(Engine):
     def watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
                   contexts: list[ImageContext]) -> WatermarkBatch:
         """Images go to the surrogates of their modality (chest radiographs to the chest X-ray model,
-        the rest to the brain-MRI ensemble, unless options['surrogates'] names one ensemble for all),
+        colour photographs to the dermoscopy model, the rest to the brain-MRI ensemble, unless
+        options['surrogates'] names one ensemble for all),
         in chunks of at most options['max_batch'] (32) through `_watermark`."""
         n = images.shape[0]
         contexts_ok(contexts, n)
@@ -81,7 +82,7 @@ class AdversarialEngine(Engine):
         named = self.opt("surrogates", None)
         if named:
             return tuple(named)
-        return tuple(surrogates_for_modality(ctx.modality if ctx else ""))
+        return tuple(surrogates_for_modality(ctx.modality if ctx else "", ctx.photometric if ctx else ""))
 
     def _chunked(self, images, lesion, contexts) -> WatermarkBatch:
         bs = max(1, int(self.opt("max_batch", 32)))

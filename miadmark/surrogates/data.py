@@ -4,8 +4,10 @@ Supported layouts:
 * brain_mri / skin_isic: class folders plus labels.csv (path, split, label, md5, ...). Rows that
   share an md5 (byte-identical duplicates) always land on the same side of the split; rows with
   copy_with_other_label=1 are dropped.
+* chest_xray_224 / skin_ham10000: the same, with a split column "train" / "val" made by patient /
+  lesion upstream: that split is used as is (no patient or lesion on both sides).
 * chest_xray28: a MedMNIST-style npz (train/val images and labels).
-The validation split is a seeded hash of the md5 group, so it is stable across runs and machines.
+Otherwise the validation split is a seeded hash of the md5 group, so it is stable across runs and machines.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def load_dataset(data: str | Path, *, seed: int = 0, val_fraction: float = 0.15)
     data = Path(data).resolve()
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     tag = hashlib.sha256(str(data).encode()).hexdigest()[:12]
-    cache = CACHE_DIR / f"{data.name}-{tag}-v1.pt"
+    cache = CACHE_DIR / f"{data.name}-{tag}-v2.pt"
     if cache.exists():
         blob = torch.load(cache, weights_only=False)
     else:
@@ -88,9 +90,10 @@ def _read(data: Path) -> dict:
         for row in csv.DictReader(fh):
             if row.get("copy_with_other_label", "0") == "1":
                 continue
-            if row.get("split", "Training") not in ("Training", "Train"):
+            if row.get("split", "Training") not in ("Training", "Train", "train", "val"):
                 continue  # held-out test splits stay untouched
             rows.append(row)
+    upstream_val = any(r.get("split") == "val" for r in rows)  # split by patient / lesion upstream
     classes = sorted({r["label"] for r in rows})
     sizes = set()
     imgs = []
@@ -108,7 +111,7 @@ def _read(data: Path) -> dict:
     return {"classes": classes, "images": torch.from_numpy(np.stack(imgs)),
             "labels": torch.tensor([classes.index(r["label"]) for r in rows]),
             "keys": [r.get("md5") or r["path"] for r in rows], "paths": [r["path"] for r in rows],
-            "fixed_val": None}
+            "fixed_val": torch.tensor([r["split"] == "val" for r in rows]) if upstream_val else None}
 
 
 def to_model_input(images_u8: torch.Tensor, size: int, channels: int) -> torch.Tensor:

@@ -19,18 +19,26 @@ from .models import build
 log = logging.getLogger(__name__)
 
 
-def evaluate_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch: int = 256) -> float:
+def predictions(model, x: torch.Tensor, device, batch: int = 256) -> torch.Tensor:
     model.eval()
-    correct = 0
     with torch.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((model(x[i:i + batch].to(device)).argmax(1).cpu() == y[i:i + batch]).sum())
-    return correct / max(1, len(x))
+        return torch.cat([model(x[i:i + batch].to(device)).argmax(1).cpu() for i in range(0, len(x), batch)])
+
+
+def evaluate_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch: int = 256) -> float:
+    return float((predictions(model, x, device, batch) == y).float().mean()) if len(x) else 0.0
+
+
+def balanced_accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean per-class recall over the classes present (the skin data's metric: nv is most of it)."""
+    recalls = [float((pred[y == c] == c).float().mean()) for c in y.unique()]
+    return sum(recalls) / max(1, len(recalls))
 
 
 def train(data: str, arch: str, out: str, *, epochs: int = 12, device: str = "cpu", seed: int = 0,
           logo_augment: bool = False, size: int = 64, batch: int = 64, lr: float = 3e-3,
-          split_seed: int = 0, progress: bool = True, command: str | None = None, adv_eps: float = 0.0) -> dict:
+          split_seed: int = 0, progress: bool = True, command: str | None = None, adv_eps: float = 0.0,
+          max_train: int = 0) -> dict:
     """adv_eps > 0 (grey levels of 255): fast adversarial training (FGSM from a random start, Wong et al.
     2020) at that L-inf budget. Slightly robust surrogates give perturbations that transfer better
     (Springer et al., "A little robustness goes a long way", 2021)."""
@@ -39,6 +47,9 @@ def train(data: str, arch: str, out: str, *, epochs: int = 12, device: str = "cp
     ds = load_dataset(data, seed=split_seed)
     in_ch = ds.images.shape[1]
     xtr_u8, ytr = ds.split(val=False)
+    if 0 < max_train < len(xtr_u8):  # a seeded subset of the training split (CPU time)
+        keep = torch.randperm(len(xtr_u8), generator=torch.Generator().manual_seed(seed))[:max_train].sort().values
+        xtr_u8, ytr = xtr_u8[keep], ytr[keep]
     xva_u8, yva = ds.split(val=True)
     xtr = to_model_input(xtr_u8, size, in_ch)
     xva = to_model_input(xva_u8, size, in_ch)
@@ -74,17 +85,20 @@ def train(data: str, arch: str, out: str, *, epochs: int = 12, device: str = "cp
             opt.step()
             sched.step()
             tot += float(loss.detach()) * len(idx)
-        acc = evaluate_accuracy(model, xva, yva, dev)
-        log.info("%s epoch %d/%d loss %.4f val_acc %.4f (%.0fs)", arch, ep + 1, epochs, tot / len(xtr), acc,
-                 time.time() - t0)
-        if acc >= best[0] and ep >= epochs // 2:
-            best = (acc, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        pred = predictions(model, xva, dev)
+        acc, bal = float((pred == yva).float().mean()), balanced_accuracy(pred, yva)
+        log.info("%s epoch %d/%d loss %.4f val_acc %.4f balanced %.4f (%.0fs)", arch, ep + 1, epochs,
+                 tot / len(xtr), acc, bal, time.time() - t0)
+        if bal >= best[0] and ep >= epochs // 2:  # balanced: chest and skin data are imbalanced
+            best = (bal, {k: v.detach().clone() for k, v in model.state_dict().items()})
     if best[1] is not None:
         model.load_state_dict(best[1])
-    acc = evaluate_accuracy(model, xva, yva, dev)
+    pred = predictions(model, xva, dev)
+    acc = float((pred == yva).float().mean())
     meta = {"arch": arch, "in_ch": in_ch, "in_size": size, "classes": ds.classes, "dataset": ds.name,
-            "val_accuracy": round(acc, 4), "n_train": len(xtr), "n_val": len(xva), "epochs": epochs,
-            "seed": seed, "split_seed": split_seed, "logo_augment": logo_augment, "adv_eps": adv_eps,
+            "val_accuracy": round(acc, 4), "val_balanced_accuracy": round(balanced_accuracy(pred, yva), 4),
+            "n_train": len(xtr), "n_val": len(xva), "epochs": epochs, "seed": seed, "split_seed": split_seed,
+            "logo_augment": logo_augment, "adv_eps": adv_eps, "max_train": max_train,
             "train_seconds": round(time.time() - t0, 1), "device": str(dev),
             "command": command or " ".join(sys.argv)}
     save(model, meta, out)

@@ -1,0 +1,127 @@
+"""What a watermark may do to an image, in one place (the iterative `cloak` engine and a future one-pass
+generator both compose through here and check their output here).
+
+Two parts, on model-domain images in [0, 1] (the display window):
+* the logo: inside one box of at most `max_area_fraction` of the image (1/9), placed off the lesion;
+  see-through, out = (1 - a) x + a t with a <= `alpha_cap` (0.5) at every pixel and t in [0, 1], no
+  backing plate: every pixel of the box keeps at least half of the original, so a reader still reads
+  the anatomy under the logo;
+* the cloak: an imperceptible perturbation over the rest of the image, at most `cloak_linf` (grey
+  levels of 255) times a perceptual mask (1 on texture, `flat_weight` on flat tissue, `background_weight`
+  on background), and scaled down where needed so that the PSNR outside the box stays >= `psnr_min`.
+Neither part touches a lesion pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .logo import box_size  # noqa: F401 - the box's size rule lives with the logo; re-exported here
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_area_fraction: float = 1 / 9
+    alpha_cap: float = 0.5  # the logo's opacity cap at every pixel of the box
+    cloak_linf: float = 8.0  # grey levels of 255, on the most textured pixels (the PSNR bound binds first)
+    flat_weight: float = 0.25  # fraction of cloak_linf allowed on flat tissue
+    background_weight: float = 0.0  # on background (air: grey below `background_level`)
+    background_level: float = 0.04
+    psnr_min: float = 40.0  # dB outside the box, in the display window
+    psnr_margin: float = 0.5  # the engine aims this much higher (8-bit rounding downstream)
+    texture_window: int = 7  # local standard deviation window (pixels at full resolution)
+
+    @classmethod
+    def from_options(cls, options: dict, max_area_fraction: float) -> Budget:
+        """A budget from Profile.options (same names), the box from the profile."""
+        names = {f for f in cls.__dataclass_fields__ if f != "max_area_fraction"}
+        return cls(max_area_fraction=max_area_fraction, **{k: float(v) for k, v in options.items() if k in names
+                                                           and k != "texture_window"},
+                   **({"texture_window": int(options["texture_window"])} if "texture_window" in options else {}))
+
+
+def box_mask(n: int, h: int, w: int, boxes: list[list[int]], device=None) -> torch.Tensor:
+    """(N, H, W) bool, True inside each image's box [y0, x0, y1, x1]."""
+    m = torch.zeros(n, h, w, dtype=torch.bool, device=device)
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        m[i, y0:y1, x0:x1] = True
+    return m
+
+
+def perceptual_mask(images: torch.Tensor, frozen: torch.Tensor, budget: Budget) -> torch.Tensor:
+    """(N, 1, H, W) in [0, 1]: where the cloak may go and how strongly. Local contrast (standard deviation
+    in a small window, relative to the image's 90th percentile of it) maps flat tissue to `flat_weight`
+    and texture to 1 (texture masks a change, a flat region shows it); background gets
+    `background_weight`; `frozen` (N, H, W) bool (lesion, box) gets 0."""
+    g = images.mean(1, keepdim=True)
+    k = int(budget.texture_window) | 1
+    mu = F.avg_pool2d(F.pad(g, (k // 2,) * 4, mode="replicate"), k, 1)
+    var = F.avg_pool2d(F.pad(g * g, (k // 2,) * 4, mode="replicate"), k, 1) - mu * mu
+    sd = var.clamp_min(0).sqrt()
+    ref = torch.quantile(sd.flatten(1)[:, ::max(1, sd[0].numel() // 100_000)], 0.9, dim=1).clamp_min(1e-3)
+    tex = (sd / ref.view(-1, 1, 1, 1)).clamp(0, 1)
+    m = budget.flat_weight + (1 - budget.flat_weight) * tex
+    m = torch.where(mu < budget.background_level, torch.full_like(m, budget.background_weight), m)
+    return m * (~frozen[:, None]).float()
+
+
+def compose(images: torch.Tensor, lesion: torch.Tensor, boxes: list[list[int]], alpha: torch.Tensor,
+            texture: torch.Tensor, cloak: torch.Tensor | None, cloak_mask: torch.Tensor | None,
+            budget: Budget) -> torch.Tensor:
+    """The watermarked images (differentiable in alpha, texture and cloak).
+
+    images (N, C, H, W); lesion (N, H, W) bool; boxes per image, all of one size (bh, bw);
+    alpha (N, 1, bh, bw) the logo's opacity (logo shape times its alpha map), clamped here to
+    [0, alpha_cap]; texture (N, 1 or C, bh, bw), clamped to [0, 1]; cloak (N, 1 or C, H, W) in
+    [-1, 1] (clamped) times cloak_mask (N, 1, H, W) from `perceptual_mask` (0 in box and lesion)."""
+    n, c, h, w = images.shape
+    a = alpha.clamp(0, budget.alpha_cap)
+    t = texture.clamp(0, 1)
+    A, T = [], []
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        pad = (x0, w - x1, y0, h - y1)
+        A.append(F.pad(a[i], pad))
+        T.append(F.pad(t[i], pad))
+    A = torch.stack(A) * (~lesion[:, None]).float()
+    out = images + A * (torch.stack(T) - images)
+    if cloak is not None:
+        d = cloak.clamp(-1, 1) * cloak_mask * (budget.cloak_linf / 255.0)
+        outside = (~box_mask(n, h, w, boxes, images.device))[:, None].float()
+        mse = (d * d * outside).flatten(1).sum(1) / (outside.flatten(1).sum(1) * d.shape[1]).clamp_min(1)
+        target = 10 ** (-(budget.psnr_min + budget.psnr_margin) / 10)
+        scale = (target / mse.detach().clamp_min(1e-12)).sqrt().clamp(max=1.0)
+        out = out + d * outside * scale.view(-1, 1, 1, 1)
+    out = out.clamp(0, 1)
+    return torch.where(lesion[:, None].expand_as(images), images, out)
+
+
+def violations(images: torch.Tensor, out: torch.Tensor, lesion: torch.Tensor, boxes: list[list[int]],
+               budget: Budget, tol: float = 1.5 / 255) -> list[str]:
+    """What `out` breaks of the budget (empty when it keeps it), from the images alone: lesion pixels
+    changed, a box over the area bound, a box pixel keeping less than (1 - alpha_cap) of the original
+    (out must lie in [(1 - a) x, (1 - a) x + a]), a cloak pixel beyond its L-inf budget, PSNR outside
+    the box below psnr_min. `tol` absorbs rounding to stored values (8 bits and a window)."""
+    n, c, h, w = images.shape
+    bad = []
+    if bool((lesion[:, None] & (out != images)).any()):
+        bad.append(f"{int((lesion[:, None] & (out != images)).sum())} lesion pixel values changed")
+    inside = box_mask(n, h, w, boxes, images.device)[:, None].expand_as(images)
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        if (y1 - y0) * (x1 - x0) > budget.max_area_fraction * h * w + 1e-6:
+            bad.append(f"image {i}: box {(y1 - y0)}x{(x1 - x0)} over {budget.max_area_fraction:.4f} of the image")
+    k = 1 - budget.alpha_cap
+    lo, hi = k * images - tol, k * images + budget.alpha_cap + tol
+    if bool((inside & ((out < lo) | (out > hi))).any()):
+        bad.append("a box pixel keeps less than (1 - alpha_cap) of the original")
+    d = (out - images).abs()
+    if bool(((~inside) & (d > budget.cloak_linf / 255.0 + tol)).any()):
+        bad.append(f"cloak beyond {budget.cloak_linf:g}/255 outside the box")
+    outside = ~inside
+    mse = ((out - images) ** 2 * outside).flatten(1).sum(1) / outside.flatten(1).sum(1).clamp_min(1)
+    worst = float(mse.max()) if len(mse) else 0.0
+    if worst > 0 and 10 * torch.log10(torch.tensor(1 / worst)) < budget.psnr_min - 0.05:
+        bad.append(f"PSNR outside the box {10 * torch.log10(torch.tensor(1 / worst)):.2f} dB < {budget.psnr_min}")
+    return bad
