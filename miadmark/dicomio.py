@@ -15,7 +15,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, MiadmarkError, safe_reason
+from .limits import parse_untrusted
 
 
 def parse_all(ds: Dataset) -> Dataset:
@@ -30,11 +31,13 @@ def parse_all(ds: Dataset) -> Dataset:
 def read_dicom(path: str | os.PathLike) -> Dataset:
     """Read a DICOM file fully (pixel data included) or raise InvalidInputError with the reason."""
     try:
-        ds = parse_all(pydicom.dcmread(path))  # parse now: a truncated file fails here, not later
+        ds = parse_untrusted(pydicom.dcmread(path))  # parse now: a truncated file fails here, not later
     except InvalidDicomError:
         raise InvalidInputError("not a DICOM file (no DICM preamble or valid header)") from None
-    except (EOFError, ValueError, OSError, TypeError, KeyError, NotImplementedError) as exc:
-        raise InvalidInputError(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
+    except MiadmarkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zlib.error, RecursionError, BytesLengthException...: all unreadable
+        raise InvalidInputError(f"unreadable DICOM ({safe_reason(exc)})") from None
     if "PixelData" in ds and len(ds.PixelData or b"") == 0:
         raise InvalidInputError("truncated file: Pixel Data is empty")
     return ds
@@ -42,9 +45,11 @@ def read_dicom(path: str | os.PathLike) -> Dataset:
 
 def dataset_from_bytes(data: bytes) -> Dataset:
     try:
-        return parse_all(pydicom.dcmread(io.BytesIO(data)))
+        return parse_untrusted(pydicom.dcmread(io.BytesIO(data)))
+    except MiadmarkError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is invalid input
-        raise InvalidInputError(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
+        raise InvalidInputError(f"unreadable DICOM ({safe_reason(exc)})") from None
 
 
 def dataset_to_bytes(ds: Dataset) -> bytes:
@@ -109,7 +114,3 @@ def write_atomic(data: bytes, path: str | os.PathLike, mode: int = 0o644) -> Pat
 def write_dicom_atomic(ds: Dataset, path: str | os.PathLike) -> Path:
     return write_atomic(dataset_to_bytes(ds), path)
 
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."

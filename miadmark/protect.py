@@ -31,11 +31,12 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from . import __version__
-from .dicomio import canonical_bytes, parse_all
+from .dicomio import canonical_bytes
 from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine
 from .errors import (AlreadyProtectedError, IntegrityError, MiadmarkError, NotProtectedError,
-                     RecordCorruptError, UntrustedSignerError)
+                     RecordCorruptError, UntrustedSignerError, unexpected_input)
 from .keys import Identity, subject_name
+from .limits import parse_untrusted
 from .pixel_payload import apply_changed_words, encode_changed_words, word_dtype
 from .pixels import Pixels, decode, from_model, native_pixel_bytes, to_model
 from .record import (RECORD_CREATOR, Record, decode_file_meta, decrypt, encode_file_meta, encrypt,
@@ -83,8 +84,8 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
     for i, ds in enumerate(datasets):
         try:
             prepared.append((i, _prepare(ds, None if lesion_masks is None else lesion_masks[i])))
-        except MiadmarkError as exc:
-            results[i] = exc
+        except Exception as exc:  # noqa: BLE001 - one bad input fails alone (see unexpected_input)
+            results[i] = unexpected_input(exc, "reading the image")
     # group by frame geometry so that a series of equal slices is one engine batch
     groups: dict[tuple, list] = {}
     for i, prep in prepared:
@@ -105,8 +106,8 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
             try:
                 results[i] = _finish(datasets[i], prep, x_new[offset:offset + n], params[offset:offset + n],
                                      recipients, signer, engine)
-            except MiadmarkError as exc:
-                results[i] = exc
+            except Exception as exc:  # noqa: BLE001 - one bad input fails alone
+                results[i] = unexpected_input(exc, "building the protected object")
             offset += n
     return results  # type: ignore[return-value]
 
@@ -129,7 +130,7 @@ def _run_engine(engine: Engine, x: np.ndarray, lesion: np.ndarray, contexts: lis
 def _prepare(ds: Dataset, lesion_mask: np.ndarray | None) -> dict:
     if is_protected(ds):
         raise AlreadyProtectedError("already protected (carries a restoration record); strip it first")
-    parse_all(ds)  # the hash and the record see elements exactly as they will be re-encoded
+    parse_untrusted(ds)  # depth-bounded; the hash and the record see elements as they will be re-encoded
     px = decode(ds)
     x, mapping = to_model(ds, px)
     frames, _, h, w = x.shape
@@ -242,7 +243,10 @@ def open_record(ds: Dataset, keyring: Sequence[Identity]) -> Record:
     item = ds.EncryptedAttributesSequence[0]
     if item.get("EncryptedContentTransferSyntaxUID") != ExplicitVRLittleEndian:
         raise RecordCorruptError("record content transfer syntax is not Explicit VR Little Endian")
-    record = verify_record(decrypt(bytes(item.EncryptedContent), list(keyring)))
+    content = item.get("EncryptedContent")
+    if not content:
+        raise RecordCorruptError("Encrypted Content is empty")
+    record = verify_record(decrypt(bytes(content), list(keyring)))
     if record.protected_uid != str(ds.get("SOPInstanceUID", "")):
         raise RecordCorruptError("record belongs to another object (SOP Instance UID differs)")
     return record
@@ -253,8 +257,15 @@ def strip(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x509.Cert
     record = open_record(ds, keyring)
     if trust is not None and not any(_same_cert(record.signer, t) for t in trust):
         raise UntrustedSignerError(f"signer {subject_name(record.signer)!r} is not in the trust list")
-    original = _rebuild(ds, record)
-    if hashlib.sha256(canonical_bytes(original)).hexdigest() != record.original_sha256:
+    try:
+        original = _rebuild(ds, record)
+        digest = hashlib.sha256(canonical_bytes(original)).hexdigest()
+    except MiadmarkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a signed record whose fields do not rebuild an object
+        raise RecordCorruptError(f"restoration record does not apply to this object ({type(exc).__name__})") \
+            from None
+    if digest != record.original_sha256:
         raise IntegrityError("rebuilt original does not match the record's hash (pixels or attributes changed)")
     return original
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from asn1crypto import cms as asn1_cms
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import algorithms
@@ -243,6 +243,8 @@ def decrypt(cms_der: bytes, keyring: list[Identity]) -> bytes:
                                   f"({len(ids)} recipient(s))")
     try:
         return pkcs7.pkcs7_decrypt_der(cms_der, holders[0].cert, holders[0].key, [])
-    except ValueError:
+    except UnsupportedAlgorithm:
+        raise RecordCorruptError("restoration record uses an unsupported algorithm (altered identifier)") from None
+    except (ValueError, TypeError):
         raise RecordCorruptError("restoration record does not decrypt (tampered, or key does not match)") \
             from None

@@ -1,0 +1,172 @@
+"""What the core accepts of an untrusted DICOM object before it walks, copies or decodes it.
+
+A header costs nothing to forge: 65535 x 65535 RLE declares 4 GiB in a few bytes, a sequence nested
+100,000 deep overflows every recursive walk (iterall, deepcopy, the writer). So the declared image
+size is checked against a cap and against the bytes actually present, and the nesting depth is
+bounded, before anything allocates or recurses. Refusals name the element, never its value
+(pixel-module integers such as Rows are technical, not patient data, and are quoted).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.datadict import keyword_for_tag
+from pydicom.tag import Tag
+from pydicom.uid import UID, AllTransferSyntaxes, RLELossless
+
+from .errors import InvalidInputError, UnsupportedImageError
+
+MAX_SEQUENCE_DEPTH = 32  # real SR / enhanced objects nest well under 10
+MAX_PIXEL_VALUES = 1 << 27  # 134 M stored values (512 x 512 x 512): ~3 GB in flight while watermarking
+BITS_ALLOCATED = (1, 8, 16, 32)
+JPEG_FAMILY_PREFIX = "1.2.840.10008.1.2.4."  # JPEG, JPEG-LS, JPEG 2000, HTJ2K: 8 or 16 bits allocated
+
+
+def element_name(tag) -> str:
+    tag = Tag(tag)
+    keyword = keyword_for_tag(tag)
+    return f"{keyword} {tag}" if keyword else str(tag)
+
+
+def parse_untrusted(ds: Dataset) -> Dataset:
+    """Parse every element in place (as dicomio.parse_all), iteratively and depth-bounded.
+
+    An element that does not parse (wrong length for its VR, undecodable value) is named in the
+    InvalidInputError; sequences deeper than MAX_SEQUENCE_DEPTH are refused before any recursion.
+    """
+    stack: list[tuple[Dataset, int, str]] = [(ds, 0, "")]
+    if getattr(ds, "file_meta", None) is not None:
+        stack.append((ds.file_meta, 0, ""))
+    while stack:
+        current, depth, where = stack.pop()
+        if depth > MAX_SEQUENCE_DEPTH:
+            raise InvalidInputError(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels{where}")
+        for tag in list(current.keys()):
+            try:
+                elem = current[tag]  # converts the raw element
+                items = list(elem.value) if elem.VR == "SQ" and elem.value is not None else []
+            except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, this element is malformed
+                raise InvalidInputError(
+                    f"element {element_name(tag)}{where} cannot be read ({type(exc).__name__})") from None
+            for item in items:
+                if not isinstance(item, Dataset):
+                    raise InvalidInputError(f"element {element_name(tag)}{where} has a malformed item")
+                stack.append((item, depth + 1, f" (in {element_name(tag)})"))
+    return ds
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """The pixel-module attributes, validated; `values` is Rows x Columns x Frames x Samples."""
+
+    rows: int
+    cols: int
+    frames: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    planar: int
+    transfer_syntax: UID
+
+    @property
+    def values(self) -> int:
+        return self.rows * self.cols * self.frames * self.samples
+
+    @property
+    def native_bytes(self) -> int:
+        return math.ceil(self.values * self.bits_allocated / 8)
+
+
+def _int(ds: Dataset, keyword: str, default: int | None, lo: int, hi: int) -> int:
+    if keyword not in ds or ds[keyword].value in (None, ""):
+        if default is None:
+            raise InvalidInputError(f"not an image: {keyword} is missing")
+        return default
+    value = ds[keyword].value
+    try:
+        if not isinstance(value, (str, int, float)):
+            raise TypeError("several values or bytes")
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError("not an integer")
+        number = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInputError(f"{keyword} is not a single integer") from None
+    if not lo <= number <= hi:
+        raise UnsupportedImageError(f"{keyword} {number} is outside {lo}..{hi}")
+    return number
+
+
+def check_pixel_header(ds: Dataset, max_values: int = MAX_PIXEL_VALUES) -> ImageHeader:
+    """The validated header of an image, or a refusal: nothing here decodes or allocates pixel data."""
+    rows = _int(ds, "Rows", None, 1, 65535)
+    cols = _int(ds, "Columns", None, 1, 65535)
+    samples = _int(ds, "SamplesPerPixel", 1, 1, 4)
+    if samples not in (1, 3):
+        raise UnsupportedImageError(f"SamplesPerPixel {samples} is not supported (1 or 3)")
+    bits_allocated = _int(ds, "BitsAllocated", None, 1, 64)
+    if bits_allocated not in BITS_ALLOCATED:
+        raise UnsupportedImageError(f"BitsAllocated {bits_allocated} is not supported ({BITS_ALLOCATED})")
+    bits_stored = _int(ds, "BitsStored", bits_allocated, 1, bits_allocated)
+    high_bit = _int(ds, "HighBit", bits_stored - 1, 0, 63)
+    if high_bit != bits_stored - 1:
+        raise UnsupportedImageError(f"HighBit {high_bit} / BitsStored {bits_stored} layout is not supported")
+    signed = _int(ds, "PixelRepresentation", 0, 0, 1) == 1
+    planar = _int(ds, "PlanarConfiguration", 0, 0, 1) if samples > 1 else 0
+    frames = _int(ds, "NumberOfFrames", 1, 0, max_values) or 1
+    file_meta = getattr(ds, "file_meta", None)
+    ts = UID(str(file_meta.get("TransferSyntaxUID", "") if file_meta is not None else ""))
+    if ts not in AllTransferSyntaxes:  # the original could not be re-encoded, so never restored exactly
+        raise UnsupportedImageError("File Meta Transfer Syntax UID is missing or not a known transfer syntax")
+    header = ImageHeader(rows, cols, frames, samples, bits_allocated, bits_stored, signed, planar, ts)
+    if header.values > max_values:
+        raise UnsupportedImageError(
+            f"declared image Rows {rows} x Columns {cols} x {frames} frame(s) x {samples} sample(s) "
+            f"= {header.values} values exceeds the limit of {max_values}")
+    _check_pixel_data(ds, header)
+    return header
+
+
+def _check_pixel_data(ds: Dataset, header: ImageHeader) -> None:
+    if "PixelData" not in ds:
+        return  # decode() says what is missing
+    data = ds.PixelData
+    if data is None or not isinstance(data, (bytes, bytearray)):
+        raise InvalidInputError("Pixel Data is empty")
+    if not header.transfer_syntax.is_encapsulated:
+        if len(data) < header.native_bytes:
+            raise InvalidInputError(f"truncated Pixel Data: {len(data)} bytes, the header declares "
+                                    f"{header.native_bytes}")
+        return
+    if header.transfer_syntax.startswith(JPEG_FAMILY_PREFIX) and header.bits_allocated not in (8, 16):
+        raise UnsupportedImageError(f"BitsAllocated {header.bits_allocated} is not valid for a JPEG family "
+                                    "transfer syntax (8 or 16)")
+    if data[:4] != b"\xfe\xff\x00\xe0":
+        raise InvalidInputError("Pixel Data is not encapsulated as its transfer syntax requires")
+    if header.transfer_syntax == RLELossless:
+        _check_rle(data, header)
+
+
+def _check_rle(data: bytes, header: ImageHeader) -> None:
+    """The RLE header of the first frame must declare the segments the header implies (PS3.5 G.4)."""
+    from pydicom.encaps import generate_fragments
+
+    try:
+        fragments = generate_fragments(data)
+        next(fragments)  # the Basic Offset Table
+        first = next(fragments)
+    except Exception as exc:  # noqa: BLE001 - malformed item structure
+        raise InvalidInputError(f"encapsulated Pixel Data is malformed ({type(exc).__name__})") from None
+    if len(first) < 64:
+        raise InvalidInputError("RLE frame is shorter than its 64-byte header")
+    segments = int.from_bytes(first[:4], "little")
+    expected = header.samples * math.ceil(header.bits_allocated / 8)
+    if segments != expected:
+        raise InvalidInputError(f"RLE header declares {segments} segment(s), the image needs {expected}")
+    offsets = [int.from_bytes(first[4 + 4 * i:8 + 4 * i], "little") for i in range(segments)]
+    if offsets[0] != 64 or any(b <= a for a, b in zip(offsets, offsets[1:])) or offsets[-1] >= len(first):
+        raise InvalidInputError("RLE segment offsets are not inside the frame")
