@@ -30,6 +30,10 @@ class KeyLoadError(MiadmarkError):
     """A key or certificate could not be read (wrong passphrase, bad PEM)."""
 
 
+class KeyExistsError(MiadmarkError):
+    """A key file is already there: replacing it would make what was encrypted to it unrecoverable."""
+
+
 class NoRecipientKeyError(MiadmarkError):
     """None of the keys held is a recipient of the record."""
 

@@ -339,57 +339,85 @@ def vm_size_bytes() -> int:
     return 0
 
 
-def run_in_child(verb: str, data: bytes, ctx: dict, timeout: float, memory: int) -> dict:
-    read_fd, write_fd = os.pipe()
-    start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read_fd)
-        try:
-            limit = vm_size_bytes() + memory
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-            result = run_target(verb, data, ctx)
-            os.write(write_fd, json.dumps(result).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    deadline = start + timeout
-    status = None
-    usage = None
-    chunks = []
-    os.set_blocking(read_fd, False)
-    while True:
-        try:
-            while chunk := os.read(read_fd, 65536):
-                chunks.append(chunk)
-        except BlockingIOError:
-            pass
-        done_pid, status, usage = os.wait4(pid, os.WNOHANG)
-        if done_pid:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            _, status, usage = os.wait4(pid, 0)
-            os.close(read_fd)
-            return {"outcome": "timeout", "seconds": round(time.monotonic() - start, 2),
-                    "rss_mb": usage.ru_maxrss // 1024}
-        time.sleep(0.002)
-    try:
-        while chunk := os.read(read_fd, 65536):
-            chunks.append(chunk)
-    except BlockingIOError:
-        pass
-    os.close(read_fd)
-    seconds = round(time.monotonic() - start, 3)
-    if os.WIFSIGNALED(status):
-        result = {"outcome": f"crash:{signal.Signals(os.WTERMSIG(status)).name}"}
-    elif not chunks:
-        result = {"outcome": f"crash:exit{os.WEXITSTATUS(status)}"}
-    else:
-        result = json.loads(b"".join(chunks))
-    result["seconds"] = seconds
-    result["rss_mb"] = usage.ru_maxrss // 1024
-    return result
+class Worker:
+    """A child forked from this process (keys and engine loaded) that runs mutants one after another.
+
+    Its address space is capped (RLIMIT_AS = its size at fork + --memory-mb) and its peak RSS is reset
+    before each mutant (/proc/self/clear_refs), so each mutant's peak is measured alone. A mutant that
+    kills it (abort, segfault) or outlives --timeout is counted as such, and a fresh worker is forked.
+    fresh=True forks a new worker for every mutant (slower, nothing shared between mutants).
+    """
+
+    def __init__(self, ctx: dict, memory: int, fresh: bool = False):
+        self.ctx, self.memory, self.fresh = ctx, memory, fresh
+        self.pid = None
+
+    def _start(self) -> None:
+        from multiprocessing import Pipe
+
+        parent_end, child_end = Pipe()
+        pid = os.fork()
+        if pid == 0:
+            parent_end.close()
+            try:
+                limit = vm_size_bytes() + self.memory
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+                while True:
+                    verb, data = child_end.recv()
+                    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: this mutant's peak only
+                    result = run_target(verb, data, self.ctx)
+                    result["rss_mb"] = peak_rss_mb()
+                    child_end.send(result)
+            except EOFError:
+                pass
+            finally:
+                os._exit(0)
+        child_end.close()
+        self.pid, self.conn = pid, parent_end
+
+    def _reap(self, kill: bool) -> int:
+        if kill:
+            os.kill(self.pid, signal.SIGKILL)
+        _, status = os.waitpid(self.pid, 0)
+        self.conn.close()
+        self.pid = None
+        return status
+
+    def run(self, verb: str, data: bytes, timeout: float) -> dict:
+        if self.pid is None:
+            self._start()
+        start = time.monotonic()
+        self.conn.send((verb, data))
+        if self.conn.poll(timeout):
+            try:
+                result = self.conn.recv()
+            except EOFError:  # died mid-mutant
+                status = self._reap(kill=False)
+                if os.WIFSIGNALED(status):
+                    result = {"outcome": f"crash:{signal.Signals(os.WTERMSIG(status)).name}"}
+                else:
+                    result = {"outcome": f"crash:exit{os.WEXITSTATUS(status)}"}
+                result["rss_mb"] = 0
+        else:
+            self._reap(kill=True)
+            result = {"outcome": "timeout", "rss_mb": 0}
+        result["seconds"] = round(time.monotonic() - start, 3)
+        if self.fresh and self.pid is not None:
+            self.conn.close()
+            self._reap(kill=False)
+        return result
+
+    def close(self) -> None:
+        if self.pid is not None:
+            self.conn.close()
+            self._reap(kill=False)
+
+
+def peak_rss_mb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return 0
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -432,6 +460,31 @@ def setup(protect_seeds: list[Path]) -> tuple[dict, list[bytes]]:
     return ctx, protected
 
 
+def merge(paths: list[Path]) -> dict:
+    """One summary of several runs over disjoint index ranges (the 10,000 run is split across cores)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    outcomes, by_op, examples = Counter(), defaultdict(Counter), defaultdict(list)
+    for part in parts:
+        outcomes.update(part["outcomes"])
+        for op, counts in part["by_mutation"].items():
+            by_op[op].update(counts)
+        for kind, items in part["examples"].items():
+            examples[kind] += items[: 8 - len(examples[kind])]
+    first = parts[0]
+    return {
+        "command": [part["command"] for part in parts],
+        "mutants": sum(outcomes.values()), "seeds": first["seeds"], "protected_seeds": first["protected_seeds"],
+        "seed": first["seed"], "seconds": max(part["seconds"] for part in parts),
+        "outcomes": dict(sorted(outcomes.items())),
+        **{key: sum(part[key] for part in parts) for key in ("uncaught", "crashes", "timeouts", "unexpected_caught")},
+        "peak_rss_mb": max((part["peak_rss_mb"] for part in parts), key=lambda peak: peak["rss_mb"]),
+        "parent_rss_mb": max(part["parent_rss_mb"] for part in parts),
+        "memory_limit_mb_added": first["memory_limit_mb_added"], "timeout_s": first["timeout_s"],
+        "by_mutation": {op: dict(sorted(c.items())) for op, c in sorted(by_op.items())},
+        "examples": examples,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mutants", type=int, default=1000)
@@ -446,7 +499,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="one JSON line per mutant")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--inline", action="store_true", help="run --only mutants in this process, with tracebacks")
+    parser.add_argument("--fresh-child", action="store_true", help="a new child per mutant (default: one worker "
+                        "child runs mutants until one kills it)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="merge these summaries into --json and exit")
     args = parser.parse_args(argv)
+    if args.merge:
+        text = json.dumps(merge(args.merge), indent=2)
+        if args.json:
+            args.json.write_text(text + "\n")
+        print(text)
+        return 0
 
     seeds = seed_files(args.data)
     protect_seeds = [p for p in seeds if p.stat().st_size < 200_000][::max(1, len(seeds) // 8)][:8]
@@ -459,13 +521,14 @@ def main(argv: list[str] | None = None) -> int:
     log = open(args.log, "w") if args.log else None
     began = time.monotonic()
     parent_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    worker = Worker(ctx, args.memory_mb << 20, fresh=args.fresh_child)
     for n, index in enumerate(indices):
         verb, label, data = make_mutant(index, args.seed, seeds, protected, ctx, args.protected_share)
         if args.inline:
             print(index, label, file=sys.stderr)
             replay_inline(verb, data, ctx)
             continue
-        result = run_in_child(verb, data, ctx, args.timeout, args.memory_mb << 20)
+        result = worker.run(verb, data, args.timeout)
         outcome = result["outcome"]
         outcomes[outcome] += 1
         by_op[label.rsplit(":", 1)[1]][outcome] += 1
@@ -480,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             log.flush()
         if not args.quiet and (n + 1) % 100 == 0:
             print(f"{n + 1} mutants, {time.monotonic() - began:.0f} s: {dict(outcomes)}", file=sys.stderr)
+    worker.close()
     summary = {
         "command": "python tools/fuzz.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "mutants": sum(outcomes.values()),
