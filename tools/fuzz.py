@@ -501,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inline", action="store_true", help="run --only mutants in this process, with tracebacks")
     parser.add_argument("--fresh-child", action="store_true", help="a new child per mutant (default: one worker "
                         "child runs mutants until one kills it)")
+    parser.add_argument("--stop-after-s", type=float, default=0,
+                        help="start no new mutant after this many seconds (the summary says how many ran)")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these summaries into --json and exit")
     args = parser.parse_args(argv)
     if args.merge:
@@ -523,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     parent_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     worker = Worker(ctx, args.memory_mb << 20, fresh=args.fresh_child)
     for n, index in enumerate(indices):
+        if args.stop_after_s and time.monotonic() - began > args.stop_after_s:
+            break
         verb, label, data = make_mutant(index, args.seed, seeds, protected, ctx, args.protected_share)
         if args.inline:
             print(index, label, file=sys.stderr)
