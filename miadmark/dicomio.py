@@ -36,7 +36,9 @@ def read_dicom(path: str | os.PathLike) -> Dataset:
         raise InvalidInputError("not a DICOM file (no DICM preamble or valid header)") from None
     except MiadmarkError:
         raise
-    except Exception as exc:  # noqa: BLE001 - zlib.error, RecursionError, BytesLengthException...: all unreadable
+    except RecursionError:
+        raise InvalidInputError("unreadable DICOM: sequences nested too deeply") from None
+    except Exception as exc:  # noqa: BLE001 - zlib.error, BytesLengthException, ...: all unreadable
         raise InvalidInputError(f"unreadable DICOM ({safe_reason(exc)})") from None
     if "PixelData" in ds and len(ds.PixelData or b"") == 0:
         raise InvalidInputError("truncated file: Pixel Data is empty")
@@ -48,6 +50,8 @@ def dataset_from_bytes(data: bytes) -> Dataset:
         return parse_untrusted(pydicom.dcmread(io.BytesIO(data)))
     except MiadmarkError:
         raise
+    except RecursionError:
+        raise InvalidInputError("unreadable DICOM: sequences nested too deeply") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is invalid input
         raise InvalidInputError(f"unreadable DICOM ({safe_reason(exc)})") from None
 
