@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.tag import Tag
 from pydicom.uid import UID, AllTransferSyntaxes, RLELossless
 
@@ -55,6 +55,30 @@ def parse_untrusted(ds: Dataset) -> Dataset:
                 if not isinstance(item, Dataset):
                     raise InvalidInputError(f"element {element_name(tag)}{where} has a malformed item")
                 stack.append((item, depth + 1, f" (in {element_name(tag)})"))
+    return ds
+
+
+# What protect rewrites in the object it returns: a forged VR there would make the output unencodable.
+REWRITTEN = ("SOPInstanceUID", "ImageType", "DerivationDescription", "PhotometricInterpretation",
+             "PlanarConfiguration", "PixelRepresentation", "EncryptedAttributesSequence")
+REWRITTEN_META = ("MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+
+
+def check_protectable(ds: Dataset) -> Dataset:
+    """parse_untrusted, then: every element protect rewrites has its standard VR (private creators of
+    group 0011, where the marker goes, are LO)."""
+    parse_untrusted(ds)
+    file_meta = getattr(ds, "file_meta", None)
+    for source, keywords in ((ds, REWRITTEN), (file_meta, REWRITTEN_META)):
+        for keyword in keywords:
+            if source is not None and keyword in source:
+                elem = source[keyword]
+                if elem.VR != dictionary_VR(elem.tag):
+                    raise InvalidInputError(f"element {element_name(elem.tag)} has VR {elem.VR}, "
+                                            f"not {dictionary_VR(elem.tag)}")
+    for elem in ds.group_dataset(0x0011):
+        if 0x10 <= elem.tag.element <= 0xFF and elem.VR != "LO":
+            raise InvalidInputError(f"private creator {elem.tag} has VR {elem.VR}, not LO")
     return ds
 
 

@@ -36,7 +36,7 @@ from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine
 from .errors import (AlreadyProtectedError, IntegrityError, MiadmarkError, NotProtectedError,
                      RecordCorruptError, UntrustedSignerError, unexpected_input)
 from .keys import Identity, subject_name
-from .limits import parse_untrusted
+from .limits import check_protectable
 from .pixel_payload import apply_changed_words, encode_changed_words, word_dtype
 from .pixels import Pixels, decode, from_model, native_pixel_bytes, to_model
 from .record import (RECORD_CREATOR, Record, decode_file_meta, decrypt, encode_file_meta, encrypt,
@@ -130,7 +130,7 @@ def _run_engine(engine: Engine, x: np.ndarray, lesion: np.ndarray, contexts: lis
 def _prepare(ds: Dataset, lesion_mask: np.ndarray | None) -> dict:
     if is_protected(ds):
         raise AlreadyProtectedError("already protected (carries a restoration record); strip it first")
-    parse_untrusted(ds)  # depth-bounded; the hash and the record see elements as they will be re-encoded
+    check_protectable(ds)  # parsed (depth-bounded) as it will be re-encoded; the elements rewritten encode
     px = decode(ds)
     x, mapping = to_model(ds, px)
     frames, _, h, w = x.shape
