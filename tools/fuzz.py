@@ -289,7 +289,8 @@ def make_mutant(index: int, seed: int, seeds: list[Path], protected: list[bytes]
     except Exception:  # noqa: BLE001 - a seed this mutation does not apply to: flip bytes instead
         op = "byte_flip"
         mutant = mutate_plain(data, op, rng)
-    return "protect", f"{path.relative_to(DEFAULT_DATA.parent) if path.is_relative_to(DEFAULT_DATA.parent) else path}:{op}", mutant
+    name = path.relative_to(DEFAULT_DATA.parent) if path.is_relative_to(DEFAULT_DATA.parent) else path
+    return "protect", f"{name}:{op}", mutant
 
 
 # ---- one mutant in a child ---------------------------------------------------------------------
