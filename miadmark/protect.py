@@ -90,13 +90,18 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
     groups: dict[tuple, list] = {}
     for i, prep in prepared:
         groups.setdefault(prep["x"].shape[1:], []).append((i, prep))
-    for items in groups.values():
+    batches = list(groups.values())
+    while batches:
+        items = batches.pop(0)
         x = np.concatenate([p["x"] for _, p in items])
         lesion = np.concatenate([p["lesion"] for _, p in items])
         contexts = [ctx for _, p in items for ctx in p["contexts"]]
         try:
             x_new, params = _run_engine(engine, x, lesion, contexts)
         except Exception as exc:  # noqa: BLE001 - an engine failure fails these inputs closed, not the run
+            if len(items) > 1:  # one input may be the cause: each alone, so that only it fails
+                batches += [[item] for item in items]
+                continue
             for i, _ in items:
                 results[i] = MiadmarkError(f"watermark engine failed ({type(exc).__name__}: {exc})")
             continue

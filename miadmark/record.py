@@ -181,7 +181,7 @@ def verify_record(plaintext: bytes) -> Record:
     except Exception as exc:  # noqa: BLE001 - any parse failure of decrypted bytes is corruption
         raise RecordCorruptError(f"restoration record does not parse ({type(exc).__name__})") from None
     if algorithm != SIGNATURE_ALGORITHM:
-        raise SignatureInvalidError(f"unsupported signature algorithm {algorithm!r}")
+        raise SignatureInvalidError(f"unsupported signature algorithm (not {SIGNATURE_ALGORITHM})")
     try:
         signer.public_key().verify(signature, plaintext[:split], PSS, hashes.SHA256())
     except (InvalidSignature, TypeError, ValueError):

@@ -121,3 +121,28 @@ def test_strip_refuses_a_signed_record_that_does_not_apply(protected_mr, site_ke
     with pytest.raises(RecordCorruptError, match="does not apply"):
         _strip(dataset_to_bytes(ds), site_keys)
     assert _strip(protected_mr, site_keys)  # the unaltered object still strips
+
+
+def test_an_engine_failure_on_one_image_fails_that_image_only(site_keys):
+    """protect_many batches equal geometries; when the engine fails on a batch, each image is retried
+    alone, so one poison image does not fail its whole series (issue 14, finding 5)."""
+    from miadmark.engine import get_engine
+    from miadmark.protect import protect_many
+    from bad_inputs import CT
+
+    real = get_engine("plain", "cpu")
+    datasets = [read_dicom(path) for path in CT[:3]]
+    poison = str(datasets[1].SOPInstanceUID)
+
+    class FailsOnOne:  # the real engine, except that it raises when the poison image is in the batch
+        profile, device = real.profile, real.device
+
+        def watermark(self, images, lesion, contexts):
+            if any(ctx.sop_instance_uid == poison for ctx in contexts):
+                raise RuntimeError("engine failure on one image")
+            return real.watermark(images, lesion, contexts)
+
+    results = protect_many(datasets, recipients=[site_keys["research"].cert], signer=site_keys["hospital"],
+                           engine=FailsOnOne())
+    assert [type(r).__name__ for r in results] == ["FileDataset", "MiadmarkError", "FileDataset"]
+    assert "watermark engine failed" in str(results[1])
