@@ -173,6 +173,52 @@ def _check_pixel_data(ds: Dataset, header: ImageHeader) -> None:
         raise InvalidInputError("Pixel Data is not encapsulated as its transfer syntax requires")
     if header.transfer_syntax == RLELossless:
         _check_rle(data, header)
+    elif header.transfer_syntax.startswith(JPEG_FAMILY_PREFIX):
+        _check_codestream(_first_frame(data, header), header)
+
+
+def _first_frame(data: bytes, header: ImageHeader) -> bytes:
+    from pydicom.encaps import generate_frames
+
+    try:
+        return next(generate_frames(data, number_of_frames=header.frames))
+    except Exception as exc:  # noqa: BLE001 - malformed item structure or offset table
+        raise InvalidInputError(f"encapsulated Pixel Data is malformed ({type(exc).__name__})") from None
+
+
+def _check_codestream(frame: bytes, header: ImageHeader) -> None:
+    """A JPEG / JPEG-LS / JPEG 2000 decoder allocates what its own stream header says, not what Rows and
+    Columns say: the two must agree before the stream reaches a decoder."""
+    size = codestream_size(frame)
+    if size is not None and size != (header.rows, header.cols):
+        raise InvalidInputError(f"the compressed frame declares {size[0]} x {size[1]} pixels, the header "
+                                f"Rows {header.rows} x Columns {header.cols}")
+
+
+SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # JPEG SOFn and JPEG-LS SOF55
+
+
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 frame declares; None when no size marker is found."""
+    if frame[:4] == b"\x00\x00\x00\x0c":  # JP2 boxes around the codestream
+        at = frame.find(b"\xff\x4f\xff\x51")
+        frame = frame[at:] if at >= 0 else b""
+    if frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:  # J2K SOC, SIZ (15444-1 A.5.1)
+        x, y, x0, y0 = (int.from_bytes(frame[i:i + 4], "big") for i in (8, 12, 16, 20))
+        return y - y0, x - x0
+    if frame[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    for _ in range(256):  # markers before the frame header; a stream that loops is left to the decoder
+        while at < len(frame) and frame[at] == 0xFF and at + 1 < len(frame) and frame[at + 1] == 0xFF:
+            at += 1  # fill bytes
+        if at + 9 > len(frame) or frame[at] != 0xFF:
+            return None
+        marker = frame[at + 1]
+        if marker in SOF_MARKERS:
+            return int.from_bytes(frame[at + 5:at + 7], "big"), int.from_bytes(frame[at + 7:at + 9], "big")
+        at += 2 + int.from_bytes(frame[at + 2:at + 4], "big")
+    return None
 
 
 def _check_rle(data: bytes, header: ImageHeader) -> None:

@@ -146,3 +146,26 @@ def test_an_engine_failure_on_one_image_fails_that_image_only(site_keys):
                            engine=FailsOnOne())
     assert [type(r).__name__ for r in results] == ["FileDataset", "MiadmarkError", "FileDataset"]
     assert "watermark engine failed" in str(results[1])
+
+
+@pytest.mark.parametrize("name", ["JPEG2000Lossless/emri_small_jpeg_2k_lossless.dcm",
+                                  "JPEGBaseline/SC_rgb_dcmtk_+eb+cy+np.dcm",
+                                  "JPEGLSLossless/MR_small_jpeg_ls_lossless.dcm"])
+def test_codestream_that_declares_more_than_the_header_is_refused(name, tmp_path):
+    """Decoders allocate what the stream says: a 60000 x 60000 stream under a small header never reaches one."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from miadmark.limits import codestream_size
+
+    ds = pydicom.dcmread(TS / name)
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    assert codestream_size(bytes(frame)) == (ds.Rows, ds.Columns)
+    if frame[:2] == b"\xff\x4f":  # J2K SIZ: Xsiz, Ysiz
+        frame[8:16] = (60000).to_bytes(4, "big") * 2
+    else:  # JPEG / JPEG-LS frame header: lines, samples per line
+        at = next(i for i in range(2, len(frame) - 1) if frame[i] == 0xFF and frame[i + 1] in (0xC0, 0xC1, 0xF7))
+        frame[at + 5:at + 9] = (60000).to_bytes(2, "big") * 2
+    ds.PixelData = encapsulate([bytes(frame)])
+    ds.save_as(tmp_path / "big.dcm")
+    with pytest.raises(InvalidInputError, match="the compressed frame declares 60000 x 60000 pixels"):
+        decode(read_dicom(tmp_path / "big.dcm"))
