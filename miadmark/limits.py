@@ -58,24 +58,24 @@ def parse_untrusted(ds: Dataset) -> Dataset:
     return ds
 
 
-# What protect rewrites in the object it returns: a forged VR there would make the output unencodable.
-REWRITTEN = ("SOPInstanceUID", "ImageType", "DerivationDescription", "PhotometricInterpretation",
+# What protect rewrites or the writer copies into File Meta: a forged VR there makes the output unencodable.
+REWRITTEN = ("SOPClassUID", "SOPInstanceUID", "ImageType", "DerivationDescription", "PhotometricInterpretation",
              "PlanarConfiguration", "PixelRepresentation", "EncryptedAttributesSequence")
-REWRITTEN_META = ("MediaStorageSOPInstanceUID", "TransferSyntaxUID")
 
 
 def check_protectable(ds: Dataset) -> Dataset:
-    """parse_untrusted, then: every element protect rewrites has its standard VR (private creators of
-    group 0011, where the marker goes, are LO)."""
+    """parse_untrusted, then: the elements protect rewrites and every File Meta element have their standard
+    VR (private creators of group 0011, where the marker goes, are LO)."""
     parse_untrusted(ds)
     file_meta = getattr(ds, "file_meta", None)
-    for source, keywords in ((ds, REWRITTEN), (file_meta, REWRITTEN_META)):
-        for keyword in keywords:
-            if source is not None and keyword in source:
-                elem = source[keyword]
-                if elem.VR != dictionary_VR(elem.tag):
-                    raise InvalidInputError(f"element {element_name(elem.tag)} has VR {elem.VR}, "
-                                            f"not {dictionary_VR(elem.tag)}")
+    elems = [ds[k] for k in REWRITTEN if k in ds] + (list(file_meta) if file_meta is not None else [])
+    for elem in elems:
+        try:
+            standard = dictionary_VR(elem.tag)
+        except KeyError:
+            raise InvalidInputError(f"File Meta element {elem.tag} is not a standard element") from None
+        if elem.VR != standard:
+            raise InvalidInputError(f"element {element_name(elem.tag)} has VR {elem.VR}, not {standard}")
     for elem in ds.group_dataset(0x0011):
         if 0x10 <= elem.tag.element <= 0xFF and elem.VR != "LO":
             raise InvalidInputError(f"private creator {elem.tag} has VR {elem.VR}, not LO")

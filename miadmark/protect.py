@@ -51,8 +51,9 @@ MARKER_CREATOR = "MIADMARK 1.0"
 
 
 def is_protected(ds: Dataset) -> bool:
-    return "EncryptedAttributesSequence" in ds and any(
-        "EncryptedContent" in item for item in ds.EncryptedAttributesSequence)
+    seq = ds.get(0x04000500)  # by tag: the element, not its value
+    return seq is not None and seq.VR == "SQ" and any(  # a forged VR or empty value: no record
+        "EncryptedContent" in item for item in seq.value or [])
 
 
 # ---- protect ------------------------------------------------------------------------------------

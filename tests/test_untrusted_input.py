@@ -169,3 +169,23 @@ def test_codestream_that_declares_more_than_the_header_is_refused(name, tmp_path
     ds.save_as(tmp_path / "big.dcm")
     with pytest.raises(InvalidInputError, match="the compressed frame declares 60000 x 60000 pixels"):
         decode(read_dicom(tmp_path / "big.dcm"))
+
+
+@pytest.mark.parametrize("keyword", ["SOPClassUID", "SOPInstanceUID", "MediaStorageSOPClassUID"])
+def test_forged_vr_on_an_element_protect_writes_is_refused(keyword, site_keys):
+    """Found by tools/fuzz.py (seed 1, mutants 4406, 4447, 5064, 5240): the output did not encode."""
+    ds = read_dicom(TS / "LittleEndianExplicit" / "MR_small.dcm")
+    (ds.file_meta if keyword.startswith("MediaStorage") else ds)[keyword].VR = "UL"
+    with pytest.raises(InvalidInputError, match=f"element {keyword} .* has VR UL, not UI"):
+        protect(ds, recipients=[site_keys["research"].cert], signer=site_keys["hospital"], profile="plain",
+                device="cpu")
+
+
+def test_record_sequence_with_a_forged_vr_is_not_a_record(protected_mr, site_keys):
+    """Found by tools/fuzz.py (seed 1, mutant 4008): strip raised TypeError."""
+    from miadmark.errors import NotProtectedError
+
+    ds = read_dicom(io.BytesIO(protected_mr))
+    ds[0x04000500].VR, ds[0x04000500].value = "OB", None
+    with pytest.raises(NotProtectedError):
+        strip(ds, keyring=[site_keys["research"]], trust=[site_keys["hospital"].cert])
