@@ -67,6 +67,9 @@ def check_protectable(ds: Dataset) -> Dataset:
     """parse_untrusted, then: the elements protect rewrites and every File Meta element have their standard
     VR (private creators of group 0011, where the marker goes, are LO)."""
     parse_untrusted(ds)
+    for tag in ds.keys():
+        if tag.group in (0x0000, 0x0002):  # command or file meta elements in the body: no writer encodes them
+            raise InvalidInputError(f"element {tag} of group {tag.group:04X} does not belong in a dataset body")
     file_meta = getattr(ds, "file_meta", None)
     elems = [ds[k] for k in REWRITTEN if k in ds] + (list(file_meta) if file_meta is not None else [])
     for elem in elems:

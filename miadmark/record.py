@@ -209,7 +209,10 @@ def _recipient_infos(cms_der: bytes) -> list:
         info = asn1_cms.ContentInfo.load(cms_der)
         if info["content_type"].native != "enveloped_data":
             raise ValueError("not EnvelopedData")
-        return [ri.chosen["rid"].chosen for ri in info["content"]["recipient_infos"]]
+        rids = [ri.chosen["rid"].chosen for ri in info["content"]["recipient_infos"]]
+        for rid in rids:  # asn1crypto parses lazily: parse here, inside the try, what the callers read
+            rid["issuer"].native, rid["serial_number"].native
+        return rids
     except Exception as exc:  # noqa: BLE001 - whatever asn1crypto raises, the content is not CMS
         raise RecordCorruptError(f"Encrypted Content is not a CMS EnvelopedData ({type(exc).__name__})") from None
 

@@ -189,3 +189,24 @@ def test_record_sequence_with_a_forged_vr_is_not_a_record(protected_mr, site_key
     ds[0x04000500].VR, ds[0x04000500].value = "OB", None
     with pytest.raises(NotProtectedError):
         strip(ds, keyring=[site_keys["research"]], trust=[site_keys["hospital"].cert])
+
+
+def test_command_group_element_in_the_body_is_refused(site_keys):
+    """Found by tools/fuzz.py (seed 1, mutants 4757, 11107): the original could not be re-encoded."""
+    ds = read_dicom(TS / "LittleEndianExplicit" / "MR_small.dcm")
+    ds.add_new(0x0000DA04, "UL", 1)
+    with pytest.raises(InvalidInputError, match=r"element \(0000,DA04\) of group 0000 does not belong"):
+        protect(ds, recipients=[site_keys["research"].cert], signer=site_keys["hospital"], profile="plain",
+                device="cpu")
+
+
+def test_recipient_info_that_does_not_parse_is_a_corrupt_record(protected_mr, site_keys):
+    """Found by tools/fuzz.py (seed 1, mutant 2717): asn1crypto parses lazily, its ValueError escaped."""
+    ds = read_dicom(io.BytesIO(protected_mr))
+    cms = bytearray(ds.EncryptedAttributesSequence[0].EncryptedContent)
+    issuer = site_keys["research"].cert.issuer.public_bytes()
+    at = bytes(cms).index(issuer)
+    cms[at + issuer.index(b"\x31", 1)] = 0x04  # the first RDN's SET becomes an OCTET STRING
+    ds.EncryptedAttributesSequence[0].EncryptedContent = bytes(cms)
+    with pytest.raises(RecordCorruptError, match="not a CMS EnvelopedData"):
+        _strip(dataset_to_bytes(ds), site_keys)
