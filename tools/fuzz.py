@@ -311,7 +311,8 @@ def run_target(verb: str, data: bytes, ctx: dict) -> dict:
         return {"outcome": f"refused:{type(exc).__name__}", "reason": str(exc)[:300]}
     except BaseException as exc:  # noqa: BLE001 - what the fuzzer is looking for
         tb = traceback.extract_tb(exc.__traceback__)
-        where = [f"{Path(f.filename).name}:{f.lineno}" for f in tb[-3:]]
+        core = [f for f in tb if "/miadmark/" in f.filename][-1:]  # where it left our code, then the library
+        where = [f"{Path(f.filename).name}:{f.lineno}" for f in core + tb[-3:]]
         return {"outcome": f"uncaught:{type(exc).__name__}", "reason": str(exc)[:300], "where": where}
     return {"outcome": "ok"}
 
