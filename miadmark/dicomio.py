@@ -16,7 +16,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, MiadmarkError, safe_reason
+from .limits import parse_untrusted
 
 
 def parse_all(ds: Dataset) -> Dataset:
@@ -39,11 +40,15 @@ def read_dicom(path: str | os.PathLike) -> Dataset:
         else:
             with open(path, "rb") as fh:
                 data = fh.read()
-        ds = parse_all(pydicom.dcmread(io.BytesIO(data)))  # parse now: a truncated file fails here, not later
+        ds = parse_untrusted(pydicom.dcmread(io.BytesIO(data)))  # parse now: a truncated file fails here, not later
     except InvalidDicomError:
         raise InvalidInputError("not a DICOM file (no DICM preamble or valid header)") from None
-    except (EOFError, ValueError, OSError, TypeError, KeyError, NotImplementedError) as exc:
-        raise InvalidInputError(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
+    except MiadmarkError:
+        raise
+    except RecursionError:
+        raise InvalidInputError("unreadable DICOM: sequences nested too deeply") from None
+    except Exception as exc:  # noqa: BLE001 - zlib.error, BytesLengthException, ...: all unreadable
+        raise InvalidInputError(f"unreadable DICOM ({safe_reason(exc)})") from None
     if "PixelData" in ds and len(ds.PixelData or b"") == 0:
         raise InvalidInputError("truncated file: Pixel Data is empty")
     return remember_source(ds, data)
@@ -51,9 +56,13 @@ def read_dicom(path: str | os.PathLike) -> Dataset:
 
 def dataset_from_bytes(data: bytes) -> Dataset:
     try:
-        ds = parse_all(pydicom.dcmread(io.BytesIO(data)))
+        ds = parse_untrusted(pydicom.dcmread(io.BytesIO(data)))
+    except MiadmarkError:
+        raise
+    except RecursionError:
+        raise InvalidInputError("unreadable DICOM: sequences nested too deeply") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is invalid input
-        raise InvalidInputError(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
+        raise InvalidInputError(f"unreadable DICOM ({safe_reason(exc)})") from None
     return remember_source(ds, bytes(data))
 
 
@@ -159,7 +168,3 @@ def write_atomic(data: bytes, path: str | os.PathLike, mode: int = 0o644) -> Pat
 def write_dicom_atomic(ds: Dataset, path: str | os.PathLike) -> Path:
     return write_atomic(dataset_to_bytes(ds), path)
 
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -2,6 +2,10 @@
 
 `miadmark keys new NAME` writes NAME.key.pem (mode 0600, encrypted with a passphrase when given)
 and a self-signed NAME.cert.pem. Sites may use certificates from their own CA instead.
+
+An existing key is never overwritten silently: every object protected for it would become
+unrecoverable. new_identity refuses (KeyExistsError) unless force=True, and then first renames the
+old pair to NAME.retired-<UTC timestamp>.{key,cert}.pem, so it can still strip what it received.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from .dicomio import write_atomic
-from .errors import KeyLoadError
+from .errors import KeyExistsError, KeyLoadError
 
 RSA_BITS = 3072
 MIN_RSA_BITS = 3072
@@ -43,8 +47,15 @@ def describe(cert: x509.Certificate) -> str:
 
 
 def new_identity(name: str, out_dir: str | os.PathLike, passphrase: bytes | None = None,
-                 days: int = 3650) -> tuple[Path, Path]:
+                 days: int = 3650, force: bool = False) -> tuple[Path, Path]:
     out = Path(out_dir)
+    key_path, cert_path = out / f"{name}.key.pem", out / f"{name}.cert.pem"
+    existing = [p for p in (key_path, cert_path) if p.exists()]
+    if existing and not force:
+        raise KeyExistsError(f"{existing[0]} already exists; replacing it would make every object protected "
+                             "for it unrecoverable (--force keeps the old pair under a retired name)")
+    if existing:
+        retire(name, out)
     key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.timezone.utc)
@@ -65,11 +76,29 @@ def new_identity(name: str, out_dir: str | os.PathLike, passphrase: bytes | None
     encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
                   else serialization.NoEncryption())
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    key_path, cert_path = out / f"{name}.key.pem", out / f"{name}.cert.pem"
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(key_pem, key_path, mode=0o600)  # 0600 before a byte of the key is written
     write_atomic(cert.public_bytes(serialization.Encoding.PEM), cert_path)
     return key_path, cert_path
+
+
+def retire(name: str, out_dir: str | os.PathLike) -> list[Path]:
+    """Rename NAME.key.pem / NAME.cert.pem to NAME.retired-<UTC timestamp>.*.pem (never over another file)."""
+    out = Path(out_dir)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        tag = f"retired-{stamp}" + (f"-{n}" if n else "")
+        targets = {kind: out / f"{name}.{tag}.{kind}.pem" for kind in ("key", "cert")}
+        if not any(t.exists() for t in targets.values()):
+            break
+    moved = []
+    for kind, target in targets.items():
+        source = out / f"{name}.{kind}.pem"
+        if source.exists():
+            os.link(source, target)  # fails rather than replace; the old name goes only once the new one exists
+            source.unlink()
+            moved.append(target)
+    return moved
 
 
 def load_certificate(path: str | os.PathLike) -> x509.Certificate:

@@ -18,7 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, pack_bits, unpack_bits
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .errors import InvalidInputError, UnsupportedImageError
+from .errors import InvalidInputError, UnsupportedImageError, safe_reason
+from .limits import check_pixel_header
 
 NATIVE_LITTLE_ENDIAN = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
 SUPPORTED_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR",
@@ -44,51 +45,66 @@ class Pixels:
         return 0, (1 << self.bits_stored) - 1
 
 
-def _require(ds: Dataset, keyword: str):
-    if keyword not in ds:
-        raise InvalidInputError(f"not an image: {keyword} is missing")
-    return ds[keyword].value
-
-
 def decode(ds: Dataset) -> Pixels:
+    """Stored values of every frame, or a refusal; the header is checked before any decoding (limits)."""
     if "PixelData" not in ds:
         kind = "FloatPixelData" if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else "Pixel Data"
         raise UnsupportedImageError(f"no {kind} to watermark" if kind == "Pixel Data"
                                     else "float pixel data is not supported")
-    rows, cols = int(_require(ds, "Rows")), int(_require(ds, "Columns"))
-    spp = int(ds.get("SamplesPerPixel", 1))
-    bits_allocated = int(_require(ds, "BitsAllocated"))
-    bits_stored = int(ds.get("BitsStored", bits_allocated))
-    high_bit = int(ds.get("HighBit", bits_stored - 1))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    head = check_pixel_header(ds)
+    rows, cols, spp, frames = head.rows, head.cols, head.samples, head.frames
+    bits_allocated, bits_stored, signed = head.bits_allocated, head.bits_stored, head.signed
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     if photometric not in SUPPORTED_PHOTOMETRIC:
-        raise UnsupportedImageError(f"photometric interpretation {photometric!r} is not supported")
-    if high_bit != bits_stored - 1 or bits_stored > bits_allocated:
-        raise UnsupportedImageError(f"HighBit {high_bit} / BitsStored {bits_stored} layout is not supported")
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    raw_native = (ts in NATIVE_LITTLE_ENDIAN and bits_allocated in (8, 16, 32)
+        raise UnsupportedImageError("PhotometricInterpretation is not one of the supported values")
+    raw_native = (head.transfer_syntax in NATIVE_LITTLE_ENDIAN and bits_allocated in (8, 16, 32)
                   and photometric in {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR"})
     if raw_native:
         words = _raw_words(ds, frames, rows, cols, spp, bits_allocated)
-        planar = int(ds.get("PlanarConfiguration", 0)) if spp > 1 else 0
         stored = _stored_from_words(words, bits_stored, signed)
-        if planar == 1:
+        if head.planar == 1:
             stored = stored.transpose(0, 2, 3, 1)  # (F, S, H, W) -> (F, H, W, S)
-        return Pixels(np.ascontiguousarray(stored), photometric, bits_allocated, bits_stored, signed, True, planar)
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - every decoder failure is a refusal with its reason
-        raise UnsupportedImageError(f"pixel data does not decode ({type(exc).__name__}: {_first_line(exc)})") \
-            from None
-    arr = np.asarray(arr).reshape(frames, rows, cols, spp)
+        return Pixels(np.ascontiguousarray(stored), photometric, bits_allocated, bits_stored, signed, True,
+                      head.planar)
+    arr = np.asarray(_decoded_array(ds, head.transfer_syntax))
+    if arr.size != head.values:
+        raise UnsupportedImageError(f"decoded pixel data has {arr.size} values, the header declares {head.values}")
+    arr = arr.reshape(frames, rows, cols, spp)
     if photometric.startswith("YBR") and spp == 3:
         photometric = "RGB"  # pydicom converts YBR to RGB on decode (as_rgb=True)
     if arr.dtype.kind == "f":
         raise UnsupportedImageError("float pixel data is not supported")
     signed = arr.dtype.kind == "i" or signed
     return Pixels(arr, photometric, bits_allocated, bits_stored, signed, False)
+
+
+# gdcm aborts the whole process (SIGABRT) on some inconsistent headers, e.g. JPEG with BitsAllocated 32:
+# it is never used on untrusted data. Every other plugin raises, or panics in Rust (a BaseException).
+UNSAFE_DECODERS = {"gdcm"}
+
+
+def _decoded_array(ds: Dataset, transfer_syntax) -> np.ndarray:
+    """Decode with the first safe pydicom plugin that succeeds; every failure is a refusal with its reason."""
+    from pydicom.pixels import pixel_array
+    from pydicom.pixels.decoders.base import get_decoder
+
+    try:
+        decoder = get_decoder(transfer_syntax)
+    except NotImplementedError:
+        raise UnsupportedImageError("no decoder for this transfer syntax") from None
+    plugins = [p for p in decoder.available_plugins if p not in UNSAFE_DECODERS]
+    plugins.sort(key=lambda p: p != "pylibjpeg")  # fastest first; the others are the fallbacks
+    if decoder.is_encapsulated and not plugins:
+        raise UnsupportedImageError("no decoder that cannot abort the process is installed for this transfer syntax")
+    first_error = None
+    for plugin in plugins or [""]:
+        try:
+            return pixel_array(ds, decoding_plugin=plugin)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a Rust panic is a BaseException; all are refusals
+            first_error = first_error or exc
+    raise UnsupportedImageError(f"pixel data does not decode ({safe_reason(first_error)})") from None
 
 
 def _raw_words(ds: Dataset, frames: int, rows: int, cols: int, spp: int, bits_allocated: int) -> np.ndarray:
@@ -162,15 +178,28 @@ def to_model(ds: Dataset, px: Pixels) -> tuple[np.ndarray, Mapping]:
     """float32 (F, C, H, W) in [0, 1] and the mapping that inverts it."""
     stored = px.stored
     if px.photometric == "PALETTE COLOR":
-        first = int(ds.RedPaletteColorLookupTableDescriptor[1])
-        n_entries = int(ds.RedPaletteColorLookupTableDescriptor[0]) or 65536
-        indices = np.arange(first, first + n_entries)
-        rgb = apply_color_lut(indices.astype(np.uint16 if px.bits_allocated > 8 else np.uint8)
-                              if indices.max() < (1 << px.bits_allocated) else indices, ds)
-        table = rgb.astype(np.float32) / (255.0 if rgb.dtype == np.uint8 else 65535.0)
-        idx = np.clip(stored[..., 0] - first, 0, n_entries - 1)
-        x = table[idx]  # (F, H, W, 3)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), Mapping("palette", table=table, table_first=first)
+        try:
+            return _palette_to_model(ds, px, stored)
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any inconsistency of the LUT elements refuses this image
+            raise UnsupportedImageError(f"palette colour lookup table is unusable ({type(exc).__name__})") from None
+    return _linear_to_model(ds, px, stored)
+
+
+def _palette_to_model(ds: Dataset, px: Pixels, stored: np.ndarray) -> tuple[np.ndarray, Mapping]:
+    first = int(ds.RedPaletteColorLookupTableDescriptor[1])
+    n_entries = int(ds.RedPaletteColorLookupTableDescriptor[0]) or 65536
+    indices = np.arange(first, first + n_entries)
+    rgb = apply_color_lut(indices.astype(np.uint16 if px.bits_allocated > 8 else np.uint8)
+                          if indices.max() < (1 << px.bits_allocated) else indices, ds)
+    table = rgb.astype(np.float32) / (255.0 if rgb.dtype == np.uint8 else 65535.0)
+    idx = np.clip(stored[..., 0] - first, 0, n_entries - 1)
+    x = table[idx]  # (F, H, W, 3)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), Mapping("palette", table=table, table_first=first)
+
+
+def _linear_to_model(ds: Dataset, px: Pixels, stored: np.ndarray) -> tuple[np.ndarray, Mapping]:
     if px.photometric == "RGB" or stored.shape[-1] == 3:
         scale = float((1 << px.bits_stored) - 1)
         x = stored.astype(np.float32) / scale
@@ -236,9 +265,23 @@ def _rescale(ds: Dataset) -> tuple[float, float]:
         if item is not None and "PixelValueTransformationSequence" in item:
             source = item.PixelValueTransformationSequence[0]
             break
-    slope = float(source.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
+    slope = _finite(source, "RescaleSlope", 1.0)
+    intercept = _finite(source, "RescaleIntercept", 0.0)
+    if slope == 0:
+        raise UnsupportedImageError("RescaleSlope is zero")
     return slope, intercept
+
+
+def _finite(source: Dataset, keyword: str, default: float) -> float:
+    """A finite number from a DS element (first value of several), or a refusal naming the element."""
+    value = source.get(keyword, default)
+    try:
+        number = _first(value) if value not in (None, "") else default
+    except (TypeError, ValueError, IndexError):
+        raise InvalidInputError(f"{keyword} is not a number") from None
+    if not np.isfinite(number) or abs(number) > 1e12:
+        raise UnsupportedImageError(f"{keyword} is not a finite number of sane magnitude")
+    return number
 
 
 def _window(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -255,7 +298,7 @@ def _window(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                     source = item.FrameVOILUTSequence[0]
                     break
     if source is not None and "WindowCenter" in source and "WindowWidth" in source:
-        center, width = _first(source.WindowCenter), _first(source.WindowWidth)
+        center, width = _finite(source, "WindowCenter", 0.0), _finite(source, "WindowWidth", 0.0)
         if width >= 1:
             lo = center - 0.5 - (width - 1) / 2
             hi = center - 0.5 + (width - 1) / 2
@@ -266,15 +309,12 @@ def _window(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _first(value) -> float:
+    if isinstance(value, (str, bytes)):
+        return float(value)
     try:
         return float(value[0])
     except TypeError:
         return float(value)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text if len(text) <= 240 else text[:237] + "..."
 
 
 __all__ = ["Pixels", "Mapping", "decode", "to_model", "from_model", "native_pixel_bytes", "unpack_bits"]

@@ -34,11 +34,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from . import __version__
 from .deid import Deidentifier
-from .dicomio import canonical_bytes, dataset_from_bytes, forget_source, original_file_bytes, parse_all
+from .dicomio import canonical_bytes, dataset_from_bytes, forget_source, original_file_bytes
 from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine
 from .errors import (AlreadyProtectedError, IntegrityError, InvalidInputError, MiadmarkError, NotProtectedError,
-                     RecordCorruptError, UntrustedSignerError)
+                     RecordCorruptError, UntrustedSignerError, unexpected_input)
 from .keys import Identity, subject_name
+from .limits import check_protectable
 from .pixel_payload import apply_changed_words, encode_changed_words, word_dtype
 from .original_file import cut, join, pixel_value_span
 from .pixels import Pixels, decode, from_model, native_pixel_bytes, to_model
@@ -55,8 +56,9 @@ MARKER_CREATOR = "MIADMARK 1.0"
 
 
 def is_protected(ds: Dataset) -> bool:
-    return "EncryptedAttributesSequence" in ds and any(
-        "EncryptedContent" in item for item in ds.EncryptedAttributesSequence)
+    seq = ds.get(0x04000500)  # by tag: the element, not its value
+    return seq is not None and seq.VR == "SQ" and any(  # a forged VR or empty value: no record
+        "EncryptedContent" in item for item in seq.value or [])
 
 
 # ---- protect ------------------------------------------------------------------------------------
@@ -104,19 +106,24 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
         try:
             prep = _prepare(ds, None if lesion_masks is None else lesion_masks[i], deid, restore_identity)
             prepared.append((i, prep))
-        except MiadmarkError as exc:
-            results[i] = exc
+        except Exception as exc:  # noqa: BLE001 - one bad input fails alone (see unexpected_input)
+            results[i] = unexpected_input(exc, "reading the image")
     # group by frame geometry so that a series of equal slices is one engine batch
     groups: dict[tuple, list] = {}
     for i, prep in prepared:
         groups.setdefault(prep["x"].shape[1:], []).append((i, prep))
-    for items in groups.values():
+    batches = list(groups.values())
+    while batches:
+        items = batches.pop(0)
         x = np.concatenate([p["x"] for _, p in items])
         lesion = np.concatenate([p["lesion"] for _, p in items])
         contexts = [ctx for _, p in items for ctx in p["contexts"]]
         try:
             x_new, params = _run_engine(engine, x, lesion, contexts)
         except Exception as exc:  # noqa: BLE001 - an engine failure fails these inputs closed, not the run
+            if len(items) > 1:  # one input may be the cause: each alone, so that only it fails
+                batches += [[item] for item in items]
+                continue
             for i, _ in items:
                 results[i] = MiadmarkError(f"watermark engine failed ({type(exc).__name__}: {exc})")
             continue
@@ -126,8 +133,8 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
             try:
                 results[i] = _finish(prep, x_new[offset:offset + n], params[offset:offset + n],
                                      recipients, signer, engine, uid_maker)
-            except MiadmarkError as exc:
-                results[i] = exc
+            except Exception as exc:  # noqa: BLE001 - one bad input fails alone
+                results[i] = unexpected_input(exc, "building the protected object")
             offset += n
     return results  # type: ignore[return-value]
 
@@ -153,7 +160,7 @@ def _prepare(source: Dataset, lesion_mask: np.ndarray | None, deid: Deidentifier
     original: what strip gives back (source, or the de-identified copy when identity is not restored)."""
     if is_protected(source):
         raise AlreadyProtectedError("already protected (carries a restoration record); strip it first")
-    parse_all(source)  # the hash and the record see elements exactly as they will be re-encoded
+    check_protectable(source)  # parsed (depth-bounded) as it will be re-encoded; the elements rewritten encode
     ds = source if deid is None else deid.apply(source)
     original = source if deid is None or restore_identity else ds
     try:
@@ -305,7 +312,10 @@ def open_record(ds: Dataset, keyring: Sequence[Identity]) -> Record:
     item = ds.EncryptedAttributesSequence[0]
     if item.get("EncryptedContentTransferSyntaxUID") != ExplicitVRLittleEndian:
         raise RecordCorruptError("record content transfer syntax is not Explicit VR Little Endian")
-    record = verify_record(decrypt(bytes(item.EncryptedContent), list(keyring)))
+    content = item.get("EncryptedContent")
+    if not content:
+        raise RecordCorruptError("Encrypted Content is empty")
+    record = verify_record(decrypt(bytes(content), list(keyring)))
     if record.protected_uid != str(ds.get("SOPInstanceUID", "")):
         raise RecordCorruptError("record belongs to another object (SOP Instance UID differs)")
     return record
@@ -337,7 +347,13 @@ def _trusted_record(ds: Dataset, keyring: Sequence[Identity], trust: Sequence[x5
 
 
 def _original_file(ds: Dataset, record: Record) -> bytes:
-    data = join(record.original_file, record.pixel_offset, _original_pixel_value(ds, record))
+    try:
+        data = join(record.original_file, record.pixel_offset, _original_pixel_value(ds, record))
+    except MiadmarkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a signed record whose fields do not rebuild an object
+        raise RecordCorruptError(f"restoration record does not apply to this object ({type(exc).__name__})") \
+            from None
     if hashlib.sha256(data).hexdigest() != record.original_sha256:
         raise IntegrityError("rebuilt original does not match the record's hash (pixels or attributes changed)")
     return data
@@ -357,8 +373,15 @@ def _original_pixel_value(ds: Dataset, record: Record) -> bytes:
 
 
 def _rebuild_checked(ds: Dataset, record: Record) -> Dataset:
-    original = _rebuild(ds, record)
-    if hashlib.sha256(canonical_bytes(original)).hexdigest() != record.original_sha256:
+    try:
+        original = _rebuild(ds, record)
+        digest = hashlib.sha256(canonical_bytes(original)).hexdigest()
+    except MiadmarkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a signed record whose fields do not rebuild an object
+        raise RecordCorruptError(f"restoration record does not apply to this object ({type(exc).__name__})") \
+            from None
+    if digest != record.original_sha256:
         raise IntegrityError("rebuilt original does not match the record's hash (pixels or attributes changed)")
     return original
 

@@ -47,7 +47,7 @@ from typing import Any
 
 from asn1crypto import cms as asn1_cms
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import algorithms
@@ -194,7 +194,7 @@ def verify_record(plaintext: bytes) -> Record:
     except Exception as exc:  # noqa: BLE001 - any parse failure of decrypted bytes is corruption
         raise RecordCorruptError(f"restoration record does not parse ({type(exc).__name__})") from None
     if algorithm != SIGNATURE_ALGORITHM:
-        raise SignatureInvalidError(f"unsupported signature algorithm {algorithm!r}")
+        raise SignatureInvalidError(f"unsupported signature algorithm (not {SIGNATURE_ALGORITHM})")
     try:
         signer.public_key().verify(signature, plaintext[:split], PSS, hashes.SHA256())
     except (InvalidSignature, TypeError, ValueError):
@@ -222,7 +222,10 @@ def _recipient_infos(cms_der: bytes) -> list:
         info = asn1_cms.ContentInfo.load(cms_der)
         if info["content_type"].native != "enveloped_data":
             raise ValueError("not EnvelopedData")
-        return [ri.chosen["rid"].chosen for ri in info["content"]["recipient_infos"]]
+        rids = [ri.chosen["rid"].chosen for ri in info["content"]["recipient_infos"]]
+        for rid in rids:  # asn1crypto parses lazily: parse here, inside the try, what the callers read
+            rid["issuer"].native, rid["serial_number"].native
+        return rids
     except Exception as exc:  # noqa: BLE001 - whatever asn1crypto raises, the content is not CMS
         raise RecordCorruptError(f"Encrypted Content is not a CMS EnvelopedData ({type(exc).__name__})") from None
 
@@ -256,6 +259,8 @@ def decrypt(cms_der: bytes, keyring: list[Identity]) -> bytes:
                                   f"({len(ids)} recipient(s))")
     try:
         return pkcs7.pkcs7_decrypt_der(cms_der, holders[0].cert, holders[0].key, [])
-    except ValueError:
+    except UnsupportedAlgorithm:
+        raise RecordCorruptError("restoration record uses an unsupported algorithm (altered identifier)") from None
+    except (ValueError, TypeError):
         raise RecordCorruptError("restoration record does not decrypt (tampered, or key does not match)") \
             from None

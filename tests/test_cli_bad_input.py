@@ -158,3 +158,43 @@ def test_folder_inputs_keep_relative_paths_and_round_trip(tmp_path, keys, capsys
     for name in names:
         assert read_dicom(tmp_path / "s" / name).PixelData == read_dicom(src / name).PixelData
     assert f"{len(names)} stripped, 0 failed" in out
+
+
+def test_folder_with_hostile_files_fails_only_those(tmp_path, keys):
+    """Issue 14, finding 5: one bad file fails alone (one stderr line, no value echoed), the others are
+    written, the summary comes, exit 1. Run as a separate process under a 3 GiB address-space limit:
+    the old code aborted in gdcm (JPEG with BitsAllocated 32) and lost the whole run."""
+    import resource
+    import subprocess
+    import sys
+
+    import bad_inputs
+
+    src = tmp_path / "in"
+    src.mkdir()
+    good = [GOOD, DICOM_DATA / "transfer_syntaxes" / "RLELossless" / "MR_small_RLE.dcm"]
+    for path in good:
+        shutil.copy(path, src / path.name)
+    bad = [bad_inputs.jpeg_bits_32(src / "b1_jpeg32.dcm"), bad_inputs.huge_rle(src / "b2_huge_rle.dcm"),
+           bad_inputs.malformed_ds(src / "b3_ds.dcm"), bad_inputs.nested_sequences(src / "b4_deep.dcm")]
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    h_key, h_cert = keys["hospital"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "miadmark.cli", "protect", str(src), "--out", str(tmp_path / "out"),
+         "--recipient", str(keys["research"][1]), "--sign-key", str(h_key), "--sign-cert", str(h_cert),
+         "--profile", "plain", "--device", "cpu", "--progress"],
+        capture_output=True, text=True, timeout=300, preexec_fn=limit_memory)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "2 protected, 4 failed"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in good)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(str(src))]
+    assert len(errors) == 4, proc.stderr
+    for path, reason in [(bad[0], "BitsAllocated 32 is not valid for a JPEG"), (bad[1], "exceeds the limit"),
+                         (bad[2], "RescaleSlope is not a number"), (bad[3], "nested too deeply")]:
+        assert sum(line.startswith(f"{path}:") for line in errors) == 1
+        assert reason in next(line for line in errors if line.startswith(f"{path}:"))
+    assert bad_inputs.SECRET.decode() not in proc.stderr + proc.stdout
+    assert "100%" in proc.stderr  # --progress: the bar, on stderr, even though stderr is not a terminal

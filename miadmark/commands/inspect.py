@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..dicomio import read_dicom
-from ..errors import MiadmarkError
+from ..errors import MiadmarkError, unexpected_input
 from ..keys import load_identity, read_passphrase
 from ..protect import inspect_record
 
@@ -30,6 +30,9 @@ def run(args) -> int:
         info = inspect_record(read_dicom(args.file), keyring)
     except (MiadmarkError, OSError) as exc:
         print(f"{args.file}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a malformed record is a refusal, its value never echoed
+        print(f"{args.file}: {unexpected_input(exc, 'inspecting')}", file=sys.stderr)
         return 1
     print(json.dumps(info, indent=2))
     return 0

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import sys
-from itertools import islice
 from pathlib import Path
 
 from ..dicomio import read_dicom, write_dicom_atomic
 from ..engine import DEFAULT_PROFILE, ENGINES, Profile, get_engine
-from ..errors import MiadmarkError
+from ..errors import MiadmarkError, safe_reason, unexpected_input
 from ..keys import load_certificates, load_identity, read_passphrase
 from ..protect import protect_many
 from ..lesion import is_lesion_source, mask_for, masks_of_sources
-from .files import Tally, iter_inputs, output_path
+from .files import Tally, add_progress_option, iter_inputs, output_path
 
 BATCH = 16  # files read and watermarked together (one engine batch per frame geometry)
 # what SEG / RTSTRUCT detection and RTSTRUCT contour placement need of each input's header
@@ -45,6 +44,7 @@ def register(sub) -> None:
                    "(default: the de-identified object)")
     p.add_argument("--deidentify-dates", choices=["remove", "shift"], default="remove",
                    help="with --deidentify: dates removed (default) or shifted by a keyed per-patient offset")
+    add_progress_option(p)
     p.set_defaults(func=run)
 
 
@@ -63,31 +63,34 @@ def run(args) -> int:
         return 2
     out_dir = Path(args.out)
     lesions, sources = _lesion_masks(args.inputs, tally)
-    inputs = iter_inputs(args.inputs, tally.skipped)
-    while batch := list(islice(inputs, BATCH)):
+    inputs = list(iter_inputs(args.inputs, tally.skipped))
+    tally.start_progress(len(inputs), args.progress)
+    for start in range(0, len(inputs), BATCH):
         loaded = []
-        for item in batch:
+        for item in inputs[start:start + BATCH]:
             if item.path in sources:  # a SEG / RTSTRUCT gave masks; it is not an image to watermark
-                print(f"lesion mask source {item.path} (not written)")
+                tally.note(f"lesion mask source {item.path} (not written)")
                 continue
             try:
-                loaded.append((item, read_dicom(item.path)))
+                ds = read_dicom(item.path)
+                loaded.append((item, ds, mask_for(ds, lesions)))
             except (MiadmarkError, OSError) as exc:
                 tally.fail(item.path, str(exc))
-        datasets = [ds for _, ds in loaded]
-        results = protect_many(datasets, recipients=recipients, signer=signer, engine=engine,
-                               lesion_masks=[mask_for(ds, lesions) for ds in datasets], destination=args.destination,
+            except Exception as exc:  # noqa: BLE001 - one bad file fails alone, its value never echoed
+                tally.fail(item.path, str(unexpected_input(exc, "reading the file")))
+        results = protect_many([ds for _, ds, _ in loaded], recipients=recipients, signer=signer, engine=engine,
+                               lesion_masks=[mask for _, _, mask in loaded], destination=args.destination,
                                deidentify=args.deidentify, restore_identity=args.restore_identity,
                                deidentify_dates=args.deidentify_dates)
-        for (item, _), result in zip(loaded, results):
+        for (item, _, _), result in zip(loaded, results):
             if isinstance(result, MiadmarkError):
                 tally.fail(item.path, str(result))
                 continue
             try:
                 dst = output_path(out_dir, item)
                 write_dicom_atomic(result, dst)
-            except (OSError, ValueError) as exc:
-                tally.fail(item.path, f"cannot write output: {exc}")
+            except Exception as exc:  # noqa: BLE001 - OSError (disk), or an element that does not encode
+                tally.fail(item.path, f"cannot write output ({safe_reason(exc)})")
                 continue
             tally.ok(item.path, dst)
     return tally.summary()

@@ -24,25 +24,16 @@ def register(sub) -> None:
 
 
 def run_check(args) -> int:
-    from ..keys import load_certificate
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    certs = []
-    if cfg.identity is not None:
-        certs.append(cfg.identity.cert)
-    for rule in cfg.rules:
-        certs += rule.recipients
-    if cfg.receiver is not None:
-        certs += [k.cert for k in cfg.receiver.keys] + list(cfg.receiver.trust or [])
-    for path in dict.fromkeys(certs):
-        try:
-            load_certificate(path)
-        except MiadmarkError as exc:
-            print(f"{cfg.path}: {exc}", file=sys.stderr)
-            return 2
+    problems = key_problems(cfg)
+    for problem in problems:
+        print(f"{cfg.path}: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     print(f"{cfg.path}: OK: {len(cfg.destinations)} destination(s), {len(cfg.rules)} rule(s)")
     for name, dest in cfg.destinations.items():
         print(f"  destination {name}: {dest.kind} {dest.target}")
@@ -55,6 +46,33 @@ def run_check(args) -> int:
     if not cfg.rules or cfg.rules[-1].when or cfg.rules[-1].send_to:
         print("  (traffic no rule matches is blocked)")
     return 0
+
+
+def key_problems(cfg) -> list[str]:
+    """What makes the keys of a loaded configuration unusable: unreadable or too weak certificates, a key
+    that does not match its certificate (or its passphrase), a receiver that holds no key at all."""
+    from ..keys import load_certificate, load_identity, read_passphrase
+
+    problems = []
+    pairs = ([("identity", cfg.identity)] if cfg.identity is not None else [])
+    if cfg.receiver is not None:
+        if not cfg.receiver.keys:
+            problems.append("receiver.keys: no key: the receiver could open no protected instance")
+        pairs += [(f"receiver.keys[{i}]", kp) for i, kp in enumerate(cfg.receiver.keys)]
+    for where, pair in pairs:
+        try:
+            load_identity(pair.key, pair.cert, read_passphrase(pair.passphrase_file))
+        except (MiadmarkError, OSError) as exc:
+            problems.append(f"{where}: {exc}")
+    certs = [cert for rule in cfg.rules for cert in rule.recipients]
+    if cfg.receiver is not None:
+        certs += list(cfg.receiver.trust or [])
+    for path in dict.fromkeys(certs):
+        try:
+            load_certificate(path)
+        except MiadmarkError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def run_test(args) -> int:

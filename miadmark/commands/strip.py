@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 from ..dicomio import read_dicom, write_atomic
-from ..errors import MiadmarkError
+from ..errors import MiadmarkError, unexpected_input
 from ..keys import load_certificates, load_identity, read_passphrase
 from ..protect import strip_bytes
-from .files import Tally, iter_inputs, output_path
+from .files import Tally, add_progress_option, iter_inputs, output_path
 
 
 def register(sub) -> None:
@@ -22,6 +22,7 @@ def register(sub) -> None:
     trust = p.add_mutually_exclusive_group(required=True)
     trust.add_argument("--trust", action="append", metavar="CERT", help="certificate of a signer to accept")
     trust.add_argument("--any-signer", action="store_true", help="accept any signer whose signature verifies")
+    add_progress_option(p)
     p.set_defaults(func=run)
 
 
@@ -34,13 +35,18 @@ def run(args) -> int:
         print(f"miadmark strip: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.out)
-    for item in iter_inputs(args.inputs, tally.skipped):
+    inputs = list(iter_inputs(args.inputs, tally.skipped))
+    tally.start_progress(len(inputs), args.progress)
+    for item in inputs:
         try:
             original = strip_bytes(read_dicom(item.path), keyring=keyring, trust=trust)
             dst = output_path(out_dir, item)
             write_atomic(original, dst)  # the file protect read, byte for byte
         except (MiadmarkError, OSError, ValueError) as exc:
             tally.fail(item.path, str(exc))
+            continue
+        except Exception as exc:  # noqa: BLE001 - one bad file fails alone, its value never echoed
+            tally.fail(item.path, str(unexpected_input(exc, "stripping")))
             continue
         tally.ok(item.path, dst)
     return tally.summary()
