@@ -31,8 +31,13 @@ def is_lesion_source(ds: Dataset) -> bool:
 
 def masks_from_seg(seg: Dataset) -> dict[str, np.ndarray]:
     """{referenced SOP Instance UID: bool mask (rows, cols)} of each image it covers."""
-    try:
-        frames = seg.pixel_array
+    from .limits import check_pixel_header
+    from .pixels import decoded_array
+
+    try:  # declared size checked first, and never a decoder that can abort the process (gdcm)
+        frames = np.asarray(decoded_array(seg, check_pixel_header(seg).transfer_syntax))
+    except MiadmarkError as exc:
+        raise UnsupportedImageError(f"SEG pixel data does not decode ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - a SEG that does not decode: no mask, loudly
         raise UnsupportedImageError(
             f"SEG pixel data does not decode ({type(exc).__name__})") from None

@@ -66,7 +66,7 @@ def decode(ds: Dataset) -> Pixels:
             stored = stored.transpose(0, 2, 3, 1)  # (F, S, H, W) -> (F, H, W, S)
         return Pixels(np.ascontiguousarray(stored), photometric, bits_allocated, bits_stored, signed, True,
                       head.planar)
-    arr = np.asarray(_decoded_array(ds, head.transfer_syntax))
+    arr = np.asarray(decoded_array(ds, head.transfer_syntax))
     if arr.size != head.values:
         raise UnsupportedImageError(f"decoded pixel data has {arr.size} values, the header declares {head.values}")
     arr = arr.reshape(frames, rows, cols, spp)
@@ -83,7 +83,7 @@ def decode(ds: Dataset) -> Pixels:
 UNSAFE_DECODERS = {"gdcm"}
 
 
-def _decoded_array(ds: Dataset, transfer_syntax) -> np.ndarray:
+def decoded_array(ds: Dataset, transfer_syntax) -> np.ndarray:
     """Decode with the first safe pydicom plugin that succeeds; every failure is a refusal with its reason."""
     from pydicom.pixels import pixel_array
     from pydicom.pixels.decoders.base import get_decoder
