@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import DICOM_DATA
 from pynetdicom import evt
 
-from conftest import DICOM_DATA
 from dicom_node.gateway import Gateway
 from dicom_node.receiver import Receiver
 from dicom_node.storescu import send_files
-from dicom_node.workqueue import SCHEMA, DeidOptions, Queue
+from dicom_node.workqueue import SCHEMA, DeidOptions, NewJob, Queue
 from dicomnet.listener import storage_scp_ae
 from miadmark.audit import read_audit
 from miadmark.config import load_config
@@ -66,7 +68,6 @@ def dataset_part(raw: bytes) -> bytes:
 
 
 def wait_for(predicate, timeout=60.0, step=0.05):
-    import time
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
@@ -134,7 +135,6 @@ receiver:
 
 
 def _free_port() -> int:
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -166,7 +166,7 @@ def identified(src: Path, folder: Path) -> Path:
 
 def test_deidentified_routes_strip_to_the_deidentified_object_or_the_original(site, tmp_path):
     cfg, start, keyless, site_keys = site
-    rx, gw = start()
+    _, gw = start()
     ct = identified(CT[0], tmp_path)
     original = read_dicom(ct)
     assert send_files("127.0.0.1", gw.port, [ct], called_ae="DEID", calling_ae="PACS") == [0]
@@ -207,7 +207,7 @@ def test_deidentified_routes_strip_to_the_deidentified_object_or_the_original(si
 
 def test_burned_in_annotation_is_quarantined_and_the_rest_sent(site, tmp_path):
     cfg, start, keyless, _ = site
-    rx, gw = start()
+    _, gw = start()
     burned = read_dicom(CT[1])
     burned.BurnedInAnnotation = "YES"
     burned_path = tmp_path / "burned.dcm"
@@ -216,6 +216,8 @@ def test_burned_in_annotation_is_quarantined_and_the_rest_sent(site, tmp_path):
     assert wait_for(lambda: gw.queue.counts().get("partner", {}).get("quarantined") == 1
                     and gw.queue.counts()["partner"]["done"] == 1 and len(keyless.received) == 1)
     assert keyless.datasets()[0].ImagePositionPatient == read_dicom(CT[2]).ImagePositionPatient
+    assert wait_for(lambda: len(_stored(cfg)) == 1)  # the key holder got the other one only
+    assert pydicom.dcmread(_stored(cfg)[0]).ImagePositionPatient == read_dicom(CT[2]).ImagePositionPatient
     quarantined = wait_quarantined(cfg, 2)
     assert {r["destination"] for r in quarantined} == {"partner", "research"}
     assert all(r["sop_instance_uid"] == burned.SOPInstanceUID for r in quarantined)
@@ -230,8 +232,8 @@ def wait_quarantined(cfg, n: int) -> list[dict]:
 
 
 def test_a_seg_on_a_deidentified_route_is_deidentified_with_its_images_mapping(site):
-    cfg, start, keyless, site_keys = site
-    rx, gw = start()
+    cfg, start, keyless, _ = site
+    _, gw = start()
     seg = read_dicom(SEG)
     referenced = {str(item.ReferencedSOPInstanceUID) for frame in seg.PerFrameFunctionalGroupsSequence
                   for derivation in frame.get("DerivationImageSequence", [])
@@ -277,7 +279,6 @@ def test_an_older_queue_is_migrated_and_its_rows_decided_again_from_the_rules(tm
     Queue(spool / "queue.sqlite")  # a second opener (the forwarding process) finds it migrated
     [job] = queue.due("partner", 10)
     assert job.deid is None  # not recorded: the forwarder decides again (or does not send)
-    from dicom_node.workqueue import NewJob
     queue.add(file="objects/b.dcm", sop_uid="1.3", sop_class="x", transfer_syntax="y", study_uid="3", series_uid="4",
               calling_ae="PACS", called_ae="DEID",
               jobs=[NewJob("partner", "protect", "rule 1", (), "plain", DeidOptions("basic", True, "shift"))])
@@ -289,7 +290,7 @@ def test_a_row_without_options_is_sent_as_the_rules_in_force_say(site, tmp_path)
     """A protect job queued by an older gateway: de-identified if the rules in force say so, and not
     sent at all once they no longer protect it."""
     cfg, start, keyless, _ = site
-    rx, gw = start()
+    _, gw = start()
     gw.stop()  # only the spool and the queue: rows written as an older gateway wrote them
     ct = identified(CT[3], tmp_path)
     original = read_dicom(ct)
@@ -310,7 +311,7 @@ def test_a_row_without_options_is_sent_as_the_rules_in_force_say(site, tmp_path)
                         and gw2.queue.counts().get("clinic", {}).get("quarantined") == 1)
         got = keyless.datasets()[0]
         assert got.PatientIdentityRemoved == "YES" and b"MRN-20481632" not in keyless.received[0]
-        reason = [r for r in read_audit(cfg.gateway.audit) if r["event"] == "quarantined"][0]["reason"]
+        reason = next(r for r in read_audit(cfg.gateway.audit) if r["event"] == "quarantined")["reason"]
         assert "rules in force no longer protect it" in reason
     finally:
         gw2.stop()
