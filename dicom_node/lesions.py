@@ -4,7 +4,8 @@ On a protect route a lesion source is not an image to watermark: it is forwarded
 receiving site needs it with its study), or, on a route with `deidentify`, de-identified with the same
 keyed mapping as its study's images (miadmark.deid.deidentify: its references still point at the
 de-identified images; no record, so a key holder gets the de-identified object, whatever
-restore_identity says), and its masks keep the watermark off the lesions of the
+restore_identity says; with restore_identity true its references name the de-identified UIDs, not
+the restored originals'), and its masks keep the watermark off the lesions of the
 images of its study protected after it was received, whatever their destination. Its spool file
 stays while an image of its study waits and for LESION_KEEP_S after its receipt, so images that
 follow it, in the same association or later, still get its mask (Queue.releasable; the forwarders
