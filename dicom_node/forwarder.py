@@ -17,17 +17,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomnet.dimse import Unreachable
 from dicomnet.outcome import Outcome
+from miadmark.rules import PROTECT, decide
 
-from .lesions import FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
+from .lesions import FORWARDED_DEIDENTIFIED, FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
 from .monitoring.backlog import backlogs
 from .monitoring.metrics import observe_protect
-from .protection import Protected
+from .protection import NotProtected, Protected
 from .transports import TRANSPORTS
-from .workqueue import Job, backoff_delay
+from .workqueue import DeidOptions, Job, backoff_delay
 
 log = logging.getLogger("dicom_node.forward")
 
@@ -257,27 +259,31 @@ class Forwarder(threading.Thread):
 
     def prepare(self, jobs: list[Job]) -> list[Outgoing]:
         """Originals for pass, protected copies for protect; what cannot be protected is quarantined.
-        A SEG / RTSTRUCT on a protect route is forwarded unchanged and its masks keep the watermark
-        off the lesions of its study's images (see dicom_node.lesions for the ordering limit)."""
+        A SEG / RTSTRUCT on a protect route is not watermarked: forwarded unchanged, or de-identified when
+        the route de-identifies; its masks keep the watermark off the lesions of its study's images (see
+        dicom_node.lesions for the ordering limit)."""
         gw = self.gateway
         out: list[Outgoing] = []
         groups: dict[tuple, list[Job]] = {}
         for job in jobs:
             with self._lock:
                 self._studies.setdefault(job.study_uid, StudyTally(job.action, job.rule))
-            if job.action == "pass" or is_lesion_source_job(job):
-                path = gw.spool.path(job.file)
-                if not path.exists():
-                    gw.queue.mark_quarantined(job.id, "spooled original missing")
-                    continue
-                note = self._forward_lesion_source(job) if job.action != "pass" else {}
-                out.append(Outgoing(job, path, job.sop_uid, job.sop_class, job.transfer_syntax, note))
+            path = gw.spool.path(job.file)
+            if (job.action == "pass" or is_lesion_source_job(job)) and not path.exists():
+                gw.queue.mark_quarantined(job.id, "spooled original missing")
+                continue
+            if job.action == "pass":
+                out.append(Outgoing(job, path, job.sop_uid, job.sop_class, job.transfer_syntax))
+                continue
+            deid = self._deid(job)
+            if isinstance(deid, str):  # fail closed: options unknown, not sent
+                self._quarantine(job, deid)
+            elif is_lesion_source_job(job):
+                self._lesion_source(job, path, deid, out)
+            elif poison := self._poison(job):
+                self._quarantine(job, poison)
             else:
-                poison = self._poison(job)
-                if poison:
-                    self._quarantine(job, poison)
-                    continue
-                groups.setdefault((job.recipients, job.profile), []).append(job)
+                groups.setdefault((job.recipients, job.profile, deid), []).append(job)
         masks = {}
         if groups:
             protect_jobs = [j for group in groups.values() for j in group]
@@ -285,10 +291,11 @@ class Forwarder(threading.Thread):
                                     [gw.spool.path(j.file) for j in protect_jobs])
             self._report_unusable(lesions.unusable)
             masks = lesions.masks
-        for (recipients, profile), group in groups.items():
-            items = [(gw.spool.path(j.file), gw.spool.protected_path(j.file, recipients, profile)) for j in group]
+        for (recipients, profile, deid), group in groups.items():
+            items = [(gw.spool.path(j.file), self._copy_path(j, deid)) for j in group]
             started = time.monotonic()
-            results = gw.protector.protect(items, recipients, profile, masks)
+            results = gw.protector.protect(items, recipients, profile, masks, destination=self.destination,
+                                           deid=deid)
             observe_protect(profile, time.monotonic() - started, sum(isinstance(r, Protected) for r in results),
                             gw.config.gateway.device)
             for job, res in zip(group, results):
@@ -310,9 +317,46 @@ class Forwarder(threading.Thread):
             return None
         return probe.poison(job.file, self.gateway.spool.path(job.file))
 
-    def _forward_lesion_source(self, job: Job) -> dict:
-        """A SEG / RTSTRUCT on a protect route carries no image: it goes as received. Images of its
-        study sent before it arrived could not avoid its lesions: say so, loudly."""
+    def _copy_path(self, job: Job, deid: DeidOptions) -> Path:
+        """The spooled copy that goes out for this job: one per destination (its name keys the UIDs),
+        recipients, profile and de-identification options."""
+        return self.gateway.spool.protected_path(job.file, (self.destination, tuple(sorted(job.recipients)),
+                                                            job.profile, deid.to_json()))
+
+    def _deid(self, job: Job) -> DeidOptions | str:
+        """The job's de-identification options, or why they are not known. A row queued by an older
+        gateway has none recorded: the rules in force decide them again, and if they no longer protect
+        this instance for this destination it is not sent."""
+        if job.deid is not None:
+            return job.deid
+        try:
+            header = pydicom.dcmread(self.gateway.spool.path(job.file), stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - unreadable: not sent
+            return f"de-identification options not recorded and the spooled original unreadable ({type(exc).__name__})"
+        decision = decide(self.gateway.config, header, destination=self.destination,
+                          called_ae=job.called_ae or None, calling_ae=job.calling_ae or None)
+        if decision.action != PROTECT:
+            return ("queued without its de-identification options, and the rules in force no longer protect it "
+                    f"for {self.destination}: not sent")
+        return DeidOptions.of(decision)
+
+    def _lesion_source(self, job: Job, path: Path, deid: DeidOptions, out: list[Outgoing]) -> None:
+        """A SEG / RTSTRUCT on a protect route carries no image to watermark: it goes as received, or
+        de-identified with its study's mapping when the route de-identifies (never with the identity the
+        route removes). Images of its study sent before it arrived could not avoid its lesions: say so."""
+        if deid.deidentify is None:
+            res: Protected | NotProtected = Protected(path, job.sop_uid, job.sop_class, job.transfer_syntax)
+            note = FORWARDED_UNCHANGED
+        else:
+            res = self.gateway.protector.deidentify_source(path, self._copy_path(job, deid), job.recipients,
+                                                           destination=self.destination, deid=deid)
+            note = FORWARDED_DEIDENTIFIED
+        if isinstance(res, NotProtected):
+            if res.transient:
+                self._retry_later(job, res.reason)
+            else:
+                self._quarantine(job, res.reason)
+            return
         late = self.gateway.queue.images_sent_before(job.id)
         if late:
             self.gateway.audit.write("lesion_source_late", **self._audit_fields(job), images_already_sent=late,
@@ -320,7 +364,7 @@ class Forwarder(threading.Thread):
                                             "their watermark could not avoid its lesions")
             log.warning("%s: lesion source %s of study %s arrived after %d image(s) of the study were sent "
                         "protected without its mask", self.destination, job.sop_uid, job.study_uid, late)
-        return {"note": FORWARDED_UNCHANGED}
+        out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax, {"note": note}))
 
     def _report_unusable(self, unusable: list[tuple[str, str]]) -> None:
         for uid, reason in unusable:
@@ -384,6 +428,7 @@ class Forwarder(threading.Thread):
         if job.action == "protect":
             fields["recipients"] = self.gateway.protector.recipient_names(job.recipients)
             fields["profile"] = job.profile
+            fields["deidentify"] = job.deid.deidentify if job.deid is not None else None
         return fields
 
     def _log_finished_studies(self) -> None:

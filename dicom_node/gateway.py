@@ -204,8 +204,7 @@ class Gateway:
             if d.action == BLOCK or dest is None or dest.kind not in SENDABLE:
                 blocked.append(d)
             else:
-                jobs.append(NewJob(d.destinations[0], d.action, d.rule_label,
-                                   tuple(str(p) for p in d.recipients), d.profile))
+                jobs.append(NewJob.of(d))
         base = {"sop_instance_uid": sop_uid, "study_instance_uid": study, "calling_ae": calling, "called_ae": called}
         for d in blocked:
             self.audit.write("blocked", **base, destination=d.destinations[0] if d.destinations else None,
@@ -250,9 +249,7 @@ class Gateway:
                 meta = ds.file_meta
                 called = str(meta.get("ReceivingApplicationEntityTitle", "")).strip()
                 calling = str(meta.get("SendingApplicationEntityTitle", "")).strip()
-                jobs = [NewJob(d.destinations[0], d.action, d.rule_label, tuple(str(p) for p in d.recipients),
-                               d.profile)
-                        for d in route(self.config, ds, called_ae=called, calling_ae=calling)
+                jobs = [NewJob.of(d) for d in route(self.config, ds, called_ae=called, calling_ae=calling)
                         if d.action != BLOCK and d.destinations
                         and self.config.destinations[d.destinations[0]].kind in SENDABLE]
                 if jobs:

@@ -1,7 +1,11 @@
 """Lesion sources in the gateway: the DICOM SEG and RTSTRUCT objects received for a study.
 
 On a protect route a lesion source is not an image to watermark: it is forwarded unchanged (the
-receiving site needs it with its study), and its masks keep the watermark off the lesions of the
+receiving site needs it with its study), or, on a route with `deidentify`, de-identified with the same
+keyed mapping as its study's images (miadmark.deid.deidentify: its references still point at the
+de-identified images; no record, so a key holder gets the de-identified object, whatever
+restore_identity says; with restore_identity true its references name the de-identified UIDs, not
+the restored originals'), and its masks keep the watermark off the lesions of the
 images of its study protected after it was received, whatever their destination. Its spool file
 stays while an image of its study waits and for LESION_KEEP_S after its receipt, so images that
 follow it, in the same association or later, still get its mask (Queue.releasable; the forwarders
@@ -35,6 +39,7 @@ from .spool import Spool
 from .workqueue import Job, Queue
 
 FORWARDED_UNCHANGED = "lesion source, forwarded unchanged"
+FORWARDED_DEIDENTIFIED = "lesion source, de-identified, not watermarked"
 
 
 def is_lesion_source_job(job: Job) -> bool:

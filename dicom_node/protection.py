@@ -25,6 +25,8 @@ from miadmark.keys import Identity, load_certificate, load_identity, read_passph
 from miadmark.lesion import is_lesion_source, mask_for
 from miadmark.private import write_private
 
+from .workqueue import DeidOptions
+
 log = logging.getLogger(__name__)
 
 
@@ -106,9 +108,12 @@ class Protector:
         return self._engines[name]
 
     def protect(self, items: list[tuple[Path, Path]], recipients: tuple[str, ...], profile: str | None,
-                lesion_masks: dict[str, np.ndarray] | None = None) -> list[Protected | NotProtected]:
+                lesion_masks: dict[str, np.ndarray] | None = None, *, destination: str,
+                deid: DeidOptions) -> list[Protected | NotProtected]:
         """items: (original, protected copy path); lesion_masks: SOP Instance UID -> lesion mask
-        (never watermarked). One result per item: Protected or NotProtected (a reason; transient or not).
+        (never watermarked). destination: its name keys the protected (and de-identified) UIDs, so a
+        resend is the same object there; deid: the rule's de-identification options.
+        One result per item: Protected or NotProtected (a reason; transient or not).
         A batch that fails as a whole is retried one image at a time: only the bad image fails."""
         from miadmark.engine import DEFAULT_PROFILE
         from miadmark.protect import protect_many
@@ -141,20 +146,46 @@ class Protector:
                     outputs = [exc] * len(todo)
                 else:
                     run = partial(protect_many, recipients=certs, signer=signer, profile=profile or DEFAULT_PROFILE,
-                                  device=self.config.gateway.device, engine=engine)
+                                  device=self.config.gateway.device, engine=engine, destination=destination,
+                                  **deid.protect_options())
                     outputs = _each_alone_on_failure(run, datasets, masks)
                 for i, out, mask in zip(todo, outputs, masks):
                     if isinstance(out, BaseException):
                         results[i] = _failure("protect refused", out)
                         continue
-                    path = items[i][1]
-                    try:
-                        write_private(dataset_to_bytes(out), path)
-                        results[i] = Protected(path, str(out.SOPInstanceUID), str(out.SOPClassUID),
-                                               str(out.file_meta.TransferSyntaxUID), mask is not None)
-                    except Exception as exc:  # noqa: BLE001 - ENOSPC here is transient: retried
-                        results[i] = _failure("cannot write the protected copy", exc)
+                    results[i] = _keep(out, items[i][1], mask is not None)
         return results  # type: ignore[return-value]
+
+    def deidentify_source(self, src: Path, out: Path, recipients: tuple[str, ...], *, destination: str,
+                          deid: DeidOptions) -> Protected | NotProtected:
+        """A SEG / RTSTRUCT on a de-identified route: not watermarked, but de-identified with the same keyed
+        mapping as its study's images (miadmark.deid.deidentify), so its references point at the UIDs the
+        recipient sees. Written once to `out` (a resend sends the same object)."""
+        from miadmark.deid import deidentify
+        with self._lock:
+            if out.exists():
+                try:
+                    return Protected(out, *file_identity(out))
+                except Exception:  # noqa: BLE001 - a damaged copy is made again
+                    pass
+            try:
+                ds = read_dicom(src)
+                clean = deidentify(ds, signer=self.signer(), recipients=self.certificates(recipients),
+                                   destination=destination, profile=deid.deidentify,
+                                   dates=deid.deidentify_dates)
+            except Exception as exc:  # noqa: BLE001 - fail closed: never sent identified
+                return _failure("cannot de-identify the lesion source", exc)
+            return _keep(clean, out, None)
+
+
+def _keep(ds, path: Path, lesion_masked: bool | None) -> Protected | NotProtected:
+    """Write what goes out durably to the spool before it is sent (a resend sends these bytes)."""
+    try:
+        write_private(dataset_to_bytes(ds), path)
+        return Protected(path, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID),
+                         lesion_masked)
+    except Exception as exc:  # noqa: BLE001 - ENOSPC here is transient: retried
+        return _failure("cannot write the protected copy", exc)
 
 
 def _each_alone_on_failure(run, datasets: list, masks: list) -> list:

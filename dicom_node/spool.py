@@ -2,7 +2,7 @@
 0700 folders: they hold patient data).
 
     <spool>/objects/<SOPInstanceUID>.<receipt>.dcm          originals as received (meta + dataset bytes)
-    <spool>/protected/<SOPInstanceUID>.<receipt>.<key>.dcm  protected copy per (rule recipients, profile)
+    <spool>/protected/<SOPInstanceUID>.<receipt>.<key>.dcm  protected copy per destination and rule options
     <spool>/queue.sqlite                                    the work queue (WAL)
 
 <receipt> is unique per C-STORE received, so a repeated receipt of one instance never shares a
@@ -39,8 +39,9 @@ class Spool:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
-    def protected_path(self, rel: str, recipients: tuple[str, ...], profile: str | None) -> Path:
-        key = hashlib.sha256(repr((sorted(recipients), profile)).encode()).hexdigest()[:12]
+    def protected_path(self, rel: str, variant: tuple) -> Path:
+        """variant: what makes the copy (destination, recipients, profile, de-identification options)."""
+        key = hashlib.sha256(repr(variant).encode()).hexdigest()[:12]
         return self.protected / f"{Path(rel).stem}.{key}.dcm"
 
     def protected_copies(self, rel: str) -> list[Path]:

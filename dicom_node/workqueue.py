@@ -48,8 +48,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_error   TEXT,
     sent_sop_uid TEXT,                 -- what went out (the protected object's new UID)
     created      REAL NOT NULL,
-    updated      REAL NOT NULL
-);
+    updated      REAL NOT NULL,
+    deid         TEXT                  -- JSON de-identification options (DeidOptions); NULL: queued before
+);                                     -- they were recorded (the forwarder decides them again, or does not send)
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (destination, state, next_try);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (destination, study_uid, state);
 CREATE INDEX IF NOT EXISTS jobs_study_class ON jobs (study_uid, sop_class);  -- lesion sources of a study
@@ -57,11 +58,41 @@ CREATE INDEX IF NOT EXISTS jobs_file ON jobs (file);  -- releasing a spool file
 CREATE INDEX IF NOT EXISTS jobs_lesion ON jobs (sop_class, created);  -- sweeping kept lesion sources
 """
 
+# columns added after the first release: (name, type) added to an older database at open
+ADDED_COLUMNS = (("deid", "TEXT"),)
+
 STATES = ("pending", "done", "dead", "quarantined")
 # A SEG / RTSTRUCT is kept in the spool this long after its receipt (and while images of its study
 # wait), so that images of its study received after it was forwarded still get its mask.
 LESION_KEEP_S = 3600.0
 FILE_BUSY = "SELECT COUNT(*) FROM jobs WHERE file=? AND state IN ('pending','dead')"
+
+
+@dataclass(frozen=True)
+class DeidOptions:
+    """A protect rule's de-identification options (miadmark.config.Rule), as protect_many takes them."""
+    deidentify: str | None = None  # None: not de-identified
+    restore_identity: bool = False
+    deidentify_dates: str = "remove"
+
+    @classmethod
+    def of(cls, decision) -> "DeidOptions":
+        return cls(decision.deidentify, decision.restore_identity, decision.deidentify_dates)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "DeidOptions | None":
+        """None when not recorded or not readable: the forwarder then decides again (fail closed)."""
+        try:
+            return None if text is None else cls(**json.loads(text))
+        except (ValueError, TypeError):
+            return None
+
+    def to_json(self) -> str:
+        return json.dumps(self.protect_options(), sort_keys=True)
+
+    def protect_options(self) -> dict:
+        return {"deidentify": self.deidentify, "restore_identity": self.restore_identity,
+                "deidentify_dates": self.deidentify_dates}
 
 
 @dataclass(frozen=True)
@@ -81,13 +112,14 @@ class Job:
     recipients: tuple[str, ...]
     profile: str | None
     attempts: int
+    deid: DeidOptions | None = None  # None: not recorded (queued by an older gateway)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
         return cls(row["id"], row["file"], row["sop_uid"], row["sop_class"], row["transfer_syntax"],
                    row["study_uid"], row["series_uid"], row["calling_ae"], row["called_ae"],
                    row["destination"], row["action"], row["rule"], tuple(json.loads(row["recipients"])),
-                   row["profile"], row["attempts"])
+                   row["profile"], row["attempts"], DeidOptions.from_json(row["deid"]))
 
 
 @dataclass(frozen=True)
@@ -97,6 +129,13 @@ class NewJob:
     rule: str
     recipients: tuple[str, ...] = ()
     profile: str | None = None
+    deid: DeidOptions = DeidOptions()
+
+    @classmethod
+    def of(cls, decision) -> "NewJob":
+        """The job a rules decision (miadmark.rules.Decision) for one destination makes."""
+        return cls(decision.destinations[0], decision.action, decision.rule_label,
+                   tuple(str(p) for p in decision.recipients), decision.profile, DeidOptions.of(decision))
 
 
 def backoff_delay(attempts: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -120,6 +159,25 @@ class Queue:
         con.execute("PRAGMA journal_mode=WAL")
         con.executescript(SCHEMA)
         con.commit()
+        self._migrate(con)
+
+    @staticmethod
+    def _migrate(con: sqlite3.Connection) -> None:
+        """Add the columns a database made by an older gateway lacks (the gateway and its forwarding
+        process may open it at once: checked again inside the write transaction)."""
+        def missing() -> list[tuple[str, str]]:
+            have = {r[1] for r in con.execute("PRAGMA table_info(jobs)")}
+            return [(n, t) for n, t in ADDED_COLUMNS if n not in have]
+        if not missing():
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for name, kind in missing():
+                con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -154,11 +212,11 @@ class Queue:
             for job in jobs:
                 cur = con.execute(
                     "INSERT INTO jobs (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae,"
-                    " called_ae, destination, action, rule, recipients, profile, next_try, created, updated)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " called_ae, destination, action, rule, recipients, profile, deid, next_try, created, updated)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae, called_ae,
                      job.destination, job.action, job.rule, json.dumps(list(job.recipients)), job.profile,
-                     now, now, now))
+                     job.deid.to_json(), now, now, now))
                 ids.append(cur.lastrowid)
                 if settle_s > 0 and job.action == "protect":
                     con.execute("UPDATE jobs SET next_try=? WHERE destination=? AND study_uid=? AND action='protect'"
