@@ -142,7 +142,7 @@ def check_pixel_header(ds: Dataset, max_values: int = MAX_PIXEL_VALUES) -> Image
     high_bit = _int(ds, "HighBit", bits_stored - 1, 0, 63)
     if high_bit != bits_stored - 1:
         raise UnsupportedImageError(f"HighBit {high_bit} / BitsStored {bits_stored} layout is not supported")
-    signed = _int(ds, "PixelRepresentation", 0, 0, 1) == 1
+    signed = _int(ds, "PixelRepresentation", None, 0, 1) == 1  # Type 1: guessing would misread signed data
     planar = _int(ds, "PlanarConfiguration", 0, 0, 1) if samples > 1 else 0
     frames = _int(ds, "NumberOfFrames", 1, 0, max_values) or 1
     file_meta = getattr(ds, "file_meta", None)
