@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 
 from miadmark.config import load_config
-from miadmark.keys import load_certificates, load_identity, read_passphrase
+from miadmark import loaded
 
 from .job import ReleaseJob
 from .listing import InstanceRef, list_cohort
@@ -74,9 +74,9 @@ class Summary:
 
 def check_job(job: ReleaseJob) -> None:
     """Keys, certificates and rules load here before any worker starts: a mistake is one clear error."""
-    load_identity(job.sign_key, job.sign_cert, read_passphrase(job.passphrase_file))
+    loaded.identity(job.sign_key, job.sign_cert, job.passphrase_file)
     if job.recipients:
-        load_certificates(list(job.recipients))
+        loaded.certificates(list(job.recipients))
     if job.config:
         load_config(job.config)
     open_sink(job.dest)

@@ -19,9 +19,9 @@ import ray
 from pydicom.dataset import Dataset
 
 from miadmark.config import load_config
-from miadmark.engine import DEFAULT_PROFILE, Profile, get_engine
+from miadmark import loaded
+from miadmark.engine import DEFAULT_PROFILE
 from miadmark.errors import MiadmarkError
-from miadmark.keys import load_certificates, load_identity, read_passphrase
 from miadmark.lesion import is_lesion_source
 from miadmark.protect import protect_many
 from miadmark.rules import BLOCK, PASS, decide
@@ -51,10 +51,8 @@ class Protector:
 
         quiet_pydicom()
         self.job = job
-        self.signer = load_identity(job.sign_key, job.sign_cert, read_passphrase(job.passphrase_file))
+        self.signer = loaded.identity(job.sign_key, job.sign_cert, job.passphrase_file)
         self.config = load_config(job.config) if job.config else None
-        self.certificates: dict[tuple[str, ...], list] = {}
-        self.engines: dict[str, object] = {}
         self.source = dicomweb_client(job.source, timeout_s=job.timeout_s)
         self.sink = open_sink(job.dest, headers=job.dest_headers, verify=job.dest_verify,
                               timeout_s=job.timeout_s, patience_s=job.patience_s)
@@ -65,9 +63,7 @@ class Protector:
 
     def ready(self) -> str:
         """Load the default engine now: startup cost and errors show before the first batch."""
-        profile = self.job.profile or DEFAULT_PROFILE
-        if profile not in self.engines:
-            self.engines[profile] = get_engine(Profile(name=profile), self.device)
+        loaded.engine(self.job.profile or DEFAULT_PROFILE, self.device)
         return self.device
 
     # ---- step 1: fetch, decide, protect, hold
@@ -117,13 +113,10 @@ class Protector:
 
     def _protect(self, datasets: list[Dataset], recipients: tuple[str, ...], profile: str) -> list:
         try:
-            certificates = self.certificates.get(recipients) or load_certificates(list(recipients))
-            self.certificates[recipients] = certificates
-            if profile not in self.engines:
-                self.engines[profile] = get_engine(Profile(name=profile), self.device)
+            certificates = loaded.certificates(list(recipients))
             extra = {"destination": self.job.dest_name} if STABLE_UIDS else {}
             return protect_many(datasets, recipients=certificates, signer=self.signer,
-                                engine=self.engines[profile], **extra)
+                                engine=loaded.engine(profile, self.device), **extra)
         except (MiadmarkError, ValueError, OSError) as exc:  # keys or profile unusable: every instance fails
             return [MiadmarkError(f"cannot protect: {_short(exc)}")] * len(datasets)
 

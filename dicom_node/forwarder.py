@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -175,13 +176,13 @@ class Forwarder(threading.Thread):
         try:
             sent = 0
             while outgoing:
+                # each answer is recorded as it arrives: killed mid-batch, a restart re-sends only the
+                # instances not yet answered (not the whole batch; the receiving node ignores those twice)
                 try:
-                    results = link.send(outgoing)
+                    link.send(outgoing, on_result=partial(self._record_one, outgoing))
                 except Unreachable as exc:
                     self._unreachable(outgoing, exc)
                     break
-                self._reachable()
-                self._record(outgoing, results)
                 sent += len(outgoing)
                 if not (link.lingers and link.is_open) or sent >= cfg.gateway.batch_size or self.stopping.is_set():
                     break
@@ -241,6 +242,11 @@ class Forwarder(threading.Thread):
         delay = max(self._retry_at, due or 0.0) - now
         log.warning("%s unreachable: %s; %d instance(s) waiting, next try in %.1f s",
                     self.destination, exc, waiting, delay)
+
+    def _record_one(self, outgoing: list[Outgoing], index: int, res: Outcome) -> None:
+        if index == 0:
+            self._reachable()
+        self._record([outgoing[index]], [res])
 
     def _record(self, outgoing: list[Outgoing], results: list[Outcome]) -> None:
         gw, retry = self.gateway, self.gateway.config.gateway.retry

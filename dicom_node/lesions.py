@@ -32,7 +32,7 @@ import pydicom
 
 from miadmark.dicomio import read_dicom
 from miadmark.errors import MiadmarkError
-from miadmark.lesion import LESION_SOP_CLASSES, masks_of_sources
+from miadmark.lesion import masks_of_sources
 from miadmark.rtstruct import is_rtstruct
 
 from .spool import Spool
@@ -43,7 +43,7 @@ FORWARDED_DEIDENTIFIED = "lesion source, de-identified, not watermarked"
 
 
 def is_lesion_source_job(job: Job) -> bool:
-    return job.sop_class in LESION_SOP_CLASSES
+    return job.lesion_source  # recorded on arrival (workqueue.lesion_source_class)
 
 
 @dataclass

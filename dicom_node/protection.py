@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 from pydicom.filereader import read_file_meta_info
 
+from miadmark import loaded
 from miadmark.config import Config
 from miadmark.dicomio import dataset_to_bytes, read_dicom
 from miadmark.errors import MiadmarkError
-from miadmark.keys import Identity, load_certificate, load_identity, read_passphrase, subject_name
+from miadmark.keys import Identity, subject_name
 from miadmark.lesion import is_lesion_source, mask_for
 from miadmark.private import write_private
 
@@ -67,32 +68,20 @@ def file_identity(path: Path) -> tuple[str, str, str]:
 class Protector:
     def __init__(self, config: Config):
         self._lock = threading.Lock()  # protect_many is not assumed re-entrant; copies are shared
-        self._engines: dict[str, object] = {}
-        self._certs: dict[str, object] = {}
-        self._signer: Identity | None = None
         self.configure(config)
 
     def configure(self, config: Config) -> None:
         with self._lock:
             self.config = config
-            self._signer = None
-            self._certs.clear()
 
     def signer(self) -> Identity:
-        if self._signer is None:
-            ident = self.config.identity
-            if ident is None:
-                raise MiadmarkError("no identity configured to sign protected objects")
-            self._signer = load_identity(ident.key, ident.cert, read_passphrase(ident.passphrase_file))
-        return self._signer
+        ident = self.config.identity
+        if ident is None:
+            raise MiadmarkError("no identity configured to sign protected objects")
+        return loaded.identity(ident.key, ident.cert, ident.passphrase_file)
 
     def certificates(self, paths: tuple[str, ...]) -> list:
-        out = []
-        for p in paths:
-            if p not in self._certs:
-                self._certs[p] = load_certificate(p)
-            out.append(self._certs[p])
-        return out
+        return loaded.certificates(paths)
 
     def recipient_names(self, paths: tuple[str, ...]) -> list[str]:
         try:
@@ -101,11 +90,7 @@ class Protector:
             return [Path(p).name for p in paths]
 
     def _engine(self, profile: str | None):
-        from miadmark.engine import DEFAULT_PROFILE, get_engine
-        name = profile or DEFAULT_PROFILE
-        if name not in self._engines:
-            self._engines[name] = get_engine(name, self.config.gateway.device)
-        return self._engines[name]
+        return loaded.engine(profile, self.config.gateway.device)
 
     def protect(self, items: list[tuple[Path, Path]], recipients: tuple[str, ...], profile: str | None,
                 lesion_masks: dict[str, np.ndarray] | None = None, *, destination: str,

@@ -3,7 +3,8 @@ transport is one class here (and one destination model in miadmark.config). The 
 dicomnet's, shared with the Orthanc plugin.
 
 A link is opened per batch: `fits(pair)` says whether it can carry a (SOP class, transfer syntax),
-`send(items)` returns one dicomnet Outcome per item (or raises Unreachable), `lingers` whether the
+`send(items, on_result)` returns one dicomnet Outcome per item (or raises Unreachable) and calls
+on_result(index, outcome) for each as soon as it is known, `lingers` whether the
 forwarder keeps it open for more work, `close()` ends it. Opening raises Unreachable.
 """
 
@@ -41,8 +42,8 @@ class DimseLink:
     def fits(self, pair: tuple[str, str]) -> bool:
         return pair in self._pairs
 
-    def send(self, items) -> list[Outcome]:
-        return send_on(self.assoc, [i.path for i in items])  # the files as they are, no re-encoding
+    def send(self, items, on_result=None) -> list[Outcome]:
+        return send_on(self.assoc, [i.path for i in items], on_result=on_result)  # the files as they are
 
     def close(self) -> None:
         release(self.assoc)
@@ -64,8 +65,11 @@ class StowLink:
     def fits(self, pair: tuple[str, str]) -> bool:
         return True
 
-    def send(self, items) -> list[Outcome]:
-        return post_instances(self.target, [(i.sop_uid, i.path.read_bytes()) for i in items], session=self.session)
+    def send(self, items, on_result=None) -> list[Outcome]:
+        results = post_instances(self.target, [(i.sop_uid, i.path.read_bytes()) for i in items], session=self.session)
+        for index, outcome in enumerate(results if on_result is not None else ()):  # one answer for all
+            on_result(index, outcome)
+        return results
 
     def close(self) -> None:
         self.session.close()

@@ -49,8 +49,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     sent_sop_uid TEXT,                 -- what went out (the protected object's new UID)
     created      REAL NOT NULL,
     updated      REAL NOT NULL,
-    deid         TEXT                  -- JSON de-identification options (DeidOptions); NULL: queued before
-);                                     -- they were recorded (the forwarder decides them again, or does not send)
+    deid         TEXT,                 -- JSON de-identification options (DeidOptions); NULL: queued before
+                                       -- they were recorded (the forwarder decides them again, or does not send)
+    lesion_source INTEGER NOT NULL DEFAULT 0  -- a SEG / RTSTRUCT, decided once on arrival (lesion_source_class)
+);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (destination, state, next_try);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (destination, study_uid, state);
 CREATE INDEX IF NOT EXISTS jobs_study_class ON jobs (study_uid, sop_class);  -- lesion sources of a study
@@ -59,12 +61,21 @@ CREATE INDEX IF NOT EXISTS jobs_lesion ON jobs (sop_class, created);  -- sweepin
 """
 
 # columns added after the first release: (name, type) added to an older database at open
-ADDED_COLUMNS = (("deid", "TEXT"),)
+ADDED_COLUMNS = (("deid", "TEXT"), ("lesion_source", "INTEGER NOT NULL DEFAULT 0"))
 
 STATES = ("pending", "done", "dead", "quarantined")
 # A SEG / RTSTRUCT is kept in the spool this long after its receipt (and while images of its study
 # wait), so that images of its study received after it was forwarded still get its mask.
 LESION_KEEP_S = 3600.0
+
+
+def lesion_source_class(sop_class: str) -> bool:
+    """A SEG / RTSTRUCT by SOP class: forwarded unchanged and a source of lesion masks. The one answer
+    the queue records on arrival. (One that says SEG / RTSTRUCT only by Modality is no lesion source
+    here: protection refuses it with miadmark.lesion.is_lesion_source, as before.)"""
+    return str(sop_class) in LESION_SOP_CLASSES
+
+
 FILE_BUSY = "SELECT COUNT(*) FROM jobs WHERE file=? AND state IN ('pending','dead')"
 
 
@@ -113,13 +124,14 @@ class Job:
     profile: str | None
     attempts: int
     deid: DeidOptions | None = None  # None: not recorded (queued by an older gateway)
+    lesion_source: bool = False  # a SEG / RTSTRUCT (recorded on arrival: lesion_source_class)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
         return cls(row["id"], row["file"], row["sop_uid"], row["sop_class"], row["transfer_syntax"],
                    row["study_uid"], row["series_uid"], row["calling_ae"], row["called_ae"],
                    row["destination"], row["action"], row["rule"], tuple(json.loads(row["recipients"])),
-                   row["profile"], row["attempts"], DeidOptions.from_json(row["deid"]))
+                   row["profile"], row["attempts"], DeidOptions.from_json(row["deid"]), bool(row["lesion_source"]))
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,8 @@ class Queue:
         try:
             for name, kind in missing():
                 con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+                if name == "lesion_source":  # rows queued before it was recorded: the same answer, from their class
+                    con.execute("UPDATE jobs SET lesion_source=1 WHERE sop_class IN (?,?)", LESION_SOP_CLASSES)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -205,6 +219,7 @@ class Queue:
         con = self._con()
         now = time.time()
         ids = []
+        lesion_source = lesion_source_class(sop_class)  # decided once, here; every later step reads the row
         if durable:
             con.execute("PRAGMA synchronous=FULL")
         try:
@@ -212,11 +227,11 @@ class Queue:
             for job in jobs:
                 cur = con.execute(
                     "INSERT INTO jobs (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae,"
-                    " called_ae, destination, action, rule, recipients, profile, deid, next_try, created, updated)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " called_ae, destination, action, rule, recipients, profile, deid, lesion_source, next_try,"
+                    " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae, called_ae,
                      job.destination, job.action, job.rule, json.dumps(list(job.recipients)), job.profile,
-                     job.deid.to_json(), now, now, now))
+                     job.deid.to_json(), int(lesion_source), now, now, now))
                 ids.append(cur.lastrowid)
                 if settle_s > 0 and job.action == "protect":
                     con.execute("UPDATE jobs SET next_try=? WHERE destination=? AND study_uid=? AND action='protect'"
@@ -291,8 +306,8 @@ class Queue:
             return []
         marks = ",".join("?" * len(study_uids))
         rows = self._con().execute(
-            f"SELECT DISTINCT file, sop_uid FROM jobs WHERE study_uid IN ({marks}) AND sop_class IN (?,?)"
-            " ORDER BY file", (*sorted(study_uids), *LESION_SOP_CLASSES)).fetchall()
+            f"SELECT DISTINCT file, sop_uid FROM jobs WHERE study_uid IN ({marks}) AND lesion_source"
+            " ORDER BY file", sorted(study_uids)).fetchall()
         return [(r[0], r[1]) for r in rows]
 
     def images_sent_before(self, job_id: int) -> int:
@@ -300,8 +315,8 @@ class Queue:
         before the lesion source was received: their watermark could not avoid its lesions."""
         return self._con().execute(
             "SELECT COUNT(*) FROM jobs i JOIN jobs s ON s.id=? WHERE i.destination=s.destination"
-            " AND i.study_uid=s.study_uid AND i.action='protect' AND i.state='done' AND i.sop_class NOT IN (?,?)"
-            " AND i.updated<s.created", (job_id, *LESION_SOP_CLASSES)).fetchone()[0]
+            " AND i.study_uid=s.study_uid AND i.action='protect' AND i.state='done' AND NOT i.lesion_source"
+            " AND i.updated<s.created", (job_id,)).fetchone()[0]
 
     def releasable(self, rel: str, now: float | None = None) -> list[str]:
         """The spool files no job needs once `rel`'s job has finished: `rel` unless a pending or dead
@@ -310,11 +325,11 @@ class Queue:
         con = self._con()
         if con.execute(FILE_BUSY, (rel,)).fetchone()[0]:
             return []
-        row = con.execute("SELECT study_uid, sop_class FROM jobs WHERE file=? LIMIT 1", (rel,)).fetchone()
+        row = con.execute("SELECT study_uid, lesion_source FROM jobs WHERE file=? LIMIT 1", (rel,)).fetchone()
         if row is None:
             return [rel]
         expired = self.expired_lesion_sources(row[0], now)
-        return expired if row[1] in LESION_SOP_CLASSES else [rel, *expired]
+        return expired if row[1] else [rel, *expired]
 
     def expired_lesion_sources(self, study_uid: str, now: float | None = None) -> list[str]:
         """The study's SEG / RTSTRUCT files no image needs any more: none of their own jobs waits,
@@ -322,18 +337,18 @@ class Queue:
         now = time.time() if now is None else now
         con = self._con()
         files = [r[0] for r in con.execute(
-            "SELECT file FROM jobs WHERE study_uid=? AND sop_class IN (?,?) GROUP BY file"
+            "SELECT file FROM jobs WHERE study_uid=? AND lesion_source GROUP BY file"
             " HAVING SUM(state IN ('pending','dead'))=0 AND MIN(created)<?",
-            (study_uid, *LESION_SOP_CLASSES, now - LESION_KEEP_S))]
-        if files and con.execute("SELECT EXISTS (SELECT 1 FROM jobs WHERE study_uid=? AND sop_class NOT IN (?,?)"
-                                 " AND state IN ('pending','dead'))", (study_uid, *LESION_SOP_CLASSES)).fetchone()[0]:
+            (study_uid, now - LESION_KEEP_S))]
+        if files and con.execute("SELECT EXISTS (SELECT 1 FROM jobs WHERE study_uid=? AND NOT lesion_source"
+                                 " AND state IN ('pending','dead'))", (study_uid,)).fetchone()[0]:
             return []
         return files
 
     def lesion_studies(self, since: float, until: float) -> list[str]:
         """Studies with a SEG / RTSTRUCT received in [since, until)."""
-        rows = self._con().execute("SELECT DISTINCT study_uid FROM jobs WHERE sop_class IN (?,?)"
-                                   " AND created>=? AND created<?", (*LESION_SOP_CLASSES, since, until)).fetchall()
+        rows = self._con().execute("SELECT DISTINCT study_uid FROM jobs WHERE lesion_source"
+                                   " AND created>=? AND created<?", (since, until)).fetchall()
         return [r[0] for r in rows]
 
     # -------------------------------------------------------------------------------------- status

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -91,27 +91,33 @@ def accepted_pairs(assoc) -> set[tuple[str, str]]:
     return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
 
 
-def send_on(assoc, items: Iterable[Path | Dataset], *, originator: tuple[str, int] | None = None) -> list[Outcome]:
+def send_on(assoc, items: Iterable[Path | Dataset], *, originator: tuple[str, int] | None = None,
+            on_result: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
     """C-STORE each item (a file as it is, no re-encoding, or a dataset) on an open association.
-    Once the association is lost the rest fail as transient (not sent)."""
+    Once the association is lost the rest fail as transient (not sent). on_result(index, outcome) is
+    called as each answer arrives, so a caller can record a delivery before the next one starts (a
+    crash mid-batch then re-sends only what was not yet answered)."""
     results: list[Outcome] = []
     for item in items:
-        if not assoc.is_established:
-            results.append(Outcome(False, "association lost"))
-            continue
-        try:
-            if originator:
-                status = assoc.send_c_store(item, originator_aet=originator[0], originator_id=int(originator[1]))
-            else:
-                status = assoc.send_c_store(item)
-        except (ValueError, AttributeError) as exc:  # no accepted context for it: this object, not the peer
-            results.append(Outcome(False, f"not sent: {exc}", permanent=True))
-            continue
-        except OSError as exc:  # the file vanished or the socket broke
-            results.append(Outcome(False, f"not sent: {type(exc).__name__}"))
-            continue
-        results.append(c_store_outcome(status))
+        results.append(_store_one(assoc, item, originator))
+        if on_result is not None:
+            on_result(len(results) - 1, results[-1])
     return results
+
+
+def _store_one(assoc, item: Path | Dataset, originator: tuple[str, int] | None) -> Outcome:
+    if not assoc.is_established:
+        return Outcome(False, "association lost")
+    try:
+        if originator:
+            status = assoc.send_c_store(item, originator_aet=originator[0], originator_id=int(originator[1]))
+        else:
+            status = assoc.send_c_store(item)
+    except (ValueError, AttributeError) as exc:  # no accepted context for it: this object, not the peer
+        return Outcome(False, f"not sent: {exc}", permanent=True)
+    except OSError as exc:  # the file vanished or the socket broke
+        return Outcome(False, f"not sent: {type(exc).__name__}")
+    return c_store_outcome(status)
 
 
 def release(assoc) -> None:

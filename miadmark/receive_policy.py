@@ -72,11 +72,11 @@ class ReceivePolicy:
     def from_config(cls, rx: ReceiverConfig, *, plain_default: str = "refuse") -> "ReceivePolicy":
         """Load the keyring and trust list once. Key errors do not raise: they are reported by
         keys_error and every protected instance is quarantined with that reason (fail closed)."""
-        from .keys import load_certificates, load_identity, read_passphrase
+        from . import loaded
         plain = rx.plain or ("store" if rx.allow_calling else plain_default)
         try:
-            keyring = [load_identity(k.key, k.cert, read_passphrase(k.passphrase_file)) for k in rx.keys]
-            trust = load_certificates(rx.trust) if rx.trust is not None else None
+            keyring = [loaded.identity(k.key, k.cert, k.passphrase_file) for k in rx.keys]
+            trust = loaded.certificates(rx.trust) if rx.trust is not None else None
         except MiadmarkError as exc:
             return cls([], [], plain, str(exc))
         return cls(keyring, trust, plain)

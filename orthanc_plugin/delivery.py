@@ -21,7 +21,6 @@ import io
 import queue
 import threading
 import time
-from pathlib import Path
 
 import orthanc
 import pydicom
@@ -49,7 +48,6 @@ class Down(Exception):
 class Delivery:
     def __init__(self, outbox: Outbox, settings, log):
         self.outbox, self.settings, self.log = outbox, settings, log
-        self.engines: dict = {}  # (profile, device) -> engine, kept across jobs
         self._wake = threading.Event()
         self._started = threading.Event()
         self.thread = start_thread("delivery", self._loop)
@@ -156,7 +154,8 @@ class Delivery:
 
     def _send_protected(self, target: Target, items: list, job: ExportJob, retry: dict) -> None:
         """Protect batch n+1 while batch n is sent (one sender thread, 2 batches queued)."""
-        from miadmark.engine import DEFAULT_PROFILE, get_engine  # heavy (torch): imported on first use
+        from miadmark import loaded
+        from miadmark.engine import DEFAULT_PROFILE  # heavy (torch): imported on first use
         from miadmark.protect import protect_many
 
         signer = self.settings.identity
@@ -227,10 +226,9 @@ class Delivery:
                 groups.setdefault((decision.recipients, decision.profile, deid), []).append(row)
             for (recipients, profile, (deidentify, restore_identity, deidentify_dates)), rows in groups.items():
                 try:
-                    certs = self._certificates(recipients)
+                    certs = loaded.certificates(recipients)
                     name = profile or DEFAULT_PROFILE
-                    if (name, device) not in self.engines:
-                        self.engines[(name, device)] = get_engine(name, device)
+                    engine = loaded.engine(name, device)
                 except Exception as exc:  # noqa: BLE001 - e.g. a certificate file gone: counted, then dead
                     self._fail(rows, f"cannot protect: {type(exc).__name__}: {exc}", retry)
                     continue
@@ -246,7 +244,7 @@ class Delivery:
                     # destination: the protected UIDs are derived from it (miadmark.uids), so a resend after a
                     # crash is the same instance at the destination even if the in-flight copy was lost
                     results = protect_many(originals, recipients=certs, signer=signer, profile=name,
-                                           device=device, lesion_masks=masks, engine=self.engines[(name, device)],
+                                           device=device, lesion_masks=masks, engine=engine,
                                            destination=job.destination, deidentify=deidentify,
                                            restore_identity=restore_identity, deidentify_dates=deidentify_dates)
                     ready = []
@@ -273,15 +271,6 @@ class Delivery:
         except Exception:  # noqa: BLE001 - written whole or not at all: damaged on disk, protect again
             self.outbox.drop_inflight(row.id)
             return None
-
-    def _certificates(self, paths: tuple[Path, ...]):
-        from miadmark.keys import load_certificates
-
-        cache = self.settings.certs
-        key = tuple(str(p) for p in paths)
-        if key not in cache:
-            cache[key] = load_certificates(paths)
-        return cache[key]
 
     def _lesion_masks(self, sources: list, images: list, reported: set[str]) -> list:
         """One mask (or None) per image from the study's SEG / RTSTRUCT; a source that gives none is

@@ -15,7 +15,7 @@ from pathlib import Path
 import orthanc
 
 from miadmark.config import Config, ConfigError, load_config
-from miadmark.keys import load_identity, read_passphrase
+from miadmark import loaded
 
 RETRY_S = 5.0  # a configuration that did not load is retried this often (on use)
 
@@ -35,8 +35,6 @@ class Settings:
         self.identity = None
         self.receiver = None
         self.receiver_error: str | None = None
-        self.certs: dict = {}
-        self.engines: dict = {}  # (profile, device) -> engine (surrogates loaded once)
         self.on_reload = lambda: None
         self._mtime: float | None = None
         self._tried = 0.0
@@ -65,8 +63,7 @@ class Settings:
             cfg = load_config(self.path)
             identity = None
             if cfg.identity is not None:
-                identity = load_identity(cfg.identity.key, cfg.identity.cert,
-                                         read_passphrase(cfg.identity.passphrase_file))
+                identity = loaded.identity(cfg.identity.key, cfg.identity.cert, cfg.identity.passphrase_file)
         except (ConfigError, Exception) as exc:  # noqa: BLE001 - keep the running configuration
             self.error = str(exc)
             log(f"configuration not (re)loaded, keeping the previous one: {exc}")
@@ -82,7 +79,6 @@ class Settings:
                 log(f"receiver keys not loaded (protected instances will be quarantined): {receiver_error}")
         self.config, self.identity, self.error = cfg, identity, None
         self.receiver, self.receiver_error = receiver, receiver_error
-        self.certs, self.engines = {}, {}
         self.on_reload()
         log(f"configuration loaded from {self.path}: {len(cfg.destinations)} destinations, {len(cfg.rules)} rules"
             + (", receiver on" if receiver else ""))

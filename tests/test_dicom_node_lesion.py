@@ -19,6 +19,7 @@ from dicom_node.gateway import Gateway
 from dicom_node.storescu import send_files
 from dicom_node.workqueue import LESION_KEEP_S
 from miadmark.config import load_config
+from miadmark import loaded
 from miadmark.engine import Profile
 from miadmark.lesion import masks_from_seg
 
@@ -45,6 +46,8 @@ def pet():
 def gateway(tmp_path, site_keys, monkeypatch, request):
     # a plain logo as large as the image: only the lesion mask can keep it off the lesion
     monkeypatch.setattr("miadmark.engine.Profile", functools.partial(Profile, max_area_fraction=1.0))
+    loaded.forget()  # engines are cached per process: build this test's own, and leave none behind
+    request.addfinalizer(loaded.forget)
     partner = Collector(tmp_path / "partner", "PARTNER")
     key, cert = site_keys["hospital_paths"]
     cfg_path = tmp_path / "site.yaml"

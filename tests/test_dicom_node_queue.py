@@ -6,7 +6,7 @@ import random
 import sqlite3
 import time
 
-from dicom_node.workqueue import NewJob, Queue, backoff_delay
+from dicom_node.workqueue import SCHEMA, NewJob, Queue, backoff_delay
 
 
 def add(q: Queue, sop: str, dests=("a",), study="1.2") -> list[int]:
@@ -93,3 +93,37 @@ def test_study_settle_delays_the_untried_protect_jobs_of_that_study_only(tmp_pat
     assert "1.2" in {j.sop_uid for j in q.due("a", 10, now=time.time() + 10.01)}
     retry = [j for j in q.due("a", 10, now=time.time() + 200) if j.sop_uid == "1.1"]
     assert retry and retry[0].attempts == 1
+
+
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_a_lesion_source_is_decided_once_on_arrival_and_read_from_the_row(tmp_path):
+    q = Queue(tmp_path / "q.sqlite")
+    for sop, cls in (("1.1", CT), ("1.2", SEG)):
+        q.add(file=f"objects/{sop}.dcm", sop_uid=sop, sop_class=cls, transfer_syntax="1.2.840.10008.1.2.1",
+              study_uid="9.9", series_uid="9.9.1", calling_ae="PACS", called_ae="X",
+              jobs=[NewJob("a", "protect", "rule 1")])
+    assert {j.sop_uid: j.lesion_source for j in q.due("a", 10)} == {"1.1": False, "1.2": True}
+    assert q.lesion_sources({"9.9"}) == [("objects/1.2.dcm", "1.2")]
+    # the row is the answer: what later steps read, not the SOP class again
+    q._con().execute("UPDATE jobs SET sop_class=? WHERE sop_uid='1.2'", (CT,))
+    assert q.lesion_sources({"9.9"}) == [("objects/1.2.dcm", "1.2")]
+    assert q.lesion_studies(0, time.time() + 1) == ["9.9"]
+
+
+def test_an_older_queue_gets_the_lesion_source_column_filled_from_the_sop_class(tmp_path):
+    path = tmp_path / "q.sqlite"
+    old_schema = "\n".join(line for line in SCHEMA.splitlines() if "lesion_source" not in line)
+    con = sqlite3.connect(path)  # as a gateway before this column wrote it
+    con.executescript(old_schema.replace("deid         TEXT,", "deid         TEXT"))
+    for sop, cls in (("1.1", CT), ("1.2", SEG)):
+        con.execute("INSERT INTO jobs (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae,"
+                    " called_ae, destination, action, rule, recipients, next_try, created, updated)"
+                    " VALUES (?,?,?,'1.2.840.10008.1.2.1','9.9','9.9.1','PACS','X','a','pass','r','[]',0,0,0)",
+                    (f"objects/{sop}.dcm", sop, cls))
+    con.commit()
+    con.close()
+    q = Queue(path)
+    assert {j.sop_uid: j.lesion_source for j in q.due("a", 10)} == {"1.1": False, "1.2": True}

@@ -45,13 +45,13 @@ class GatewayHealth:
     def keys(self) -> Check:
         """The signing identity loads (checked once: the forwarding process loads its own copy)."""
         if self._keys is None:
-            from miadmark.keys import load_identity, read_passphrase
+            from miadmark import loaded
             ident = self.gateway.config.identity
             if ident is None:
                 self._keys = (True, "no identity (pass and block routes only)")
             else:
                 try:
-                    load_identity(ident.key, ident.cert, read_passphrase(ident.passphrase_file))
+                    loaded.identity(ident.key, ident.cert, ident.passphrase_file)
                     self._keys = (True, "ok")
                 except Exception as exc:  # noqa: BLE001 - any failure means not ready
                     self._keys = (False, f"identity: {type(exc).__name__}: {exc}")
