@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.gateway import DEFAULT_FILES, cpu_seconds, free_port, machine, wait_port
-from dicom_node.storescu import send_files
+from benchmarks.gateway import DEFAULT_FILES, cpu_seconds, free_port, machine, wait_port  # noqa: E402
+from dicom_node.storescu import send_files  # noqa: E402
 
 CONFIG = """\
 identity: {{key: keys/hospital.key.pem, cert: keys/hospital.cert.pem}}
