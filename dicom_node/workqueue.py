@@ -79,6 +79,23 @@ def lesion_source_class(sop_class: str) -> bool:
 FILE_BUSY = "SELECT COUNT(*) FROM jobs WHERE file=? AND state IN ('pending','dead')"
 
 
+def insert_row(con: sqlite3.Connection, *, file: str, sop_uid: str, sop_class: str, transfer_syntax: str,
+               study_uid: str, series_uid: str, calling_ae: str, called_ae: str, destination: str, action: str,
+               rule: str, recipients, profile: str | None, deid: str | None, now: float) -> int:
+    """One row of the jobs table, inside the caller's transaction: the one INSERT every writer (the
+    gateway's receipt, the Orthanc plugin's outbox) goes through, so each sets every column. deid: the
+    rule's de-identification options as JSON, or None (decided from the rules in force at send time)."""
+    cur = con.execute(
+        "INSERT INTO jobs (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae,"
+        " called_ae, destination, action, rule, recipients, profile, deid, lesion_source, next_try,"
+        " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae, called_ae, destination,
+         action, rule, json.dumps([str(r) for r in recipients]), profile, deid,
+         int(lesion_source_class(sop_class)),  # decided once, here; every later step reads the row
+         now, now, now))
+    return cur.lastrowid
+
+
 @dataclass(frozen=True)
 class DeidOptions:
     """A protect rule's de-identification options (miadmark.config.Rule), as protect_many takes them."""
@@ -219,20 +236,16 @@ class Queue:
         con = self._con()
         now = time.time()
         ids = []
-        lesion_source = lesion_source_class(sop_class)  # decided once, here; every later step reads the row
         if durable:
             con.execute("PRAGMA synchronous=FULL")
         try:
             con.execute("BEGIN IMMEDIATE")
             for job in jobs:
-                cur = con.execute(
-                    "INSERT INTO jobs (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae,"
-                    " called_ae, destination, action, rule, recipients, profile, deid, lesion_source, next_try,"
-                    " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae, called_ae,
-                     job.destination, job.action, job.rule, json.dumps(list(job.recipients)), job.profile,
-                     job.deid.to_json(), int(lesion_source), now, now, now))
-                ids.append(cur.lastrowid)
+                ids.append(insert_row(con, file=file, sop_uid=sop_uid, sop_class=sop_class,
+                                      transfer_syntax=transfer_syntax, study_uid=study_uid, series_uid=series_uid,
+                                      calling_ae=calling_ae, called_ae=called_ae, destination=job.destination,
+                                      action=job.action, rule=job.rule, recipients=job.recipients,
+                                      profile=job.profile, deid=job.deid.to_json(), now=now))
                 if settle_s > 0 and job.action == "protect":
                     con.execute("UPDATE jobs SET next_try=? WHERE destination=? AND study_uid=? AND action='protect'"
                                 " AND state='pending' AND attempts=0 AND next_try<?",

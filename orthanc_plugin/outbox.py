@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicom_node.workqueue import Job as Row
-from dicom_node.workqueue import Queue
+from dicom_node.workqueue import Queue, insert_row
 
 JOB_PREFIX = "miadmark-"
 
@@ -106,15 +106,15 @@ class Outbox:
                         (job_id, kind, description, target[0], target[1], destination, json.dumps(options or {}),
                          int(retry), json.dumps(content or {}), now))
             for item in items:
-                cur = con.execute(
-                    "INSERT INTO jobs (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae,"
-                    " called_ae, destination, action, rule, recipients, profile, next_try, created, updated)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (item.instance, item.sop_uid, item.sop_class, item.transfer_syntax, item.study_uid,
-                     item.series_uid, calling_ae, called_ae or "", destination,
-                     "unchanged" if item.lesion_source else item.action, item.rule,
-                     json.dumps(list(item.recipients)), item.profile, now, now, now))
-                con.execute("INSERT INTO export_items VALUES (?,?,?)", (cur.lastrowid, job_id, item.received))
+                row_id = insert_row(con, file=item.instance, sop_uid=item.sop_uid, sop_class=item.sop_class,
+                                    transfer_syntax=item.transfer_syntax, study_uid=item.study_uid,
+                                    series_uid=item.series_uid, calling_ae=calling_ae, called_ae=called_ae or "",
+                                    destination=destination,
+                                    action="unchanged" if item.lesion_source else item.action, rule=item.rule,
+                                    recipients=item.recipients, profile=item.profile,
+                                    deid=None,  # delivery decides from the rules in force at send time
+                                    now=now)
+                con.execute("INSERT INTO export_items VALUES (?,?,?)", (row_id, job_id, item.received))
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
