@@ -71,8 +71,8 @@ class CloakEngine(TransferEngine):
         gen = torch.Generator().manual_seed(int(self.profile.seed))
         iters = int(self.opt("iterations", 30))
         cap = budget.alpha_cap
-        a_min = min(cap, float(self.opt("alpha_min", 0.25)))
-        s_min = float(self.opt("stroke_min", 0.5))
+        a_min = min(cap, float(self.opt("alpha_min", C.ALPHA_MIN)))
+        s_min = float(self.opt("stroke_min", C.STROKE_MIN))
         st_a, st_t = float(self.opt("step_alpha", 0.04)), float(self.opt("step_texture", 0.1))
         st_c = float(self.opt("step_cloak", 0.15))
         mu, fw = float(self.opt("momentum", 1.0)), float(self.opt("feature_weight", 0.5))
@@ -112,13 +112,9 @@ class CloakEngine(TransferEngine):
         cu = c if ens.in_ch == 3 else 1
         u = torch.zeros(n, cu, ens.size, ens.size, device=self.device)
 
-        def up(t, size):
-            t = t if t.dim() == 4 else t[:, None]
-            return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-
         def composite():
-            return C.compose(images, les, boxes, m_full * up(a1, (L0.bh, L0.bw)), up(t1, (L0.bh, L0.bw)),
-                             up(u, (h, w)), cmask, budget)
+            return C.compose(images, les, boxes, *C.logo_layers(m_full, a1, t1, (L0.bh, L0.bw)),
+                             C.upsample(u, (h, w)), cmask, budget)
 
         params = [a1, t1, u]
         steps = [st_a, st_t, st_c]

@@ -1,5 +1,5 @@
-"""What a watermark may do to an image, in one place (the iterative `cloak` engine and a future one-pass
-generator both compose through here and check their output here).
+"""What a watermark may do to an image, in one place (the iterative `cloak` engine and the one-pass
+generator of `fast` both compose through here and check their output here).
 
 Two parts, on model-domain images in [0, 1] (the display window):
 * the logo: inside one box of at most `max_area_fraction` of the image (1/9), placed off the lesion;
@@ -41,6 +41,25 @@ class Budget:
         return cls(max_area_fraction=max_area_fraction, **{k: float(v) for k, v in options.items() if k in names
                                                            and k != "texture_window"},
                    **({"texture_window": int(options["texture_window"])} if "texture_window" in options else {}))
+
+
+# The logo stays a logo: its opacity on the strokes never falls below ALPHA_MIN and its texture stays bright
+# (>= STROKE_MIN), so a reader sees it is watermarked (cloak's `alpha_min` / `stroke_min` defaults, fast's range).
+ALPHA_MIN = 0.25
+STROKE_MIN = 0.5
+
+
+def upsample(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) or (N, C, H, W) maps at low resolution -> (N, C, *size), bilinear (smooth)."""
+    t = t if t.dim() == 4 else t[:, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
+def logo_layers(shape: torch.Tensor, alpha: torch.Tensor, texture: torch.Tensor, box_hw: tuple[int, int]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logo's opacity and texture in its box at full resolution, as `compose` takes them: the low-res
+    alpha and texture maps upsampled into the box, the opacity times the logo's shape (bh, bw) in [0, 1]."""
+    return shape * upsample(alpha, box_hw), upsample(texture, box_hw)
 
 
 def box_mask(n: int, h: int, w: int, boxes: list[list[int]], device=None) -> torch.Tensor:

@@ -50,6 +50,13 @@ def _margin(z: torch.Tensor, avoid: torch.Tensor, kappa: float) -> torch.Tensor:
     return (z.masked_fill(avoid, -1e9).amax(1) - z.masked_fill(~avoid, -1e9).amax(1)).clamp(max=kappa)
 
 
+def avoid_mask(p: torch.Tensor, threshold: float = 0.2) -> torch.Tensor:
+    """(N, C) bool from the clean ensemble's probabilities p: its prediction and every class with at least
+    `threshold` of the probability (one class always stays free to move to)."""
+    top = F.one_hot(p.argmax(1), p.shape[1]).bool()
+    return top | ((p >= threshold) & (p > p.amin(1, keepdim=True)))
+
+
 def _loss(ens, x, avoid, f_clean, fw, kind="ce", kappa=5.0):
     """The attack's objective (maximized): move the ensemble off the classes in `avoid` (N, C), keep
     features away from the clean ones. kind: "ce" on the ensemble's mean logits, "cem" per model capped
@@ -95,10 +102,7 @@ class TransferEngine(AdversarialEngine):
         its probability: when the prediction is wrong, the truth is usually among them, and pushing
         off the prediction alone would often land on the truth (measured: most of the white-box
         residue before this)."""
-        p = self.ensemble.predict(xs)
-        top = F.one_hot(p.argmax(1), p.shape[1]).bool()
-        plausible = (p >= float(self.opt("avoid", 0.2))) & (p > p.amin(1, keepdim=True))  # one class stays free
-        return top | plausible
+        return avoid_mask(self.ensemble.predict(xs), float(self.opt("avoid", 0.2)))
 
     def pick_start(self, xs, avoid, f_clean, cands, m_low, inits, lossf) -> tuple[list, list[int]]:
         """Query every (start maps, lesion-free placement) pair at the surrogates' scale, all starts in
