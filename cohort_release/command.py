@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from miadmark.engine import DEFAULT_PROFILE, ENGINES
+from miadmark.engine import DEFAULT_PROFILE, PROFILE_NAMES
 from miadmark.errors import MiadmarkError
 
 
@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--query", action="append", default=[], metavar="KEY=VALUE",
                    help="QIDO-RS study filter, e.g. StudyDate=20240101-20241231 (repeat)")
     p.add_argument("--studies", metavar="FILE", help="Study Instance UIDs to release, one per line")
-    p.add_argument("--profile", choices=sorted(ENGINES),
+    p.add_argument("--profile", choices=PROFILE_NAMES,
                    help=f"watermark profile (default {DEFAULT_PROFILE}; a rule's profile wins)")
     p.add_argument("--address", help="Ray cluster: auto or ray://HOST:10001 (default: a local Ray)")
     p.add_argument("--workers", type=int, default=1, help="protecting actors (default 1)")
@@ -79,8 +79,8 @@ def _job(args):
 
     from miadmark.config import load_config
 
-    if args.profile is not None and args.profile not in ENGINES:
-        raise ValueError(f"unknown profile {args.profile!r} (known: {', '.join(sorted(ENGINES))})")
+    if args.profile is not None and args.profile not in PROFILE_NAMES:
+        raise ValueError(f"unknown profile {args.profile!r} (known: {', '.join(PROFILE_NAMES)})")
     dest, dest_name, headers, verify = args.dest, args.dest_name, {}, True
     sign_key, sign_cert = args.sign_key, args.sign_cert
     if args.config:

@@ -257,9 +257,9 @@ class Rule(_Model):
     @field_validator("profile")
     @classmethod
     def _profile(cls, profile: str | None) -> str | None:
-        from .engine import ENGINES  # names only: no torch import
-        if profile is not None and profile not in ENGINES:
-            raise ValueError(f"unknown profile {profile!r} (known: {', '.join(sorted(ENGINES))})")
+        from .engine import PROFILE_NAMES  # names only: no torch import; `auto` is resolved by the core
+        if profile is not None and profile not in PROFILE_NAMES:
+            raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILE_NAMES)})")
         return profile
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine
+from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine, resolve_profile
 from .engine.eot import jpeg_numpy, resize_back
 from .engine.logo import logo_tensors
 from .surrogates import BLACKBOX_DIR, DATASET_MODALITY, WEIGHTS_DIR, surrogates_for_modality
@@ -378,7 +378,7 @@ def _command(args) -> str:
 def main(args) -> int:
     torch.set_num_threads(int(getattr(args, "threads", 2) or 2))
     options = json.loads(args.options) if getattr(args, "options", None) else {}
-    profile = Profile(name=args.profile or DEFAULT_PROFILE, seed=args.seed, options=options,
+    profile = Profile(name=resolve_profile(args.profile, args.device), seed=args.seed, options=options,
                       max_area_fraction=args.max_area_fraction, alpha_max=args.alpha_max)
     rep = run_evaluation(args.data, profile, args.out, models=args.models, limit=args.limit, batch=args.batch,
                          device=args.device, n_examples=getattr(args, "examples", 4),

@@ -63,8 +63,8 @@ def certificates(paths) -> list:
 
 def engine(profile: str | None, device: str):
     """The engine for a profile name (None: the default profile) on a device, built once per process."""
-    from .engine import DEFAULT_PROFILE, get_engine
-    key = (profile or DEFAULT_PROFILE, str(device))
+    from .engine import get_engine, resolve_profile
+    key = (resolve_profile(profile, device), str(device))  # `auto` and the engine it means share one
     with _engine_lock:
         if key not in _engines:
             _engines[key] = get_engine(key[0], device)

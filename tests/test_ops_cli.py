@@ -12,7 +12,7 @@ from test_ops_metrics import CT, site_yaml
 
 from miadmark import __version__
 from miadmark.cli import build_parser, main
-from miadmark.engine import ENGINES
+from miadmark.engine import PROFILE_NAMES
 
 
 def subparsers(parser: argparse.ArgumentParser, prefix: str = "miadmark"):
@@ -47,7 +47,7 @@ def test_every_option_has_help_and_lists_its_choices():
     for where, parser in subparsers(build_parser()):
         for action in parser._actions:
             if "--profile" in action.option_strings:
-                assert set(action.choices) == set(ENGINES), where
+                assert set(action.choices) == set(PROFILE_NAMES), where
             if "--device" in action.option_strings:
                 assert set(action.choices) == {"auto", "cpu", "cuda"}, where
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..dicomio import read_dicom, write_dicom_atomic
-from ..engine import DEFAULT_PROFILE, ENGINES, Profile, get_engine
+from ..engine import DEFAULT_PROFILE, PROFILE_NAMES, Profile, get_engine
 from ..errors import MiadmarkError, safe_reason, unexpected_input
 from ..keys import load_certificates, load_identity, read_passphrase
 from ..protect import protect_many
@@ -29,8 +29,9 @@ def register(sub) -> None:
     p.add_argument("--sign-key", required=True, help="this site's private key (PEM)")
     p.add_argument("--sign-cert", required=True, help="this site's certificate (PEM)")
     p.add_argument("--passphrase-file", help="passphrase of --sign-key")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(ENGINES),
-                   help=f"watermark profile: {', '.join(sorted(ENGINES))} (default {DEFAULT_PROFILE})")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
+                   help=f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAULT_PROFILE}; auto: "
+                   "cloak on a GPU, fast on a CPU)")
     p.add_argument("--logo", help="PNG logo (alpha channel = shape); default: the built-in logo")
     p.add_argument("--seed", type=int, default=0, help="seed of the watermark optimiser")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -53,8 +54,8 @@ def run(args) -> int:
     try:
         signer = load_identity(args.sign_key, args.sign_cert, read_passphrase(args.passphrase_file))
         recipients = load_certificates(args.recipient)
-        if args.profile not in ENGINES:
-            raise MiadmarkError(f"unknown profile {args.profile!r} (known: {', '.join(sorted(ENGINES))})")
+        if args.profile not in PROFILE_NAMES:
+            raise MiadmarkError(f"unknown profile {args.profile!r} (known: {', '.join(PROFILE_NAMES)})")
         if args.deidentify is None and (args.restore_identity or args.deidentify_dates != "remove"):
             raise MiadmarkError("--restore-identity and --deidentify-dates need --deidentify basic")
         engine = get_engine(Profile(name=args.profile, logo=args.logo, seed=args.seed), args.device)

@@ -18,16 +18,37 @@ ENGINES: dict[str, str] = {
     "transfer": "miadmark.engine.transfer:TransferEngine",
     "paper": "miadmark.engine.paper:PaperEngine",
     "cloak": "miadmark.engine.cloak:CloakEngine",
+    "fast": "miadmark.engine.fast:FastEngine",
 }
 DEFAULT_PROFILE = "cloak"
+# `auto` is no engine: it names the profile that fits the machine (resolve_profile)
+AUTO = "auto"
+PROFILE_NAMES = sorted([*ENGINES, AUTO])
+
+
+def resolve_profile(name: str | None, device: str | torch.device = "auto") -> str:
+    """The engine a profile name means on a device: `auto` is the iterative default (`cloak`) on a GPU and the
+    one-pass `fast` on a CPU; None is the default; any other name is itself. The one place `auto` is decided
+    (get_engine, hence loaded.engine, protect, the gateway and the Orthanc plugin, go through here)."""
+    if name is None:
+        return DEFAULT_PROFILE
+    if name != AUTO:
+        return name
+    from .base import resolve_device
+
+    return DEFAULT_PROFILE if resolve_device(device).type == "cuda" else "fast"
 
 
 def get_engine(profile: str | Profile = DEFAULT_PROFILE, device: str | torch.device = "auto") -> Engine:
+    from dataclasses import replace
+
     if isinstance(profile, str):
         profile = Profile(name=profile)
+    if profile.name == AUTO:  # the record names the engine actually used
+        profile = replace(profile, name=resolve_profile(AUTO, device))
     target = ENGINES.get(profile.name)
     if target is None:
-        raise ValueError(f"unknown profile {profile.name!r} (known: {', '.join(sorted(ENGINES))})")
+        raise ValueError(f"unknown profile {profile.name!r} (known: {', '.join(PROFILE_NAMES)})")
     from .base import resolve_device  # torch is imported only when an engine is made
 
     module, cls = target.split(":")
@@ -40,5 +61,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["ENGINES", "DEFAULT_PROFILE", "Engine", "ImageContext", "Profile", "WatermarkBatch",
-           "get_engine", "resolve_device"]
+__all__ = ["AUTO", "ENGINES", "DEFAULT_PROFILE", "PROFILE_NAMES", "Engine", "ImageContext", "Profile",
+           "WatermarkBatch", "get_engine", "resolve_device", "resolve_profile"]
