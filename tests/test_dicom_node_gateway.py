@@ -97,7 +97,7 @@ def site(tmp_path):
     def start(receiver=True, gateway=True):
         out = []
         if receiver:
-            rx = Receiver(cfg).start()
+            rx = Receiver(load_config(cfg_path)).start()  # a test may have edited the file (keys, rules)
             services.append(rx)
             out.append(rx)
         if gateway:
@@ -189,6 +189,43 @@ def test_cannot_protect_is_quarantined_never_sent(site, tmp_path, monkeypatch):
     assert len(reasons) == 2 and len(list(cfg.gateway.quarantine.glob("*.dcm"))) == 2
     assert "pixel data does not decode" in reasons[0].read_text()
     assert [r["event"] for r in read_audit(cfg.gateway.audit)].count("quarantined") == 2
+
+
+def test_profile_auto_protects_with_fast_on_cpu_over_a_real_association(site, tmp_path, monkeypatch):
+    import miadmark.protect
+    from miadmark.keys import new_identity
+
+    new_identity("hospital", tmp_path / "keys")
+    new_identity("research", tmp_path / "keys")
+    cfg_path, cfg, start = site
+    text = cfg_path.read_text().replace(PASS_RULES, """\
+  - when: {called_ae: RESEARCH}
+    send_to: [research]
+    action: protect
+    recipients: [keys/research.cert.pem]
+    profile: auto
+""").replace("  allow_calling: [GW]\n", "  allow_calling: [GW]\n"
+             "  keys: [{key: keys/research.key.pem, cert: keys/research.cert.pem}]\n"
+             "  trust: [keys/hospital.cert.pem]\n")
+    cfg_path.write_text("identity: {key: keys/hospital.key.pem, cert: keys/hospital.cert.pem}\n" + text)
+    made = []
+    real = miadmark.protect.protect_many
+
+    def recording(datasets, **kw):  # the real core; what it made is kept for the assertions
+        out = real(datasets, **kw)
+        made.extend(out)
+        return out
+
+    monkeypatch.setattr(miadmark.protect, "protect_many", recording)
+    rx, gw = start()
+    files = CT[:2]
+    assert send_files("127.0.0.1", gw.port, files, called_ae="RESEARCH", calling_ae="PACS") == [0, 0]
+    assert wait_for(lambda: gw.queue.counts()["research"]["done"] == 2, timeout=120)
+    assert len(made) == 2 and all("profile fast" in str(d.DerivationDescription) for d in made)  # auto on a CPU
+    for src in files:  # the key holder stripped each back to the original
+        ds = pydicom.dcmread(src)
+        out = cfg.receiver.store / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        assert without_group_length(pydicom.dcmread(out)) == without_group_length(ds)
 
 
 def test_rules_reload_and_bad_file_keeps_running_rules(site, caplog):
