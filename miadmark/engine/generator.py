@@ -19,8 +19,8 @@ import threading
 from pathlib import Path
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import MiadmarkError
 from . import constraints as C
