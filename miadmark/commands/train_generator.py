@@ -16,6 +16,10 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps of 32 images (default 3000)")
     p.add_argument("--max-minutes", type=float, default=0, help="stop after this many minutes (default: no limit)")
     p.add_argument("--width", type=int, default=16, help="channels of the generator's first level (default 16)")
+    p.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, cosine-decayed (default 0.002)")
+    p.add_argument("--p-eot", type=float, default=1.0,
+                   help="share of the steps that apply the third-party transforms (JPEG, resize, blur; default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training run")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     p.set_defaults(func=run)
@@ -29,11 +33,13 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     parts = ["miadmark", "train-generator", "--data", args.data, "--out", args.out, "--device", args.device,
              "--steps", str(args.steps), "--max-minutes", f"{args.max_minutes:g}", "--width", str(args.width),
+             "--batch", str(args.batch), "--lr", f"{args.lr:g}", "--p-eot", f"{args.p_eot:g}",
              "--seed", str(args.seed), "--threads", str(args.threads)]
     if args.surrogates:
         parts += ["--surrogates", *args.surrogates]
     meta = make_generator(args.data, args.surrogates, args.out, steps=args.steps, max_minutes=args.max_minutes,
                           seed=args.seed, width=args.width, device=args.device,
+                          batch=args.batch, lr=args.lr, p_eot=args.p_eot,
                           command=" ".join(shlex.quote(p) for p in parts))
     acc = meta["surrogate_accuracy_val"]
     print(f"{args.out}: generator for {', '.join(meta['surrogates'])}, {meta['steps_done']} steps "

@@ -42,9 +42,12 @@ class WatermarkGenerator(nn.Module):
     """A small U-Net working at S/2, S/4 and S/8 (widths w, 2w, 4w; the deepest level sees the whole image),
     its output upsampled (smooth) back to S: cheap on a CPU, and smooth maps survive JPEG and resizing."""
 
-    def __init__(self, in_ch: int = 1, cloak_ch: int = 1, width: int = 16):
+    def __init__(self, in_ch: int = 1, cloak_ch: int = 1, width: int = 16, universal: int = 0):
         super().__init__()
-        self.config = {"in_ch": in_ch, "cloak_ch": cloak_ch, "width": width}
+        self.config = {"in_ch": in_ch, "cloak_ch": cloak_ch, "width": width, "universal": universal}
+        # universal > 0: a learned map at that size (the surrogates' S) added to every output, the image-independent
+        # part of the watermark (a universal perturbation, which the convolutions alone learn slowly)
+        self.universal = nn.Parameter(torch.zeros(1, 2 + cloak_ch, universal, universal)) if universal else None
         w = width
         self.e1, self.e2, self.e3 = _block(in_ch + 1, w, 2), _block(w, 2 * w, 2), _block(2 * w, 4 * w, 2)
         self.d2, self.d1 = _block(4 * w + 2 * w, 2 * w), _block(2 * w + w, w)
@@ -60,7 +63,12 @@ class WatermarkGenerator(nn.Module):
         f3 = self.e3(f2)
         g2 = self.d2(torch.cat([_up2(f3), f2], 1))
         g1 = self.d1(torch.cat([_up2(g2), f1], 1))
-        return _up2(self.out(g1))[..., :h, :w]
+        out = _up2(self.out(g1))[..., :h, :w]
+        if self.universal is not None:
+            u = self.universal
+            out = out + (u if u.shape[-2:] == (h, w) else F.interpolate(u, size=(h, w), mode="bilinear",
+                                                                         align_corners=False))
+        return out
 
 
 def _up2(t: torch.Tensor) -> torch.Tensor:
@@ -127,7 +135,8 @@ def load_generator(path: str | Path, device: torch.device) -> WatermarkGenerator
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = blob["meta"]
-        net = WatermarkGenerator(int(meta["in_ch"]), int(meta["cloak_ch"]), int(meta["width"]))
+        net = WatermarkGenerator(int(meta["in_ch"]), int(meta["cloak_ch"]), int(meta["width"]),
+                                 int(meta.get("universal", 0)))
         net.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
     except (KeyError, TypeError, RuntimeError, ValueError, OSError, pickle.UnpicklingError, EOFError) as exc:
         raise GeneratorMissingError(f"{path}: not a generator weights file ({type(exc).__name__})") from exc

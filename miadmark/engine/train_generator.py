@@ -71,8 +71,8 @@ def accuracy_under(net, ens, xs, ys, cy, cx, top, hs, ws, shape, budget, fill: b
 
 
 def train_generator(ens, xs: torch.Tensor, ys: torch.Tensor, *, steps: int = 3000, max_minutes: float = 0,
-                    batch: int = 32, lr: float = 2e-3, width: int = 16, seed: int = 0, p_fill: float = 0.5,
-                    feature_weight: float = 0.5, cap: float = 6.0, max_area_fraction: float = 1 / 9,
+                    batch: int = 32, lr: float = 2e-3, width: int = 16, seed: int = 0, p_fill: float = 0.5, p_eot: float = 1.0,
+                    feature_weight: float = 0.5, cap: float = 6.0, max_area_fraction: float = 1 / 9, universal: bool = True,
                     progress: bool = True) -> tuple[WatermarkGenerator, dict]:
     """A generator for ensemble `ens` trained on xs (N, in_ch, S, S) in [0, 1] with labels ys; stops after
     `steps` or `max_minutes` (0: no limit). Returns the net and what the run did."""
@@ -84,7 +84,7 @@ def train_generator(ens, xs: torch.Tensor, ys: torch.Tensor, *, steps: int = 300
     hs, ws = max(2, math.floor(bh)), max(2, math.floor(bw))
     cy, cx, top = candidate_boxes(xs, hs, ws)
     shape = logo_shape_low(hs, ws)
-    net = WatermarkGenerator(ens.in_ch, ens.in_ch, width).to(xs.device)
+    net = WatermarkGenerator(ens.in_ch, ens.in_ch, width, S if universal else 0).to(xs.device)
     shape = shape.to(xs.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     t0, done, running = time.time(), 0, 0.0
@@ -106,7 +106,8 @@ def train_generator(ens, xs: torch.Tensor, ys: torch.Tensor, *, steps: int = 300
         xa = out
         if float(torch.rand(1, generator=gen)) < p_fill:
             xa = fill_box(xa, box_low)
-        xa = random_transform(xa.clamp(0, 1), gen)
+        if float(torch.rand(1, generator=gen)) < p_eot:
+            xa = random_transform(xa.clamp(0, 1), gen)
         loss = -_loss(ens, xa, avoid, f_clean, feature_weight).clamp(max=cap).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -118,13 +119,13 @@ def train_generator(ens, xs: torch.Tensor, ys: torch.Tensor, *, steps: int = 300
                   file=sys.stderr, flush=True)
     net.eval()
     return net, {"steps_done": done, "train_seconds": round(time.time() - t0, 1), "final_loss": round(running, 4),
-                 "box_low": [hs, ws], "batch": batch, "lr": lr, "p_fill": p_fill, "loss_cap": cap,
+                 "box_low": [hs, ws], "batch": batch, "lr": lr, "p_fill": p_fill, "p_eot": p_eot, "universal": universal, "loss_cap": cap,
                  "feature_weight": feature_weight}
 
 
 def make_generator(data: str, surrogates: list[str] | None, out: str, *, steps: int = 3000, max_minutes: float = 0,
-                   seed: int = 0, split_seed: int = 0, width: int = 16, device: str = "cpu",
-                   command: str | None = None) -> dict:
+                   seed: int = 0, split_seed: int = 0, width: int = 16, device: str = "cpu", batch: int = 32,
+                   lr: float = 2e-3, p_eot: float = 1.0, command: str | None = None) -> dict:
     """Train a generator on a dataset's training split (never its validation split) and save it with the
     command and the ensemble's accuracy on 256 validation images: clean, watermarked, watermarked with the box
     filled (white-box numbers: what the surrogates see, not a black-box result)."""
@@ -142,7 +143,8 @@ def make_generator(data: str, surrogates: list[str] | None, out: str, *, steps: 
     ens = Ensemble.get(list(names), dev)
     x_u8, y = ds.split(val=False)
     xs = to_model_input(x_u8, ens.size, ens.in_ch).to(dev)
-    net, run = train_generator(ens, xs, y.to(dev), steps=steps, max_minutes=max_minutes, seed=seed, width=width)
+    net, run = train_generator(ens, xs, y.to(dev), steps=steps, max_minutes=max_minutes, seed=seed, width=width,
+                               batch=batch, lr=lr, p_eot=p_eot)
     xv_u8, yv = ds.split(val=True)
     keep = torch.randperm(len(xv_u8), generator=torch.Generator().manual_seed(seed))[:256]
     xv, yv = to_model_input(xv_u8[keep], ens.size, ens.in_ch).to(dev), yv[keep].to(dev)
