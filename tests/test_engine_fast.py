@@ -157,3 +157,10 @@ def test_cli_protect_auto_on_cpu_records_fast(tmp_path, site_keys):
     a, b = read_dicom(tmp_path / "a" / src.name), read_dicom(tmp_path / "b" / src.name)
     assert "profile fast" in str(a.DerivationDescription)
     assert a.PixelData == b.PixelData  # same input, same watermark, byte for byte
+
+
+def test_services_load_auto_as_the_engine_it_means():
+    from miadmark import loaded  # what the gateway, the Orthanc plugin and the release load engines through
+
+    eng = loaded.engine(AUTO, "cpu")
+    assert eng is loaded.engine("fast", "cpu") and eng.profile.name == "fast"
