@@ -50,6 +50,7 @@ def test_fast_keeps_the_constraints_and_the_lesion():
     # see-through: every box pixel keeps at least half of the original
     assert bool((res.images[:, 0][inside] >= 0.5 * x[:, 0][inside] - 1e-6).all())
     assert res.params[0]["engine"] == "fast" and res.params[0]["surrogates"] == DEFAULT_SURROGATES
+    assert res.params[0]["generator"].startswith("generator_brain_mri@")  # the weights' name and hash
 
 
 def test_fast_is_deterministic_and_runs_rgb_on_cpu():

@@ -63,7 +63,7 @@ class FastEngine(AdversarialEngine):
         if bad:  # fail closed: an output that breaks the budget never leaves the engine
             raise RuntimeError("fast engine output breaks its constraints: " + "; ".join(bad))
         secs = time.perf_counter() - t0
-        gen_id = net.meta.get("name", "generator")
+        gen_id = f"{net.meta.get('name', 'generator')}@{net.meta['sha256'][:12]}"
         params_out = [{
             "engine": self.name, "logo": logo_id, "box": b, "alpha_cap": budget.alpha_cap,
             "alpha_min": a_min, "cloak_linf": budget.cloak_linf, "psnr_min": budget.psnr_min, "generator": gen_id,

@@ -13,6 +13,7 @@ Weights: one file per modality family, chosen like the surrogates (surrogates_fo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import threading
@@ -140,7 +141,7 @@ def load_generator(path: str | Path, device: torch.device) -> WatermarkGenerator
         net.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
     except (KeyError, TypeError, RuntimeError, ValueError, OSError, pickle.UnpicklingError, EOFError) as exc:
         raise GeneratorMissingError(f"{path}: not a generator weights file ({type(exc).__name__})") from exc
-    net.meta = meta
+    net.meta = {**meta, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}  # which weights made a record
     net.eval().to(device)
     for p in net.parameters():
         p.requires_grad_(False)
