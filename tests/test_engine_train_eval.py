@@ -62,3 +62,19 @@ def test_report_command_names_every_setting_that_shaped_it():
                                       "--options", "'{\"linf\":", "4}'"]
     args.max_area_fraction = 1 / 9
     assert "--max-area-fraction" not in _command(args)
+
+
+def test_psnr_target_is_kept_when_nothing_changes_outside_the_box():
+    from miadmark.evaluate import targets_table
+
+    def quality(mean_finite, identical):
+        return {"contrast_transmission_in_box": 0.9, "ssim_outside_logo": 1.0, "lesion_pixels_changed": 0,
+                "psnr_outside_logo_db": {"mean_finite": mean_finite, "min": mean_finite,
+                                         "images_identical_outside_logo": identical}}
+
+    def psnr_row(q):
+        return next(t for t in targets_table("brain_mri", {}, q) if t["target"] == "psnr_outside_box_db")
+
+    assert psnr_row(quality(None, 96)) == {"target": "psnr_outside_box_db", "models": "", "bound": ">= 40.0",
+                                           "value": "unchanged", "met": True}  # a plain logo: PSNR infinite
+    assert psnr_row(quality(38.2, 0))["met"] is False and psnr_row(quality(40.6, 3))["met"] is True
