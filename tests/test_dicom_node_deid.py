@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pydicom
@@ -33,6 +31,7 @@ from miadmark.config import load_config
 from miadmark.deid import Deidentifier
 from miadmark.dicomio import dataset_to_bytes, read_dicom
 from miadmark.uids import UidMaker, scope_of, site_secret
+from waiting import free_port, wait_for
 
 CT = sorted((DICOM_DATA / "ct_chest_lidc0314" / "data").glob("*.dcm"))
 SEG = DICOM_DATA / "pet_seg_headneck" / "SEG_tumor_User1_Manual_Trial1.dcm"
@@ -67,20 +66,11 @@ def dataset_part(raw: bytes) -> bytes:
     return raw[144 + int.from_bytes(raw[140:144], "little"):]
 
 
-def wait_for(predicate, timeout=60.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 @pytest.fixture
 def site(tmp_path, site_keys):
     (h_key, h_cert), (r_key, r_cert) = site_keys["hospital_paths"], site_keys["research_paths"]
     keyless = Collector("PARTNER")
-    rx_port = _free_port()
+    rx_port = free_port()
     cfg_path = tmp_path / "site.yaml"
     protect = f"""    action: protect
     recipients: [{r_cert}]
@@ -132,12 +122,6 @@ receiver:
     for s in reversed(services):
         s.stop()
     keyless.server.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _deidentifier(site_keys, destination: str) -> Deidentifier:

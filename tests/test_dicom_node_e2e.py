@@ -30,26 +30,12 @@ from dicomnet.listener import storage_scp_ae
 from miadmark.config import load_config
 from miadmark.dicomio import dataset_to_bytes
 from miadmark.keys import new_identity
+from waiting import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CT = sorted((REPO.parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data").glob("*.dcm"))
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout=120.0, step=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def without_group_length(ds) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -14,15 +13,10 @@ from dicom_node.gateway import Gateway
 from dicom_node.receiver import Receiver
 from dicom_node.storescu import send_files
 from miadmark.config import load_config
+from waiting import free_port, wait_for
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
 CT = sorted((DATA / "ct_chest_lidc0314" / "data").glob("*.dcm"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp: Path, rx_port: int, rules: str, extra: str = "") -> Path:
@@ -58,15 +52,6 @@ PASS_RULES = """\
     action: pass
   - action: block
 """
-
-
-def wait_for(predicate, timeout=30.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def stored_files(root: Path) -> list[Path]:

@@ -23,7 +23,8 @@ from miadmark import loaded
 from miadmark.engine import Profile
 from miadmark.lesion import masks_from_seg
 
-from test_dicom_node_e2e import Collector, dataset_part, wait_for
+from test_dicom_node_e2e import Collector, dataset_part
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow  # real associations (about 10 s for the file)
 

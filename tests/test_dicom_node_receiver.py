@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 from pathlib import Path
 
 import pydicom
@@ -19,15 +18,10 @@ from miadmark.config import load_config
 from miadmark.dicomio import read_dicom, write_dicom_atomic
 from miadmark.keys import load_identity, new_identity
 from miadmark.protect import protect
+from waiting import free_port
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
 CT = sorted((DATA / "ct_chest_lidc0314" / "data").glob("*.dcm"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -127,3 +127,13 @@ def test_budget_options_reach_the_engine():
     box = C.box_mask(1, 96, 96, [small.params[0]["box"]])[:, None]
     assert float(((small.images - x).abs() * ~box).max()) <= 1 / 255 + 1e-6
     assert small.params[0]["cloak_linf"] == 1
+
+
+@needs_weights
+def test_translation_invariant_cloak_keeps_the_budget_and_changes_the_cloak():
+    x = head(1, 1, 96)
+    lesion = disk(1, 96, 40, 50, 12)
+    off = get_engine(Profile(name="cloak", seed=2, options=FAST), "cpu").watermark(x, lesion, [])
+    ti = get_engine(Profile(name="cloak", seed=2, options={**FAST, "ti_sigma": 1.5}), "cpu").watermark(x, lesion, [])
+    assert C.violations(x, ti.images, lesion, [ti.params[0]["box"]], C.Budget(), tol=1e-6) == []
+    assert not torch.equal(off.images, ti.images)

@@ -27,10 +27,16 @@ def test_train_then_evaluate(tmp_path, monkeypatch):
     assert meta["arch"] == "resnet10" and 0.0 <= meta["val_accuracy"] <= 1.0 and meta["n_val"] == 270
     assert "miadmark train" in meta["command"]
     rep_dir = tmp_path / "report"
+    ref = tmp_path / "ref" / out.name  # the same model as a reference: scored apart, same numbers
+    ref.parent.mkdir()
+    ref.write_bytes(out.read_bytes())
     assert main(["evaluate", "--data", str(NPZ), "--profile", "cloak", "--models", str(out), "--out",
                  str(rep_dir), "--limit", "6", "--batch", "6", "--options", '{"iterations": 2}',
-                 "--threads", "1"]) == 0
+                 "--threads", "1", "--reference-models", str(ref)]) == 0
     rep = json.loads((rep_dir / "report.json").read_text())
+    assert rep["accuracy_summary"]["reference_black_box"] == rep["accuracy_summary"]["black_box"]
+    assert rep["accuracy_summary"]["models"]["black_box"] == ["chest_resnet10"]  # not among the targets' models
+    assert "--reference-models" in rep["command"] and list(rep["reference_models"]) == ["chest_resnet10"]
     assert rep["quality"]["lesion_pixels_changed"] == 0
     assert rep["quality"]["box_area_fraction_max"] <= 1 / 9 + 1e-6
     assert set(rep["accuracy_summary"]["black_box"]) == {"clean", "plain_logo_same_box", "protected",
@@ -56,3 +62,19 @@ def test_report_command_names_every_setting_that_shaped_it():
                                       "--options", "'{\"linf\":", "4}'"]
     args.max_area_fraction = 1 / 9
     assert "--max-area-fraction" not in _command(args)
+
+
+def test_psnr_target_is_kept_when_nothing_changes_outside_the_box():
+    from miadmark.evaluate import targets_table
+
+    def quality(mean_finite, identical):
+        return {"contrast_transmission_in_box": 0.9, "ssim_outside_logo": 1.0, "lesion_pixels_changed": 0,
+                "psnr_outside_logo_db": {"mean_finite": mean_finite, "min": mean_finite,
+                                         "images_identical_outside_logo": identical}}
+
+    def psnr_row(q):
+        return next(t for t in targets_table("brain_mri", {}, q) if t["target"] == "psnr_outside_box_db")
+
+    assert psnr_row(quality(None, 96)) == {"target": "psnr_outside_box_db", "models": "", "bound": ">= 40.0",
+                                           "value": "unchanged", "met": True}  # a plain logo: PSNR infinite
+    assert psnr_row(quality(38.2, 0))["met"] is False and psnr_row(quality(40.6, 3))["met"] is True

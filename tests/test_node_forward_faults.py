@@ -25,20 +25,12 @@ from dicom_node.storescu import send_files
 from miadmark.audit import read_audit
 from miadmark.config import load_config
 from miadmark.keys import new_identity
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow  # a gateway, its forwarder and a receiving node per test (~10 s each)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
 CT = sorted((DATA / "ct_chest_lidc0314" / "data").glob("*.dcm"))
-
-
-def wait_for(predicate, timeout=30.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import logging
 import re
 import time
 
-from test_ops_metrics import CT, free_port, site_yaml, wait_for
+from test_ops_metrics import CT, site_yaml
+from waiting import free_port, wait_for
 
 from dicom_node.forwarder import Forwarder
 from dicom_node.gateway import Gateway

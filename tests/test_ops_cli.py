@@ -71,7 +71,7 @@ def test_log_file_json_lines_from_both_gateway_processes(tmp_path, site_keys):
     import signal
     import time
 
-    from test_ops_metrics import free_port
+    from waiting import free_port
 
     from dicom_node.storescu import send_files
     gw_port = free_port()

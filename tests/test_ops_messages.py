@@ -11,7 +11,8 @@ import sys
 import threading
 import time
 
-from test_ops_metrics import CT, free_port, site_yaml, wait_for
+from test_ops_metrics import CT, site_yaml
+from waiting import free_port, wait_for
 
 from dicom_node.gateway import Gateway
 from dicom_node.storescu import send_files

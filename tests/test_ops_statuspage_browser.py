@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_ops_metrics import CT, free_port, site_yaml, wait_for
+from test_ops_metrics import CT, site_yaml
+from waiting import free_port, wait_for
 
 from dicom_node.gateway import Gateway
 from dicom_node.receiver import Receiver

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import sqlite3
 import threading
 import time
@@ -18,6 +17,7 @@ from cohort_release.listing import InstanceRef, parse_query  # noqa: E402
 from cohort_release.manifest import FAILED, PENDING, SENT, TODO, Manifest, StateMismatch  # noqa: E402
 from cohort_release.patience import Unavailable, patiently  # noqa: E402
 from cohort_release.sink import FolderSink, StowSink, open_sink  # noqa: E402
+from waiting import free_port  # noqa: E402
 
 REFS = [InstanceRef("1.1", "1.1.1", f"1.1.1.{i}") for i in range(5)] + [InstanceRef("1.1", "1.1.2", "1.1.2.1")]
 
@@ -78,14 +78,8 @@ def test_open_sink():
         open_sink("ftp://x")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_patiently_waits_for_a_service_that_comes_back():
-    port = _free_port()
+    port = free_port()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
@@ -120,7 +114,7 @@ def test_patiently_waits_for_a_service_that_comes_back():
         while server is None:
             time.sleep(0.05)
         server.shutdown()
-    closed = _free_port()
+    closed = free_port()
     with pytest.raises(Unavailable, match="test service unreachable for 1 s"):
         patiently(lambda: requests.get(f"http://127.0.0.1:{closed}/", timeout=1), "test service", 1,
                   first_wait_s=0.2)
@@ -169,7 +163,7 @@ def test_a_worker_reports_a_source_or_destination_that_stays_away(tmp_path, site
     from conftest import DICOM_DATA
 
     key, cert = site_keys["hospital_paths"]
-    closed = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    closed = f"http://127.0.0.1:{free_port()}/dicom-web"
     job = ReleaseJob(source=closed, dest=closed, dest_name="research", sign_key=str(key), sign_cert=str(cert),
                      recipients=(str(site_keys["research_paths"][1]),), profile="plain", device="cpu",
                      patience_s=1.0, timeout_s=2.0)

@@ -16,6 +16,9 @@ def register(sub) -> None:
                    "cloak on a GPU, fast on a CPU)")
     p.add_argument("--models", nargs="*", default=None,
                    help="black-box model weight files (default: miadmark/surrogates/weights/blackbox/*.pt)")
+    p.add_argument("--reference-models", nargs="*", default=None,
+                   help="more black-box weight files, scored on the same images in their own groups "
+                        "(reference_*), outside the targets: e.g. the models a new set replaces")
     p.add_argument("--out", required=True, help="report folder (report.json, report.html, PNGs)")
     p.add_argument("--limit", type=int, default=200, help="validation images used (seeded subset)")
     p.add_argument("--batch", type=int, default=32, help="images per engine batch (default 32)")

@@ -10,7 +10,7 @@ import sys
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a surrogate / evaluation classifier from scratch")
     p.add_argument("--data", required=True, help="dataset folder (class folders + labels.csv) or MedMNIST npz")
-    p.add_argument("--arch", required=True, help="resnet10, resnet18, mobilenetv3, convvit, vgg")
+    p.add_argument("--arch", required=True, help="resnet10, resnet18, mobilenetv3, convvit, vit, vgg")
     p.add_argument("--out", required=True, help="weights file (.pt, fp16); a .json beside it records the run")
     p.add_argument("--epochs", type=int, default=12, help="passes over the training split (default 12)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

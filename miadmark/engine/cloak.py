@@ -17,7 +17,8 @@ and resizing), both upsampled into the full-resolution image.
 Options (Profile.options): iterations (30), alpha_min (0.25: the logo stays visible), stroke_min
 (0.5: bright strokes), step_alpha (0.04), step_texture (0.1), step_cloak (0.15 of the budget per step),
 momentum (1.0), feature_weight (0.5), loss ("ce"; "cw": logit margin capped at kappa), cloak_step ("sign";
-"l2": normalized-gradient steps), p_fill (0.5), avoid (0.2), candidates (8), cam_threshold (170),
+"l2": normalized-gradient steps), ti_sigma (0: off; > 0 smooths the cloak's gradient with a Gaussian of
+that sigma in surrogate pixels, translation-invariant attack, Dong et al. 2019), p_fill (0.5), avoid (0.2), candidates (8), cam_threshold (170),
 surrogates (names), keep_best (True), and the budget's fields (constraints.Budget: cloak_linf (8),
 flat_weight (0.25), background_weight (0), psnr_min (40), alpha_cap (0.5)).
 """
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 from . import constraints as C
 from .base import ImageContext, WatermarkBatch
-from .eot import random_transform
+from .eot import gaussian_blur, random_transform
 from .transfer import TransferEngine, _loss
 
 
@@ -82,6 +83,7 @@ class CloakEngine(TransferEngine):
 
         kind, kappa = str(self.opt("loss", "ce")), float(self.opt("kappa", 5.0))
         l2_cloak = str(self.opt("cloak_step", "sign")) == "l2"
+        ti_sigma = float(self.opt("ti_sigma", 0.0))
 
         def lossf(x_, avoid_, f_):
             return _loss(ens, x_, avoid_, f_, fw, kind, kappa)
@@ -142,6 +144,8 @@ class CloakEngine(TransferEngine):
                 if keep_best:
                     remember(lossf(xc.detach(), avoid, f_clean))
                 for j, (p, gr) in enumerate(zip(params, grads)):
+                    if j == 2 and ti_sigma > 0:  # a gradient smoothed over shifts transfers to other models
+                        gr = gaussian_blur(gr, ti_sigma)
                     gr = gr / gr.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (gr.dim() - 1))
                     mom[j] = mu * mom[j] + gr
                     if j == 2 and l2_cloak:  # L2 steps: the energy goes where the gradient is (PSNR-bound)

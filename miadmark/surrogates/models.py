@@ -154,6 +154,37 @@ class ConvViT(Base):
         return self.fc(self.pooled(fmap))
 
 
+class ViT(Base):
+    """A small plain ViT (Dosovitskiy et al. 2021): 16x16 patch embedding, learned positions, pre-norm
+    transformer, mean pooling over the tokens (no cls token, so the token grid is the feature map that
+    Grad-CAM and feature-level losses read, as for the convolutional nets)."""
+
+    def __init__(self, in_ch, num_classes, in_size, dim=128, depth=6, heads=4, patch=16):
+        super().__init__(in_ch, num_classes, in_size)
+        self.patch = nn.Conv2d(in_ch, dim, patch, patch)
+        self.grid = max(1, in_size // patch)
+        self.pos = nn.Parameter(torch.zeros(1, self.grid * self.grid, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout=0.1, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.ln = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def features(self, x):
+        t = self.patch(self.norm(x))
+        n, c, h, w = t.shape
+        t = t.flatten(2).transpose(1, 2)
+        pos = self.pos if h * w == self.pos.shape[1] else F.interpolate(  # another input size: resample
+            self.pos.transpose(1, 2).reshape(1, c, self.grid, self.grid), size=(h, w), mode="bilinear",
+            align_corners=False).flatten(2).transpose(1, 2)
+        t = self.blocks(t + pos)
+        return self.ln(t).transpose(1, 2).reshape(n, c, h, w)
+
+    def head(self, fmap):
+        return self.fc(self.pooled(fmap))
+
+
 class VGG(Base):
     """A plain VGG-style net (black-box evaluation architecture)."""
 
@@ -182,6 +213,7 @@ ARCHS = {
     "resnet18": lambda c, n, s: ResNet(c, n, s, widths=(24, 48, 96, 192), blocks=(2, 2, 2, 2)),
     "mobilenetv3": MobileNetV3,
     "convvit": ConvViT,
+    "vit": ViT,
     "vgg": VGG,
 }
 
