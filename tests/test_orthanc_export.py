@@ -77,6 +77,7 @@ def sites(tmp_path_factory):
         "  stranger: {orthanc_modality: stranger}\n"
         "  archive:  {orthanc_modality: archive}\n"
         "  strangerpeer: {orthanc_peer: strangerpeer}\n"
+        "  cpuroute: {orthanc_modality: cpuroute}\n"
         "rules:\n"
         "  - send_to: [research, plain]\n"
         "    action: protect\n"
@@ -86,6 +87,10 @@ def sites(tmp_path_factory):
         "    action: protect\n"
         "    recipients: [stranger.cert.pem]\n"
         "    profile: plain\n"
+        "  - send_to: [cpuroute]\n"
+        "    action: protect\n"
+        "    recipients: [research.cert.pem]\n"
+        "    profile: auto\n"  # resolved by the core: fast on this CPU
         "  - send_to: [archive]\n"
         "    action: pass\n"
         "  - send_to: [vendor]\n"
@@ -97,7 +102,8 @@ def sites(tmp_path_factory):
         research.start()
         hospital = OrthancProcess(tmp / "hospital", aet="HOSPITAL", miadmark_config=tmp / "hospital.yaml",
                                   modalities={"research": research, "plain": plain, "vendor": plain,
-                                              "unnamed": plain, "stranger": research, "archive": plain},
+                                              "unnamed": plain, "stranger": research, "archive": plain,
+                                              "cpuroute": plain},
                                   peers={"strangerpeer": research})
         hospital.start()
     except BaseException:
@@ -260,3 +266,18 @@ def test_peer_that_cannot_open_reports_failure_to_the_sender(sites):
     answer = response.json()
     assert answer["FailedInstancesCount"] == SLICES and "HTTP 403" in answer["MiadMark"]["Errors"][0]
     assert set(research.instances()) == before
+
+
+def test_a_rule_with_profile_auto_protects_with_fast_on_a_cpu(sites):
+    # last in the module: the tampered-upload test above picks a protected instance at `plain` and flips a
+    # pixel that the plain logo leaves alone; fast's cloak changes about half of the pixels
+    hospital, plain = sites["hospital"], sites["plain"]
+    before = set(plain.instances())
+    response = hospital.post("/modalities/cpuroute/store", {"Resources": [sites["study"]], "Synchronous": True})
+    assert response.status_code == 200, response.text
+    new = plain.wait_for(lambda: len(set(plain.instances()) - before) >= SLICES and set(plain.instances()) - before)
+    assert len(new) == SLICES
+    for iid in new:
+        ds = pydicom.dcmread(io.BytesIO(plain.get(f"/instances/{iid}/file").content))
+        assert "EncryptedAttributesSequence" in ds
+        assert "profile fast" in str(ds.DerivationDescription)  # the engine used, named in the object
