@@ -127,33 +127,6 @@ class MobileNetV3(Base):
         return self.fc(self.pooled(fmap))
 
 
-class ConvViT(Base):
-    """A tiny hybrid ViT: two stride-2 conv stem layers, then a transformer over 2x2 patches."""
-
-    def __init__(self, in_ch, num_classes, in_size, dim=128, depth=4, heads=4):
-        super().__init__(in_ch, num_classes, in_size)
-        self.stem = nn.Sequential(conv_bn(in_ch, 32, 3, 2), conv_bn(32, 64, 3, 2),
-                                  nn.Conv2d(64, dim, 2, 2))
-        self.grid = in_size // 8
-        self.pos = nn.Parameter(torch.zeros(1, self.grid * self.grid, dim))
-        nn.init.trunc_normal_(self.pos, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout=0.1, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        self.ln = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim, num_classes)
-
-    def features(self, x):
-        t = self.stem(self.norm(x))
-        n, c, h, w = t.shape
-        t = t.flatten(2).transpose(1, 2)
-        t = self.blocks(t + self.pos[:, : h * w])
-        return self.ln(t).transpose(1, 2).reshape(n, c, h, w)
-
-    def head(self, fmap):
-        return self.fc(self.pooled(fmap))
-
-
 class ViT(Base):
     """A small plain ViT (Dosovitskiy et al. 2021): 16x16 patch embedding, learned positions, pre-norm
     transformer, mean pooling over the tokens (no cls token, so the token grid is the feature map that
@@ -162,17 +135,24 @@ class ViT(Base):
     def __init__(self, in_ch, num_classes, in_size, dim=128, depth=6, heads=4, patch=16):
         super().__init__(in_ch, num_classes, in_size)
         self.patch = nn.Conv2d(in_ch, dim, patch, patch)
-        self.grid = max(1, in_size // patch)
+        self.transformer(in_size // patch, dim, depth, heads)
+
+    def transformer(self, grid, dim, depth, heads):
+        """The token part shared with ConvViT: positions on a grid x grid map, blocks, norm, classifier."""
+        self.grid = max(1, grid)
         self.pos = nn.Parameter(torch.zeros(1, self.grid * self.grid, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout=0.1, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.ln = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim, num_classes)
+        self.fc = nn.Linear(dim, self.num_classes)
+
+    def embed(self, x):
+        return self.patch(self.norm(x))
 
     def features(self, x):
-        t = self.patch(self.norm(x))
+        t = self.embed(x)
         n, c, h, w = t.shape
         t = t.flatten(2).transpose(1, 2)
         pos = self.pos if h * w == self.pos.shape[1] else F.interpolate(  # another input size: resample
@@ -183,6 +163,19 @@ class ViT(Base):
 
     def head(self, fmap):
         return self.fc(self.pooled(fmap))
+
+
+class ConvViT(ViT):
+    """A tiny hybrid ViT: two stride-2 conv stem layers, then a transformer over 2x2 patches."""
+
+    def __init__(self, in_ch, num_classes, in_size, dim=128, depth=4, heads=4):
+        Base.__init__(self, in_ch, num_classes, in_size)  # ViT's patch embedding is replaced by the stem
+        self.stem = nn.Sequential(conv_bn(in_ch, 32, 3, 2), conv_bn(32, 64, 3, 2),
+                                  nn.Conv2d(64, dim, 2, 2))
+        self.transformer(in_size // 8, dim, depth, heads)
+
+    def embed(self, x):
+        return self.stem(self.norm(x))
 
 
 class VGG(Base):
