@@ -182,7 +182,8 @@ def _png(t: torch.Tensor, path: Path) -> None:
 
 def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: list[str] | None = None,
                    reference_models: list[str] | None = None, limit: int = 200, batch: int = 32,
-                   device: str = "cpu", split_seed: int = 0, n_examples: int = 4, progress: bool = True, command: str | None = None) -> dict:
+                   device: str = "cpu", split_seed: int = 0, n_examples: int = 4, progress: bool = True,
+                   command: str | None = None) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(data, seed=split_seed)
@@ -341,7 +342,8 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
 
 
 def _model_meta(models: dict) -> dict:
-    return {k: {"val_accuracy": v.meta.get("val_accuracy"), "arch": v.meta.get("arch"), "in_size": v.meta.get("in_size"),
+    return {k: {"val_accuracy": v.meta.get("val_accuracy"), "arch": v.meta.get("arch"),
+                "in_size": v.meta.get("in_size"),
                 "val_balanced_accuracy": v.meta.get("val_balanced_accuracy"),
                 "logo_augment": v.meta.get("logo_augment")} for k, v in models.items()}
 

@@ -71,9 +71,9 @@ def accuracy_under(net, ens, xs, ys, cy, cx, top, hs, ws, shape, budget, fill: b
 
 
 def train_generator(ens, xs: torch.Tensor, ys: torch.Tensor, *, steps: int = 3000, max_minutes: float = 0,
-                    batch: int = 32, lr: float = 2e-3, width: int = 16, seed: int = 0, p_fill: float = 0.5, p_eot: float = 1.0,
-                    feature_weight: float = 0.5, cap: float = 6.0, max_area_fraction: float = 1 / 9, universal: bool = True,
-                    progress: bool = True) -> tuple[WatermarkGenerator, dict]:
+                    batch: int = 32, lr: float = 2e-3, width: int = 16, seed: int = 0, p_fill: float = 0.5,
+                    p_eot: float = 1.0, feature_weight: float = 0.5, cap: float = 6.0, max_area_fraction: float = 1 / 9,
+                    universal: bool = True, progress: bool = True) -> tuple[WatermarkGenerator, dict]:
     """A generator for ensemble `ens` trained on xs (N, in_ch, S, S) in [0, 1] with labels ys; stops after
     `steps` or `max_minutes` (0: no limit). Returns the net and what the run did."""
     torch.manual_seed(seed)
@@ -119,7 +119,8 @@ def train_generator(ens, xs: torch.Tensor, ys: torch.Tensor, *, steps: int = 300
                   file=sys.stderr, flush=True)
     net.eval()
     return net, {"steps_done": done, "train_seconds": round(time.time() - t0, 1), "final_loss": round(running, 4),
-                 "box_low": [hs, ws], "batch": batch, "lr": lr, "p_fill": p_fill, "p_eot": p_eot, "universal": universal, "loss_cap": cap,
+                 "box_low": [hs, ws], "batch": batch, "lr": lr, "p_fill": p_fill, "p_eot": p_eot,
+                 "universal": universal, "loss_cap": cap,
                  "feature_weight": feature_weight}
 
 
