@@ -19,8 +19,8 @@ Options (Profile.options): iterations (30), alpha_min (0.25: the logo stays visi
 momentum (1.0), feature_weight (0.5), loss ("ce"; "cw": logit margin capped at kappa), cloak_step ("sign";
 "l2": normalized-gradient steps), ti_sigma (0: off; > 0 smooths the cloak's gradient with a Gaussian of
 that sigma in surrogate pixels, translation-invariant attack, Dong et al. 2019), p_fill (0.5), avoid (0.2),
-candidates (8), cam_threshold (170), surrogates (names), keep_best (True), and the budget's fields (constraints.Budget: cloak_linf (8),
-flat_weight (0.25), background_weight (0), psnr_min (40), alpha_cap (0.5)).
+candidates (8), cam_threshold (170), surrogates (names), keep_best (True), and the budget's fields
+(constraints.Budget: cloak_linf (8), flat_weight (0.25), background_weight (0), psnr_min (40), alpha_cap (0.5)).
 """
 
 from __future__ import annotations
