@@ -13,9 +13,11 @@ The committed generators were made on this 2-core CPU, one thread, niced (each .
 
     OMP_NUM_THREADS=1 nice -n 15 miadmark train-generator --data ../shared/data/DATASET \
         --out miadmark/surrogates/weights/generator_DATASET.pt --steps 3000 --max-minutes 13
-    for DATASET in brain_mri (64 px surrogates), chest_xray_224 and skin_ham10000 (96 px surrogates)
+    for DATASET in brain_mri (64 px surrogates) and skin_ham10000 (96 px surrogates); chest_xray_224 (96 px)
+    adds --batch 16 --lr 0.006 --p-eot 0.2 (the transforms on 20 % of the steps: with them on every step it
+    did not learn in 13 minutes, docs/evaluation/fast.md)
 
-(the time bound ends each run first: 1397 / ~750 / ~700 steps of 32 images; steps_done in each .json).
+(the time bound ends each run first: 1397 / 1218 / 569 steps; steps_done in each .json).
 """
 
 from __future__ import annotations
