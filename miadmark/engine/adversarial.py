@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .base import Engine, ImageContext, WatermarkBatch
 from .ensemble import Ensemble, gradcam_lesion
 from ..surrogates import surrogates_for_modality
-from .logo import box_size, logo_tensors
+from .logo import box_size, logo_downsampled, logo_tensors
 
 
 @dataclass
@@ -154,10 +154,7 @@ class AdversarialEngine(Engine):
     # ---- compositing ---------------------------------------------------------------------
     def logo_low(self, hs: int, ws: int, bh: int, bw: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         """Logo mask and texture at surrogate scale: the full-resolution logo, area-downsampled."""
-        m, t, logo_id = logo_tensors(self.profile.logo, bh, bw, 1, self.device)
-        m = F.interpolate(m[None, None], size=(hs, ws), mode="bilinear", antialias=True, align_corners=False)[0, 0]
-        t = F.interpolate(t[None], size=(hs, ws), mode="bilinear", antialias=True, align_corners=False)[0]
-        return m, t, logo_id
+        return logo_downsampled(self.profile.logo, (hs, ws), (bh, bw), self.device)
 
     @staticmethod
     def paste_low(xs: torch.Tensor, lays: list[Layout], m: torch.Tensor, a1: torch.Tensor, t1: torch.Tensor,

@@ -50,6 +50,16 @@ def logo_tensors(path: str | None, height: int, width: int, channels: int, devic
     return mask.to(device), texture.to(device), logo_id
 
 
+def logo_downsampled(path: str | None, size: tuple[int, int], rendered: tuple[int, int], device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Mask (hs, ws) and grey texture (1, hs, ws) at a model's scale: the logo rendered at `rendered` (its
+    full-resolution box) and area-downsampled to `size`, as a model sees it after the image is resized."""
+    m, t, logo_id = logo_tensors(path, *rendered, 1, device)
+    m = F.interpolate(m[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0]
+    t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    return m, t, logo_id
+
+
 def box_size(height: int, width: int, max_area_fraction: float) -> tuple[int, int]:
     """Logo box of the image's aspect ratio covering at most max_area_fraction of it."""
     scale = float(np.sqrt(max_area_fraction))

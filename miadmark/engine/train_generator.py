@@ -34,7 +34,7 @@ from . import constraints as C
 from .cloak import fill_box
 from .eot import random_transform
 from .generator import WatermarkGenerator, compose_maps, save_generator, watermark_maps
-from .logo import box_size, logo_tensors
+from .logo import box_size, logo_downsampled
 from .prior import candidate_boxes
 from .transfer import _loss, avoid_mask
 
@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 
 
 def logo_shape_low(hs: int, ws: int) -> torch.Tensor:
-    """The default logo's shape at the surrogates' scale, area-downsampled as the engine's `logo_low` does."""
-    m, _, _ = logo_tensors(None, 4 * hs, 4 * ws, 1, torch.device("cpu"))
-    return F.interpolate(m[None, None], size=(hs, ws), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+    """The default logo's shape at the surrogates' scale, area-downsampled from 4x as the engine's `logo_low`
+    does from the full-resolution box (there is no full-resolution image in training)."""
+    return logo_downsampled(None, (hs, ws), (4 * hs, 4 * ws), torch.device("cpu"))[0]
 
 
 def generated(net, ens, xb: torch.Tensor, boxes_low: list[list[int]], shape: torch.Tensor, budget: C.Budget
