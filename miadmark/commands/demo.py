@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import DEFAULT_PROFILE, PROFILE_NAMES
+from ..engine import DEFAULT_PROFILE, PROFILE_HELP, PROFILE_NAMES
 
 DEFAULT_SERIES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data"
 
@@ -51,8 +51,7 @@ def register(sub) -> None:
                    help="folder of DICOM files to send (any file name; default: the shared CT series)")
     p.add_argument("--slices", type=int, default=8, help="how many files of the series to send")
     p.add_argument("--profile", default=None, choices=PROFILE_NAMES,
-                   help=f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAULT_PROFILE}; auto: "
-                   "cloak on a GPU, fast on a CPU)")
+                   help=PROFILE_HELP)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
     p.set_defaults(func=run)
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..engine import DEFAULT_PROFILE, PROFILE_NAMES
+from ..engine import PROFILE_HELP, PROFILE_NAMES
 
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a watermark profile against white-box and black-box models")
     p.add_argument("--data", required=True, help="dataset folder (its seeded validation split is used)")
     p.add_argument("--profile", default=None, choices=PROFILE_NAMES,
-                   help=f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAULT_PROFILE}; auto: "
-                   "cloak on a GPU, fast on a CPU)")
+                   help=PROFILE_HELP)
     p.add_argument("--models", nargs="*", default=None,
                    help="black-box model weight files (default: miadmark/surrogates/weights/blackbox/*.pt)")
     p.add_argument("--reference-models", nargs="*", default=None,

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..dicomio import read_dicom, write_dicom_atomic
-from ..engine import DEFAULT_PROFILE, PROFILE_NAMES, Profile, get_engine
+from ..engine import DEFAULT_PROFILE, PROFILE_HELP, PROFILE_NAMES, Profile, get_engine
 from ..errors import MiadmarkError, safe_reason, unexpected_input
 from ..keys import load_certificates, load_identity, read_passphrase
 from ..protect import protect_many
@@ -30,8 +30,7 @@ def register(sub) -> None:
     p.add_argument("--sign-cert", required=True, help="this site's certificate (PEM)")
     p.add_argument("--passphrase-file", help="passphrase of --sign-key")
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
-                   help=f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAULT_PROFILE}; auto: "
-                   "cloak on a GPU, fast on a CPU)")
+                   help=PROFILE_HELP)
     p.add_argument("--logo", help="PNG logo (alpha channel = shape); default: the built-in logo")
     p.add_argument("--seed", type=int, default=0, help="seed of the watermark optimiser")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

@@ -13,7 +13,7 @@ def register(sub) -> None:
                    help="surrogate names (default: the dataset's family, as the engine chooses them)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
                    help="where to train: auto (CUDA when available), cpu (default) or cuda")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps of 32 images (default 3000)")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps of --batch images (default 3000)")
     p.add_argument("--max-minutes", type=float, default=0, help="stop after this many minutes (default: no limit)")
     p.add_argument("--width", type=int, default=16, help="channels of the generator's first level (default 16)")
     p.add_argument("--batch", type=int, default=32, help="images per step (default 32)")

@@ -24,6 +24,9 @@ DEFAULT_PROFILE = "cloak"
 # `auto` is no engine: it names the profile that fits the machine (resolve_profile)
 AUTO = "auto"
 PROFILE_NAMES = sorted([*ENGINES, AUTO])
+# the --profile help of every command that takes one
+PROFILE_HELP = (f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAULT_PROFILE}; auto: cloak on a GPU, "
+                "fast on a CPU)")
 
 
 def resolve_profile(name: str | None, device: str | torch.device = "auto") -> str:
@@ -61,5 +64,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["AUTO", "ENGINES", "DEFAULT_PROFILE", "PROFILE_NAMES", "Engine", "ImageContext", "Profile",
+__all__ = ["AUTO", "ENGINES", "DEFAULT_PROFILE", "PROFILE_HELP", "PROFILE_NAMES", "Engine", "ImageContext", "Profile",
            "WatermarkBatch", "get_engine", "resolve_device", "resolve_profile"]
