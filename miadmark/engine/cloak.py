@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from . import constraints as C
 from .base import ImageContext, WatermarkBatch
 from .eot import gaussian_blur, random_transform
-from .spread import spread_watermark
+from .spread import engine_marks, spread_watermark
 from .transfer import TransferEngine, _loss
 
 
@@ -63,10 +63,20 @@ class CloakEngine(TransferEngine):
     name = "cloak"
     cam_threshold_default = 170.0
 
+    def budget(self) -> C.Budget:
+        """The budget every output is checked against: the strength level's, with the options' overrides."""
+        return C.level_budget(self.profile.strength, self.options.budget_fields(),
+                              float(self.profile.max_area_fraction))
+
+    def marks(self, images: torch.Tensor, lesion: torch.Tensor, contexts: list[ImageContext]):
+        """The spread marks (spread.Marks: strokes, support, geometry) this engine paints on these images with
+        this lesion mask (the same keyed geometry): which pixels the visible mark may touch."""
+        n, _, h, w = images.shape
+        return engine_marks(self, n, h, w, lesion.to(self.device).bool(), contexts, self.budget())
+
     def _watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
                    contexts: list[ImageContext]) -> WatermarkBatch:
-        budget = C.level_budget(self.profile.strength, self.options.budget_fields(),
-                                float(self.profile.max_area_fraction))
+        budget = self.budget()
         strength = self.profile.strength or C.DEFAULT_STRENGTH
         if C.level_of(strength).design == "spread":
             return spread_watermark(self, images, lesion, contexts, budget, strength)

@@ -47,6 +47,16 @@ class Profile:
     options: dict[str, Any] = field(default_factory=dict)  # the engine's typed options (options.py)
     strength: str | None = None  # discreet | standard | strong (constraints.LEVELS); None: the default level
 
+    def __post_init__(self):
+        """Refuse an unknown strength or option key at once (ValueError naming it), before any work is done;
+        `auto` is checked when it has become an engine (get_engine)."""
+        if self.strength is not None and self.strength not in STRENGTHS:
+            raise ValueError(f"unknown strength {self.strength!r} (known: {', '.join(STRENGTHS)})")
+        from .options import OPTION_TYPES, parse_options
+
+        if self.name in OPTION_TYPES:
+            parse_options(self.name, self.options)
+
 
 @dataclass
 class ImageContext:

@@ -151,6 +151,15 @@ def draw_marks(n: int, h: int, w: int, lesion: torch.Tensor, seeds: list[int], o
     return Marks(torch.stack(strokes)[:, None], torch.stack(support), geo)
 
 
+def engine_marks(engine, n: int, h: int, w: int, lesion: torch.Tensor, contexts: list[ImageContext],
+                 budget: C.Budget) -> Marks:
+    """The marks an engine draws for a batch (its seed, options and logo; each image's keyed geometry): what
+    `spread_watermark` paints, for a check or an evaluation that needs the mark's pixels."""
+    seeds = [geometry_seed(contexts[i] if contexts else None, int(engine.profile.seed), i) for i in range(n)]
+    marks = draw_marks(n, h, w, lesion.cpu(), seeds, engine.options, budget, engine.profile.logo)
+    return Marks(marks.strokes.to(engine.device), marks.support.to(engine.device), marks.geometry)
+
+
 def mark_layers(marks: Marks, alpha_low: torch.Tensor, texture_low: torch.Tensor, size: tuple[int, int],
                 budget: C.Budget, stroke_floor: float, stroke_min: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The mark's opacity and texture at full resolution from low-resolution maps (smooth after upsampling):
@@ -213,9 +222,7 @@ def spread_watermark(engine, images: torch.Tensor, lesion: torch.Tensor | None, 
 
     with torch.no_grad():
         les, les_src = engine.lesion_mask(images, lesion)
-        seeds = [geometry_seed(contexts[i] if contexts else None, int(engine.profile.seed), i) for i in range(n)]
-        marks = draw_marks(n, h, w, les.cpu(), seeds, o, budget, engine.profile.logo)
-        marks = Marks(marks.strokes.to(engine.device), marks.support.to(engine.device), marks.geometry)
+        marks = engine_marks(engine, n, h, w, les, contexts, budget)
         xs = ens.prep(images)
         avoid = engine.avoid_classes(xs)
         f_clean = [f.detach() for f in ens.outputs(xs)[1]]
