@@ -1,7 +1,7 @@
 """The plugin's durable exports: the gateway's work queue plus the export jobs that group its rows.
 
 One SQLite database (WAL) per Orthanc, by default <StorageDirectory>/miadmark/exports.sqlite:
-  jobs         dicom_node.workqueue.Queue, unchanged: one row per (instance, destination), states
+  jobs         dicomnet.queue.Queue, unchanged: one row per (instance, destination), states
                pending / done / dead / quarantined, attempts, next_try with backoff, last_error.
                Here `file` is the Orthanc instance ID (Orthanc holds the original) and
                `sent_sop_uid` the SOP Instance UID that left.
@@ -23,8 +23,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.workqueue import Job as Row
-from dicom_node.workqueue import Queue, insert_row
+from dicomnet.queue import Job as Row
+from dicomnet.queue import Queue, insert_row
 
 JOB_PREFIX = "miadmark-"
 

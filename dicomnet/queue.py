@@ -1,4 +1,4 @@
-"""The gateway's durable work queue: one SQLite database (WAL) beside the spooled files.
+"""The durable work queue shared by the gateway and the Orthanc plugin: one SQLite database (WAL).
 
 One row per (received instance, destination). States:
     pending      waiting to be sent (next_try says when)
