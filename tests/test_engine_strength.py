@@ -134,6 +134,17 @@ def test_profile_specs_carry_the_strength_through_the_ways_out():
         split_spec("cloak:loud")
 
 
+def test_the_ways_out_get_the_rule_strength_through_loaded_engines():
+    from miadmark import loaded
+
+    loaded.forget()
+    eng = loaded.engine(":strong", "cpu")  # a rule with strength and no profile (the gateway, plugin, release)
+    assert (eng.name, eng.profile.strength) == ("cloak", "strong")
+    assert loaded.engine("auto:discreet", "cpu").profile.strength == "discreet"
+    assert loaded.engine(None, "cpu").profile.strength is None  # the default level
+    loaded.forget()
+
+
 def test_strength_in_the_rules(tmp_path):
     cert = tmp_path / "r.pem"
     cert.write_text("x")
@@ -167,6 +178,27 @@ def test_fast_serves_spread_levels_with_the_box_design_and_says_so():
     res = get_engine(Profile(name="fast", strength="strong"), "cpu").watermark(x, None, [])
     p = res.params[0]
     assert (p["design"], p["strength"], p["strength_asked"]) == ("box", "discreet", "strong") and p["fallback"]
+
+
+def test_fast_serves_a_spread_level_with_a_spread_generator_within_its_budget(tmp_path):
+    from miadmark.engine.generator import WatermarkGenerator, save_generator
+    from miadmark.surrogates import DEFAULT_SURROGATES
+
+    torch.manual_seed(0)
+    net = WatermarkGenerator(1, 1, 8, 64)
+    torch.nn.init.normal_(net.out.weight, std=0.5)  # an untrained net that still paints something
+    path = tmp_path / "generator_spread.pt"
+    save_generator(net, {"name": "generator_test_spread", "design": "spread", "in_size": 64,
+                         "surrogates": list(DEFAULT_SURROGATES)}, path)
+    x, lesion, ctx = head(2, 1, 96), disk(2, 96, 40, 50, 12), contexts(2)
+    eng = get_engine(Profile(name="fast", strength="strong", options={"generator": str(path)}), "cpu")
+    res = eng.watermark(x, lesion, ctx)
+    p = res.params[0]
+    assert (p["design"], p["strength"], p["fallback"]) == ("spread", "strong", None)
+    budget = C.level_budget("strong", {}, 1 / 9)
+    mark = get_engine(Profile(name="cloak", strength="strong"), "cpu").marks(x, lesion, ctx).support  # same lattice
+    assert C.violations_mark(x, res.images, lesion, mark, budget, tol=1e-6) == []
+    assert int((res.images != x)[:, 0][lesion].sum()) == 0 and bool((res.images != x).any())
 
 
 @pytest.mark.parametrize("strength", SPREAD)
