@@ -2,7 +2,7 @@
 option overrides) on held-out brain MRI, judged by the committed 128 px black-box models only (never a
 gradient, never a tuning loop over them), with readability over the anatomy.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python tools/spread_probe.py --n 48 \\
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python tools/spread_probe.py --n 48 [--profile fast] \\
         --config discreet --config standard --config 'strong' --config 'standard:{"alpha_cap": 0.15}' \\
         --json docs/evaluation/spread_probe.json
 
@@ -48,14 +48,31 @@ def readability(x: torch.Tensor, out: torch.Tensor, lesion: torch.Tensor) -> tup
     return sum(slopes) / len(slopes), sum(ssims) / len(ssims)
 
 
+def _slug(opts: str) -> str:
+    return "".join(ch for ch in opts if ch.isalnum() or ch in "._") or "default"
+
+
+def save_triptych(x: torch.Tensor, out: torch.Tensor, path: str) -> None:
+    from pathlib import Path
+
+    from PIL import Image
+
+    g, o = x.mean(1), out.mean(1)
+    rows = [torch.cat([g[i], o[i], ((o[i] - g[i]).abs() * 4).clamp(0, 1)], 1) for i in range(len(x))]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((torch.cat(rows, 0).numpy() * 255).round().astype("uint8")).save(path)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="../shared/data/brain_mri")
     p.add_argument("--n", type=int, default=48)
     p.add_argument("--config", action="append", required=True,
                    help='STRENGTH or STRENGTH:{"option": value} (typed options of cloak)')
-    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--iterations", type=int, default=30, help="cloak's iterations")
+    p.add_argument("--profile", default="cloak", choices=["cloak", "fast"])
     p.add_argument("--json")
+    p.add_argument("--pictures", help="folder: original | protected | difference x4 of the first 3 images per config")
     a = p.parse_args()
     torch.set_num_threads(1)
     ds = load_dataset(a.data, seed=0)
@@ -77,8 +94,11 @@ def main() -> int:
     rows = [{"config": "clean", "plain": score(x)[0], "careful": score(x)[1], "transmission": 1.0, "ssim": 1.0}]
     for spec in a.config:
         strength, _, opts = spec.partition(":")
-        options = {"iterations": a.iterations, **(json.loads(opts) if opts else {})}
-        eng = get_engine(Profile(name="cloak", strength=strength, options=options), "cpu")
+        options = {"iterations": a.iterations} if a.profile == "cloak" else {}
+        options.update(json.loads(opts) if opts else {})
+        eng = get_engine(Profile(name=a.profile, strength=strength, options=options), "cpu")
+        marker = get_engine(Profile(name="cloak", strength=strength, options={k: v for k, v in options.items()
+                                                                               if k != "generator"}), "cpu")
         t0 = time.perf_counter()
         outs, params = [], []
         for i in range(0, len(x), 16):
@@ -88,7 +108,7 @@ def main() -> int:
         out = torch.cat(outs)
         secs = (time.perf_counter() - t0) / len(x)
         if params[0]["design"] == "spread":
-            mark = torch.cat([eng.marks(x[i:i + 16], lesion[i:i + 16], ctx[i:i + 16]).support
+            mark = torch.cat([marker.marks(x[i:i + 16], lesion[i:i + 16], ctx[i:i + 16]).support
                               for i in range(0, len(x), 16)])
         else:
             mark = torch.zeros_like(lesion)
@@ -98,12 +118,15 @@ def main() -> int:
         pl, ca, per = score(out)
         inp = score(inpaint(out, mark, cv2.INPAINT_TELEA))
         jp = score(jpeg_numpy(out, 75))
-        row = {"config": spec, "plain": pl, "careful": ca, "mark_inpainted_plain": inp[0],
+        row = {"config": f"{a.profile} {spec}", "design": params[0]["design"], "plain": pl, "careful": ca,
+               "mark_inpainted_plain": inp[0],
                "mark_inpainted_careful": inp[1], "jpeg_q75_plain": jp[0], "transmission": round(tr, 4),
                "ssim": round(ss, 4), "coverage": round(float(mark.float().mean()), 4),
                "lesion_px_changed": int((out != x)[:, 0][lesion].sum()), "s_per_image": round(secs, 3),
                "per_model": {k: round(v, 4) for k, v in per.items()}}
         rows.append(row)
+        if a.pictures:
+            save_triptych(x[:3], out[:3], f"{a.pictures}/{a.profile}_{strength}_{_slug(opts)}.png")
         print(json.dumps({k: v for k, v in row.items() if k != "per_model"}), flush=True)
     if a.json:
         with open(a.json, "w") as fh:

@@ -51,8 +51,8 @@ class Level:
 # The levels' numbers, in one table (issue 23: chosen from the measured frontier, docs/evaluation/spread.md).
 LEVELS: dict[str, Level] = {
     "discreet": Level("box", alpha_cap=0.5, coverage_max=1 / 9, psnr_min=40.0),
-    "standard": Level("spread", alpha_cap=0.25, coverage_max=0.45, psnr_min=40.0),
-    "strong": Level("spread", alpha_cap=0.4, coverage_max=0.55, psnr_min=36.0, cloak_linf=12.0),
+    "standard": Level("spread", alpha_cap=0.2, coverage_max=0.45, psnr_min=40.0),
+    "strong": Level("spread", alpha_cap=0.3, coverage_max=0.55, psnr_min=36.0, cloak_linf=12.0),
 }
 assert tuple(LEVELS) == STRENGTHS
 
