@@ -173,10 +173,15 @@ def test_random_mark_of_each_level_for_careful_training():
             assert bool(((out >= k * x - C.LEVELS[strength].cloak_linf / 255 - 1e-6)).all())
 
 
-def test_fast_serves_spread_levels_with_the_box_design_and_says_so():
+def test_fast_serves_the_committed_spread_generator_else_the_box_design_and_says_so():
+    from miadmark.surrogates import CHEST_SURROGATES
+
     x = head(1, 1, 96)
-    res = get_engine(Profile(name="fast", strength="strong"), "cpu").watermark(x, None, [])
-    p = res.params[0]
+    brain = get_engine(Profile(name="fast"), "cpu").watermark(x, None, contexts(1)).params[0]  # `auto` on a CPU
+    assert (brain["design"], brain["strength"], brain["fallback"]) == ("spread", "standard", None)
+    assert brain["generator"].startswith("generator_brain_mri_spread@")
+    eng = get_engine(Profile(name="fast", strength="strong", options={"surrogates": list(CHEST_SURROGATES)}), "cpu")
+    p = eng.watermark(x, None, []).params[0]  # no spread generator for the chest surrogates
     assert (p["design"], p["strength"], p["strength_asked"]) == ("box", "discreet", "strong") and p["fallback"]
 
 
