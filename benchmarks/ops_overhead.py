@@ -15,9 +15,10 @@ import urllib.request
 from pathlib import Path
 from unittest import mock
 
-from dicom_node import audit
 from dicom_node.monitoring.server import MonitoringServer
+from dicomnet import metrics  # noqa: F401 - registers the counting hook in miadmark.audit.HOOKS
 from dicomnet.queue import NewJob, Queue
+from miadmark import audit
 from miadmark.machine import describe
 
 
@@ -61,7 +62,7 @@ def main() -> None:
         tmp = Path(tmp)
         bare, counted = [], []
         for _ in range(3):  # alternated, best of three each: the machine is shared
-            with mock.patch.object(audit, "count_audit", lambda event, fields: None):
+            with mock.patch.object(audit, "HOOKS", []):  # the same write, nothing counted
                 bare.append(audit_seconds(tmp / "bare.jsonl", args.records))
             counted.append(audit_seconds(tmp / "counted.jsonl", args.records))
         bare, counted = min(bare), min(counted)
