@@ -141,13 +141,17 @@ class Delivery:
         for start in range(0, len(rows), 64):
             chunk = rows[start:start + 64]
             try:
-                send_plain(target, [r.file for r in chunk], job.options)
-            except Exception as exc:  # noqa: BLE001
+                outcomes = send_plain(target, [r.file for r in chunk], job.options)
+            except Exception as exc:  # noqa: BLE001 - Unreachable, or Orthanc's job failed as a whole
                 self._fail(chunk, f"not delivered to {target.label}: {exc}", retry)
                 raise Down(str(exc)) from None
-            for row in chunk:
-                self.outbox.mark_done(row.id, row.sop_uid)
-            unchanged = [r.sop_uid for r in chunk if r.action == "unchanged"]
+            for row, outcome in zip(chunk, outcomes):
+                if outcome.ok:
+                    self.outbox.mark_done(row.id, row.sop_uid)
+                else:
+                    self._fail([row], f"not delivered to {target.label}: {outcome.error}", retry,
+                               permanent=outcome.permanent)
+            unchanged = [r.sop_uid for r, o in zip(chunk, outcomes) if r.action == "unchanged" and o.ok]
             for uid in unchanged:
                 self.log(f"{uid} to {target.label}: lesion source, forwarded unchanged")
             if unchanged:
