@@ -21,3 +21,4 @@ class ReleaseJob:
     dest_verify: bool | str = True
     patience_s: float = 600.0        # how long a source or destination may be away before the run stops
     timeout_s: float = 120.0         # one HTTP request
+    audit: str | None = None         # the audit trail (miadmark.audit): one line per instance and outcome

@@ -20,9 +20,13 @@ from dataclasses import replace
 import ray
 from pydicom.dataset import Dataset
 
+from miadmark.audit import (BLOCKED, PROTECT_DEFERRED, QUARANTINED, SEND_FAILED, AuditLog, export_fields,
+                            outcome_fields, recipient_names)
+from miadmark.audit import SENT as SENT_EVENT
 from miadmark.config import load_config
 from miadmark import loaded
 from miadmark.engine import DEFAULT_PROFILE
+from miadmark.errors import MiadmarkError
 from miadmark.export import Forwarded, Refused, export_many, source_uid_of
 from miadmark.lesion import StudyLesions, lesion_kind
 from miadmark.rules import BLOCK, PROTECT, Decision, decide
@@ -59,6 +63,8 @@ class Protector:
         if job.device == "auto":
             self.device = "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"
         self.held: dict[int, list[tuple[InstanceRef, Dataset]]] = {}
+        self.audit = AuditLog(job.audit) if job.audit else None
+        self._lines: dict[str, dict] = {}  # original SOP UID -> its audit fields, from decision to sending
 
     def ready(self) -> str:
         """Load the default engine now: startup cost and errors show before the first batch."""
@@ -74,6 +80,13 @@ class Protector:
                 ds = fetch(self.source, ref, self.job.patience_s)
             except Unavailable as exc:
                 outcomes.append(outcome(ref, TODO, reason=str(exc), unavailable=True))
+                continue
+            except MiadmarkError as exc:  # names the element, never its value
+                reason = f"fetch failed: {type(exc).__name__}: {exc}"
+                outcomes.append(outcome(ref, FAILED, reason=reason))
+                self._write(QUARANTINED, export_fields(sop_instance_uid=ref.sop, study_instance_uid=ref.study,
+                                                       destination=self.job.dest_name, action="", rule="",
+                                                       way="release"), reason=reason)
                 continue
             except Exception as exc:  # noqa: BLE001 - a bad instance is recorded, never stops the release
                 outcomes.append(outcome(ref, FAILED, reason=f"fetch failed: {type(exc).__name__}: {_short(exc)}"))
@@ -94,13 +107,19 @@ class Protector:
         results = export_many(datasets, decisions, destination=self.job.dest_name, signer=self.signer,
                               lesions=StudyLesions(_lesion_sources(datasets)), device=self.device)
         outcomes, held = [], []
-        for (ref, _), decision, result in zip(fetched, decisions, results):
+        for (ref, ds), decision, result in zip(fetched, decisions, results):
+            fields = self._fields(ref, ds, decision)
             if isinstance(result, Refused) and result.blocked:
                 outcomes.append(outcome(ref, SKIPPED, action=BLOCK, reason=decision.reason))
-            elif isinstance(result, Refused):
+                self._write(BLOCKED, fields, reason=decision.reason)
+                continue
+            if isinstance(result, Refused):
                 outcomes.append(outcome(ref, TODO if result.transient else FAILED, action=decision.action,
                                         reason=result.reason))
-            elif isinstance(result, Forwarded):
+                self._write(PROTECT_DEFERRED if result.transient else QUARANTINED, fields, reason=result.reason)
+                continue
+            self._lines[ref.sop] = {**fields, **outcome_fields(result)}
+            if isinstance(result, Forwarded):
                 held.append((ref, result.dataset))
                 outcomes.append(outcome(ref, PENDING, action="lesion-source" if result.lesion_source else "pass",
                                         sent_uid=str(result.dataset.SOPInstanceUID), reason=decision.reason))
@@ -137,7 +156,29 @@ class Protector:
         for ref, ds in held:
             reason = stored.get(str(ds.SOPInstanceUID), "destination did not answer for it")
             results.append(outcome(ref, SENT) if reason is None else outcome(ref, FAILED, reason=reason))
+            fields = self._lines.pop(ref.sop, {"sop_instance_uid": ref.sop, "destination": self.job.dest_name})
+            if reason is None:
+                self._write(SENT_EVENT, fields, sent_sop_instance_uid=str(ds.SOPInstanceUID))
+            else:
+                self._write(SEND_FAILED, fields, error=reason)
         return results
+
+    # ---- the audit trail (miadmark.audit: the gateway's events and fields)
+
+    def _fields(self, ref: InstanceRef, ds: Dataset, decision: Decision) -> dict:
+        return export_fields(sop_instance_uid=ref.sop, study_instance_uid=ref.study, destination=self.job.dest_name,
+                             action=decision.action, rule=decision.rule_label, way="release",
+                             recipients=recipient_names(decision.recipients), profile=decision.profile,
+                             deidentify=decision.deidentify)
+
+    def _write(self, event: str, fields: dict, **extra) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.write(event, **fields, **extra)
+        except OSError as exc:  # the release stands; the trail's gap is said
+            log.error("audit log not writable (%s): %s %s", exc.strerror or type(exc).__name__, event,
+                      fields.get("sop_instance_uid"))
 
 
 def _lesion_sources(datasets: list[Dataset]) -> list[Dataset]:

@@ -23,6 +23,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomnet.dimse import Unreachable
 from dicomnet.outcome import Outcome
+from miadmark.audit import export_fields, recipient_names
 from miadmark.export import FORWARDED_DEIDENTIFIED, FORWARDED_UNCHANGED
 from miadmark.rules import PROTECT, decide
 
@@ -420,14 +421,11 @@ class Forwarder(threading.Thread):
         gw.release_file(o.job.file)
 
     def _audit_fields(self, job: Job) -> dict:
-        fields = {"sop_instance_uid": job.sop_uid, "study_instance_uid": job.study_uid,
-                  "calling_ae": job.calling_ae, "called_ae": job.called_ae, "rule": job.rule,
-                  "action": job.action, "destination": self.destination}
-        if job.action == "protect":
-            fields["recipients"] = self.gateway.protector.recipient_names(job.recipients)
-            fields["profile"] = job.profile
-            fields["deidentify"] = job.deid.deidentify if job.deid is not None else None
-        return fields
+        return export_fields(sop_instance_uid=job.sop_uid, study_instance_uid=job.study_uid,
+                             destination=self.destination, action=job.action, rule=job.rule, way="gateway",
+                             calling_ae=job.calling_ae, called_ae=job.called_ae,
+                             recipients=recipient_names(job.recipients), profile=job.profile,
+                             deidentify=job.deid.deidentify if job.deid is not None else None)
 
     def _log_finished_studies(self) -> None:
         with self._lock:

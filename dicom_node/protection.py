@@ -20,7 +20,7 @@ from miadmark.config import Config
 from miadmark.dicomio import dataset_to_bytes, read_dicom
 from miadmark.errors import MiadmarkError
 from miadmark.export import Forwarded, Refused, export_many, refusal
-from miadmark.keys import Identity, subject_name
+from miadmark.keys import Identity
 from miadmark.lesion import StudyLesions
 from miadmark.private import write_private
 from miadmark.rules import PROTECT, Decision
@@ -63,15 +63,6 @@ class Protector:
         if ident is None:
             raise MiadmarkError("no identity configured to sign protected objects")
         return loaded.identity(ident.key, ident.cert, ident.passphrase_file)
-
-    def certificates(self, paths: tuple[str, ...]) -> list:
-        return loaded.certificates(paths)
-
-    def recipient_names(self, paths: tuple[str, ...]) -> list[str]:
-        try:
-            return [subject_name(c) for c in self.certificates(paths)]
-        except MiadmarkError:
-            return [Path(p).name for p in paths]
 
     def protect(self, items: list[tuple[Path, Path]], recipients: tuple[str, ...], profile: str | None,
                 lesions: StudyLesions | None = None, *, destination: str,
