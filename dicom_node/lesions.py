@@ -29,11 +29,11 @@ from miadmark.errors import MiadmarkError
 from miadmark.lesion import StudyLesions
 
 from .spool import Spool
-from .workqueue import Job, Queue
+from dicomnet.queue import Job, Queue
 
 
 def is_lesion_source_job(job: Job) -> bool:
-    return job.lesion_source  # recorded on arrival (workqueue.lesion_source_class)
+    return job.lesion_source  # recorded on arrival (dicomnet.queue.lesion_source_class)
 
 
 def study_lesions(spool: Spool, queue: Queue, study_uids: set[str]) -> StudyLesions:

@@ -25,7 +25,7 @@ from miadmark.lesion import StudyLesions
 from miadmark.private import write_private
 from miadmark.rules import PROTECT, Decision
 
-from .workqueue import DeidOptions
+from dicomnet.queue import DeidOptions
 
 
 @dataclass(frozen=True)
