@@ -20,6 +20,8 @@ from dataclasses import replace
 import ray
 from pydicom.dataset import Dataset
 
+import dicomnet.metrics  # noqa: F401 - registers the audit hook: a release counts under the gateway's metric names
+
 from miadmark.audit import (BLOCKED, PROTECT_DEFERRED, QUARANTINED, SEND_FAILED, AuditLog, export_fields,
                             outcome_fields, recipient_names)
 from miadmark.audit import SENT as SENT_EVENT
