@@ -7,6 +7,7 @@ this module only reads the command line.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from miadmark.engine import DEFAULT_PROFILE, PROFILE_NAMES
 from miadmark.errors import MiadmarkError
@@ -83,8 +84,10 @@ def _job(args):
         raise ValueError(f"unknown profile {args.profile!r} (known: {', '.join(PROFILE_NAMES)})")
     dest, dest_name, headers, verify, retry = args.dest, args.dest_name, {}, True, {}
     sign_key, sign_cert = args.sign_key, args.sign_cert
+    audit = Path(args.state).resolve() / "audit.jsonl"  # without --config: beside the manifest
     if args.config:
         cfg = load_config(args.config)
+        audit = Path(cfg.gateway.audit).resolve()  # the gateway's trail: one trail per site
         if args.recipient:
             raise ValueError("--recipient is not used with --config: the matching rule names the recipients")
         if args.dest in cfg.destinations:
@@ -109,4 +112,4 @@ def _job(args):
     return ReleaseJob(source=args.source, dest=dest, dest_name=dest_name or dest, sign_key=sign_key,
                       sign_cert=sign_cert, recipients=tuple(args.recipient), passphrase_file=args.passphrase_file,
                       profile=args.profile, config=args.config, device=args.device, dest_headers=headers,
-                      dest_verify=verify, patience_s=args.patience, retry=retry)
+                      dest_verify=verify, patience_s=args.patience, retry=retry, audit=str(audit))

@@ -29,3 +29,4 @@ class ReleaseJob:
 
         return {"headers": self.dest_headers, "verify": self.dest_verify, "timeout_s": self.timeout_s,
                 "patience_s": self.patience_s, "retry": RetryPolicy.of(self.retry)}
+    audit: str | None = None         # the audit trail (miadmark.audit): one line per instance and outcome
