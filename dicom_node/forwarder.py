@@ -23,6 +23,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomnet.dimse import Unreachable
 from dicomnet.outcome import Outcome
+from miadmark.engine import resolve_profile
 from miadmark.rules import PROTECT, decide
 
 from .lesions import FORWARDED_DEIDENTIFIED, FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
@@ -302,8 +303,8 @@ class Forwarder(threading.Thread):
             started = time.monotonic()
             results = gw.protector.protect(items, recipients, profile, masks, destination=self.destination,
                                            deid=deid)
-            observe_protect(profile, time.monotonic() - started, sum(isinstance(r, Protected) for r in results),
-                            gw.config.gateway.device)
+            observe_protect(resolve_profile(profile, gw.config.gateway.device), time.monotonic() - started,
+                            sum(isinstance(r, Protected) for r in results), gw.config.gateway.device)
             for job, res in zip(group, results):
                 if isinstance(res, Protected):
                     note = {} if res.lesion_masked is None else {"lesion_mask": res.lesion_masked}
@@ -433,7 +434,7 @@ class Forwarder(threading.Thread):
                   "action": job.action, "destination": self.destination}
         if job.action == "protect":
             fields["recipients"] = self.gateway.protector.recipient_names(job.recipients)
-            fields["profile"] = job.profile
+            fields["profile"] = resolve_profile(job.profile, self.gateway.config.gateway.device)  # the engine used
             fields["deidentify"] = job.deid.deidentify if job.deid is not None else None
         return fields
 
