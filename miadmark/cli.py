@@ -55,7 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     for module in COMMANDS.values():
         import_module(module).register(sub)
+    describe_subcommands(parser)
     return parser
+
+
+def describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """`miadmark X --help` opens with the one line `miadmark --help` lists for X (argparse shows a
+    subcommand's help only in its parent's list), at every level (`queue status`, `keys new`...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            lines = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None and lines.get(name):
+                    sub.description = lines[name][0].upper() + lines[name][1:] + "."
+                describe_subcommands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
