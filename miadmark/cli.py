@@ -13,6 +13,7 @@ from importlib import import_module
 COMMANDS = {
     "keys": "miadmark.commands.keys", "protect": "miadmark.commands.protect",
     "strip": "miadmark.commands.strip", "inspect": "miadmark.commands.inspect",
+    "verify": "miadmark.commands.verify",
     "demo": "miadmark.commands.demo", "train": "miadmark.commands.train",
     "train_prior": "miadmark.commands.train_prior",
     "train_generator": "miadmark.commands.train_generator", "evaluate": "miadmark.commands.evaluate",
