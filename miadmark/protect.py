@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import lzma
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,7 @@ from .errors import (AlreadyProtectedError, IntegrityError, InvalidInputError, M
                      RecordCorruptError, UntrustedSignerError, unexpected_input)
 from .keys import Identity, subject_name
 from .limits import check_protectable
-from .pixel_payload import apply_changed_words, encode_changed_words, word_dtype
+from .pixel_payload import ORIGINAL_KINDS, apply_original, apply_payload, encode_original, encode_pixels, word_dtype
 from .original_file import cut, join, pixel_value_span
 from .pixels import Pixels, decode, from_model, native_pixel_bytes, to_model
 from .record import (RECORD_CREATOR, Record, decode_file_meta, decrypt, encode_file_meta, encrypt,
@@ -200,12 +199,14 @@ def _finish(prep: dict, x_new: np.ndarray, params: list[dict], recipients, signe
     new_bytes = native_pixel_bytes(ds, px, new_stored)
     if px.native:
         dtype = word_dtype(px.bits_allocated, len(new_bytes))
-        payload_kind, word_type = "CHANGED_WORDS", dtype.str
-        payload = encode_changed_words(bytes(original_pixels.value), new_bytes, dtype)
+        rows, cols, spp = px.stored.shape[1:]
+        width = cols * spp if px.planar == 0 else cols  # words per image row, as the words lie
+        payload_kind, payload = encode_pixels(bytes(original_pixels.value), new_bytes, dtype, width)
+        word_type = dtype.str
         prot[PIXEL_DATA].value = new_bytes
     else:
-        payload_kind, word_type = "ORIGINAL", ""
-        payload = lzma.compress(bytes(original_pixels.value), preset=6)
+        word_type = ""
+        payload_kind, payload = encode_original(bytes(original_pixels.value))
         vr = "OB" if px.bits_allocated <= 8 else "OW"
         prot[PIXEL_DATA] = DataElement(PIXEL_DATA, vr, new_bytes)
         for tag in NATIVE_ONLY_DROP:
@@ -360,16 +361,17 @@ def _original_file(ds: Dataset, record: Record) -> bytes:
 
 
 def _original_pixel_value(ds: Dataset, record: Record) -> bytes:
-    if record.payload_kind == "CHANGED_WORDS":
-        if "PixelData" not in ds:
-            raise IntegrityError("protected object has no Pixel Data")
-        return apply_changed_words(bytes(ds.PixelData), record.payload, np.dtype(record.word_type))
-    if record.payload_kind == "ORIGINAL":
-        try:
-            return lzma.LZMADecompressor().decompress(record.payload)  # stops at the stream's end
-        except lzma.LZMAError:
-            raise RecordCorruptError("pixel payload does not decompress") from None
-    raise RecordCorruptError(f"unknown pixel payload kind {record.payload_kind!r}")
+    if record.payload_kind in ORIGINAL_KINDS:
+        return apply_original(record.payload_kind, record.payload)
+    if "PixelData" not in ds:
+        raise IntegrityError("protected object has no Pixel Data")
+    try:
+        dtype = np.dtype(record.word_type)
+    except TypeError:
+        raise RecordCorruptError("record word type is not a numpy type") from None
+    if dtype.str not in ("|u1", "<u2", "<u4"):
+        raise RecordCorruptError("record word type is not <u1, <u2 or <u4")
+    return apply_payload(record.payload_kind, bytes(ds.PixelData), record.payload, dtype)
 
 
 def _rebuild_checked(ds: Dataset, record: Record) -> Dataset:
@@ -395,7 +397,7 @@ def _rebuild(ds: Dataset, record: Record) -> Dataset:
             del out[tag]
     for elem in record.modified:
         out[elem.tag] = copy.deepcopy(elem)
-    encapsulated = record.payload_kind == "ORIGINAL" and file_meta.TransferSyntaxUID.is_encapsulated
+    encapsulated = record.payload_kind in ORIGINAL_KINDS and file_meta.TransferSyntaxUID.is_encapsulated
     out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, _original_pixel_value(ds, record),
                                   is_undefined_length=encapsulated)
     out.file_meta = file_meta
