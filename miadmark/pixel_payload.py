@@ -2,14 +2,16 @@
 
 Kinds (the record's (0011,xx02); every kind stays decodable, `DEFAULT_KIND` is what protect writes):
 
-RESIDUAL_JLS (default): the original minus the protected words (wrapping word arithmetic, offset to unsigned) as
-one JPEG-LS lossless image, frames and samples side by side. The watermark's difference is smooth (an upsampled
-cloak, a blended logo), which JPEG-LS's neighbour prediction turns into few bits: on the real CT with `fast`
-(63 % of the words changed) 70 KiB per slice in 4 ms, decoded in 3 ms, against 155 KiB, 25 ms and 11 ms for
-CHANGED_WORDS (benchmarks/record_payload.py, docs/speed.md). Words over 16 bits, or a buffer that is not a
-whole image, go to RESIDUAL_ZSTD; so does any JPEG-LS payload that does not decode back exactly at protect time.
-
-RESIDUAL_ZSTD: the same residual, zigzag-mapped, in byte planes, zstd (see encode_residual).
+RESIDUAL_ZSTD (default): the original minus the protected words (wrapping word arithmetic), each minus the one
+`stride` words before (the previous sample of the same channel), zigzag-mapped so that small values of either
+sign have zero high bytes, in byte planes, zstd level 1. Zero wherever the watermark left a word alone, and the
+watermark's difference is smooth (an upsampled cloak, a blended logo), so its cost follows the watermark's
+detail, not how many words it touched: on the real CT with `fast` (63 % of the words changed) about half of
+CHANGED_WORDS's bytes in a tenth of its time (benchmarks/record_payload.py, docs/speed.md).
+Where the original itself compresses smaller (flat synthetic images: a noisy cloak over bars of colour), protect
+keeps ORIGINAL_ZSTD instead: a payload is never larger than the zstd of the original.
+JPEG-LS of the same residual is ~13 % smaller, but pyjpegls's CharLS exports the same C symbols (JpegLsEncode)
+as the CharLS inside Orthanc's DCMTK: called in the plugin, the hospital Orthanc crashed. numpy and zstd only.
 
 CHANGED_WORDS: the word count (uint64 LE), a bitmask of the Pixel Data words that differ between original and protected
 (zero outside the watermark, so it packs to a few hundred bytes), then the original value of
@@ -31,31 +33,29 @@ import numpy as np
 from .errors import IntegrityError, RecordCorruptError
 from .limits import MAX_PIXEL_VALUES
 
-CHANGED_WORDS, RESIDUAL_JLS, RESIDUAL_ZSTD = "CHANGED_WORDS", "RESIDUAL_JLS", "RESIDUAL_ZSTD"
-DEFAULT_KIND = RESIDUAL_JLS
+CHANGED_WORDS, RESIDUAL_ZSTD = "CHANGED_WORDS", "RESIDUAL_ZSTD"
+DEFAULT_KIND = RESIDUAL_ZSTD
 # An encapsulated (compressed) original: its bitstream itself. ORIGINAL is LZMA preset 6, ORIGINAL_ZSTD zstd:
 # a compressed bitstream barely compresses further, and LZMA spent ~190 ms on a 512 px CT's worth of it.
 ORIGINAL, ORIGINAL_ZSTD = "ORIGINAL", "ORIGINAL_ZSTD"
 ORIGINAL_KINDS = (ORIGINAL, ORIGINAL_ZSTD)
 DEFAULT_ORIGINAL_KIND = ORIGINAL_ZSTD
 MAX_ORIGINAL_BYTES = 4 * MAX_PIXEL_VALUES  # an encapsulated original's bitstream: never more than its values
-JLS_MAX_SIDE = 65535  # JPEG-LS frame header: 16-bit width and height
 
 
-def encode_pixels(original: bytes, protected: bytes, dtype: np.dtype, width: int, kind: str | None = None
+def encode_pixels(original: bytes, protected: bytes, dtype: np.dtype, stride: int = 1, kind: str | None = None
                   ) -> tuple[str, bytes]:
-    """(kind, payload) restoring `original` from `protected`; width: words per image row (columns x samples
-    for interleaved samples), which RESIDUAL_JLS lays the words out by. kind None: DEFAULT_KIND."""
-    kind = kind or DEFAULT_KIND
+    """(kind, payload) restoring `original` from `protected`; stride: words between two samples of one channel
+    (samples per pixel for interleaved colour, else 1). kind None: DEFAULT_KIND, or ORIGINAL_ZSTD (the original
+    words themselves, 1-2 ms on a CT slice) where that is smaller."""
+    if kind is None:
+        kind, payload = encode_pixels(original, protected, dtype, stride, DEFAULT_KIND)
+        whole = encode_original(original, ORIGINAL_ZSTD)
+        return whole if len(whole[1]) < len(payload) else (kind, payload)
     if kind == CHANGED_WORDS:
         return kind, encode_changed_words(original, protected, dtype)
-    if kind == RESIDUAL_JLS:
-        payload = _encode_residual_jls(original, protected, dtype, width)
-        if payload is not None and _apply_residual_jls(protected, payload, dtype) == original:
-            return kind, payload
-        kind = RESIDUAL_ZSTD  # not an image JPEG-LS takes, or the codec did not give it back exactly
     if kind == RESIDUAL_ZSTD:
-        return kind, encode_residual(original, protected, dtype)
+        return kind, encode_residual(original, protected, dtype, stride)
     raise ValueError(f"unknown pixel payload kind {kind!r}")
 
 
@@ -104,11 +104,9 @@ def _unzstd(payload: bytes, size: int | None) -> bytes:
 
 
 def apply_payload(kind: str, protected: bytes, payload: bytes, dtype: np.dtype) -> bytes:
-    """The original Pixel Data from the protected one and a payload of `kind`."""
+    """The original Pixel Data from the protected one and a payload of `kind` (ORIGINAL kinds: apply_original)."""
     if kind == CHANGED_WORDS:
         return apply_changed_words(protected, payload, dtype)
-    if kind == RESIDUAL_JLS:
-        return _apply_residual_jls(protected, payload, dtype)
     if kind == RESIDUAL_ZSTD:
         return apply_residual(protected, payload, dtype)
     raise RecordCorruptError(f"unknown pixel payload kind {kind!r}")
@@ -149,12 +147,10 @@ def apply_changed_words(protected: bytes, payload: bytes, dtype: np.dtype) -> by
 
 
 # ---- RESIDUAL_ZSTD ---------------------------------------------------------------------------------
-# The original minus the protected words (wrapping word arithmetic), zigzag-mapped so that small differences of
-# either sign have zero high bytes, split into byte planes, zstd. Zero wherever the watermark left a word alone,
-# so its cost follows the watermark's amplitude, not how many words it touched: a cloak over the whole slice costs
-# little more than a logo. zstd at a low level: most of the work is the planes' long runs.
+# zstd content: the stride (one byte), then the words' byte planes.
 
-RESIDUAL_LEVEL = 1
+RESIDUAL_LEVEL = 1  # the planes' long zero runs are most of the gain; higher levels cost 3x for 7 % (CT, fast)
+MAX_STRIDE = 4  # samples per pixel of any image protect accepts
 
 
 def _zigzag(d: np.ndarray) -> np.ndarray:
@@ -166,59 +162,31 @@ def _unzigzag(z: np.ndarray) -> np.ndarray:
     return (z >> 1) ^ (np.zeros_like(z) - (z & 1))
 
 
-def encode_residual(original: bytes, protected: bytes, dtype: np.dtype, level: int = RESIDUAL_LEVEL) -> bytes:
+def encode_residual(original: bytes, protected: bytes, dtype: np.dtype, stride: int = 1,
+                    level: int = RESIDUAL_LEVEL) -> bytes:
     import zstandard  # imported when used: strip of an older record needs none of the codecs
 
     if len(original) != len(protected):
         raise ValueError("residual payload needs equal Pixel Data lengths")
+    if not 1 <= stride <= MAX_STRIDE:
+        raise ValueError(f"stride {stride} outside 1..{MAX_STRIDE}")
     d = np.frombuffer(original, dtype) - np.frombuffer(protected, dtype)  # wraps: words are modular
-    planes = _zigzag(d).view(np.uint8).reshape(-1, dtype.itemsize).T
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(planes.tobytes())
+    e = d.copy()
+    e[stride:] -= d[:-stride]  # the previous sample of the same channel predicts this one
+    planes = _zigzag(e).view(np.uint8).reshape(-1, dtype.itemsize).T
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(bytes([stride]) + planes.tobytes())
 
 
 def apply_residual(protected: bytes, payload: bytes, dtype: np.dtype) -> bytes:
     if len(protected) % dtype.itemsize:
         raise IntegrityError("Pixel Data length does not fit the record's word type")
-    data = _unzstd(payload, len(protected))
-    z = np.frombuffer(data, np.uint8).reshape(dtype.itemsize, -1).T.copy().view(dtype).ravel()
-    return (np.frombuffer(protected, dtype) + _unzigzag(z)).tobytes()
-
-
-# ---- RESIDUAL_JLS ----------------------------------------------------------------------------------
-
-def _half(dtype: np.dtype):
-    return dtype.type(1 << (8 * dtype.itemsize - 1))
-
-
-def _encode_residual_jls(original: bytes, protected: bytes, dtype: np.dtype, width: int) -> bytes | None:
-    """The payload, or None where JPEG-LS cannot hold the words (over 16 bits, not rows of `width`)."""
-    import jpeg_ls
-
-    if len(original) != len(protected):
-        raise ValueError("residual payload needs equal Pixel Data lengths")
-    count = len(original) // dtype.itemsize
-    if dtype.itemsize > 2 or width <= 0 or count % width or not 0 < width <= JLS_MAX_SIDE \
-            or not 0 < count // width <= JLS_MAX_SIDE:
-        return None
-    d = np.frombuffer(original, dtype) - np.frombuffer(protected, dtype) + _half(dtype)  # wraps: modular words
-    try:
-        return bytes(jpeg_ls.encode_array(d.reshape(count // width, width)))
-    except Exception:  # noqa: BLE001 - whatever CharLS refuses goes to RESIDUAL_ZSTD
-        return None
-
-
-def _apply_residual_jls(protected: bytes, payload: bytes, dtype: np.dtype) -> bytes:
-    import jpeg_ls
-
-    if len(protected) % dtype.itemsize:
-        raise IntegrityError("Pixel Data length does not fit the record's word type")
-    try:
-        data, info = jpeg_ls.decode_buffer(payload)
-    except Exception:  # noqa: BLE001 - CharLS raises RuntimeError/ValueError on a bad stream
-        raise RecordCorruptError("pixel payload does not decode (JPEG-LS)") from None
-    sample = np.dtype("<u1" if int(info.get("bits_per_sample", 16)) <= 8 else "<u2")  # CharLS fits the values
-    if len(data) != len(protected) // dtype.itemsize * sample.itemsize or info.get("components", 1) != 1 \
-            or sample.itemsize > dtype.itemsize:
-        raise IntegrityError("Pixel Data length differs from the protected object's")
-    d = np.frombuffer(data, sample).astype(dtype)
-    return (np.frombuffer(protected, dtype) + d - _half(dtype)).tobytes()
+    data = _unzstd(payload, len(protected) + 1)
+    stride = data[0]
+    if not 1 <= stride <= MAX_STRIDE:
+        raise RecordCorruptError("residual payload has no valid stride")
+    e = _unzigzag(np.frombuffer(data, np.uint8, offset=1).reshape(dtype.itemsize, -1).T.copy().view(dtype).ravel())
+    n = len(e)
+    pad = -n % stride
+    columns = np.concatenate([e, np.zeros(pad, dtype)]).reshape(-1, stride)
+    d = np.cumsum(columns, axis=0, dtype=dtype).ravel()[:n]  # undoes the prediction, wrapping like the words
+    return (np.frombuffer(protected, dtype) + d).tobytes()

@@ -14,8 +14,8 @@ The decrypted content is a DICOM dataset, Explicit VR Little Endian:
   private block "MIADMARK RECORD 1.0" in group 0011:
     (0011,xx01) UT  JSON: engine version, profile, per-frame watermark parameters
     (0011,xx02) CS  pixel payload kind (miadmark.pixel_payload), the payload's format version: for a native
-                    original RESIDUAL_JLS (original minus protected words, JPEG-LS lossless), RESIDUAL_ZSTD
-                    (the same, zstd) or CHANGED_WORDS (mask of the changed words and their original values,
+                    original RESIDUAL_ZSTD (original minus protected words, predicted, zstd; or ORIGINAL_ZSTD where
+                    smaller) or CHANGED_WORDS (mask of the changed words and their original values,
                     LZMA); for an encapsulated original ORIGINAL_ZSTD or ORIGINAL (its Pixel Data bytes, zstd
                     or LZMA). Every kind stays readable: strip decodes records of any of them.
     (0011,xx03) OB  pixel payload (padded to even length; each codec stops at its stream's end)
