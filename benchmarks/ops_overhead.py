@@ -16,8 +16,8 @@ from pathlib import Path
 from unittest import mock
 
 from dicom_node.monitoring.server import MonitoringServer  # registers the metrics hook on the audit writer
+from dicomnet.queue import NewJob, Queue
 from miadmark import audit
-from dicom_node.workqueue import NewJob, Queue
 from miadmark.machine import describe
 
 

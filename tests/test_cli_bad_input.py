@@ -198,3 +198,21 @@ def test_folder_with_hostile_files_fails_only_those(tmp_path, keys):
         assert reason in next(line for line in errors if line.startswith(f"{path}:"))
     assert bad_inputs.SECRET.decode() not in proc.stderr + proc.stdout
     assert "100%" in proc.stderr  # --progress: the bar, on stderr, even though stderr is not a terminal
+
+
+def test_corrupted_sop_class_vr_fails_alone_beside_good_slices(tmp_path, keys, capsys):
+    """Issue 22 item 5: the header read that decides SEG / RTSTRUCT is guarded like the pixel path."""
+    from bad_inputs import CT, bad_vr_sop_class
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for slice_ in CT[1:3]:
+        shutil.copy(slice_, folder / slice_.name)
+    bad_vr_sop_class(folder / "bad-vr.dcm")
+    rc = _protect(keys, [folder], tmp_path / "out")
+    errors, _ = _errors(capsys)
+    assert rc != 0
+    failed = [line for line in errors if "bad-vr.dcm" in line]
+    assert len(failed) == 1 and "SOPClassUID (0008,0016)" in failed[0], errors
+    written = sorted(p.name for p in (tmp_path / "out").rglob("*.dcm"))
+    assert written == sorted(s.name for s in CT[1:3])
