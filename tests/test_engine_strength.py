@@ -127,7 +127,7 @@ def test_profile_specs_carry_the_strength_through_the_ways_out():
     assert profile_spec("auto", "strong") == "auto:strong" and profile_spec(None, None) is None
     assert split_spec(":discreet") == (None, "discreet") and split_spec("cloak") == ("cloak", None)
     assert resolve_profile("auto:strong", "cpu") == "fast:strong"
-    assert resolve_profile(":strong", "cpu") == "cloak:strong"
+    assert resolve_profile(":strong", "cpu") == "fast:strong"  # the default profile is auto
     eng = get_engine("cloak:strong", "cpu")
     assert (eng.name, eng.profile.strength) == ("cloak", "strong")
     with pytest.raises(ValueError, match="unknown strength"):
@@ -139,7 +139,8 @@ def test_the_ways_out_get_the_rule_strength_through_loaded_engines():
 
     loaded.forget()
     eng = loaded.engine(":strong", "cpu")  # a rule with strength and no profile (the gateway, plugin, release)
-    assert (eng.name, eng.profile.strength) == ("cloak", "strong")
+    assert (eng.name, eng.profile.strength) == ("fast", "strong")  # the default, auto, on a CPU
+    assert loaded.engine("cloak:strong", "cpu").profile.strength == "strong"
     assert loaded.engine("auto:discreet", "cpu").profile.strength == "discreet"
     assert loaded.engine(None, "cpu").profile.strength is None  # the default level
     loaded.forget()
