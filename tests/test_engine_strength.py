@@ -5,6 +5,8 @@ and protect -> strip bit for bit on a real CT slice and an RGB file at standard 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pydicom
 import pytest
 import torch
@@ -235,3 +237,26 @@ def test_cli_protect_takes_strength(tmp_path, site_keys):
     assert rc == 0
     out = read_dicom(next((tmp_path / "out").rglob("*.dcm")))
     assert open_record(out, [site_keys["research"]]).params["strength"] == "discreet"
+
+
+def test_spread_generator_training_steps_keep_the_level_budget():
+    from miadmark.engine.ensemble import Ensemble
+    from miadmark.engine.options import SpreadOptions
+    from miadmark.engine.train_spread import generated, mark_bank, train_spread
+    from miadmark.surrogates import DEFAULT_SURROGATES
+
+    ens = Ensemble.get(list(DEFAULT_SURROGATES), torch.device("cpu"))
+    xs = head(8, 1, ens.size)
+    ys = torch.arange(8) % len(ens.classes)
+    net, run, (budget, opts) = train_spread(ens, xs, ys, "strong", steps=2, batch=4, bank=8, progress=False)
+    assert run["steps_done"] == 2 and budget.alpha_cap == C.LEVELS["strong"].alpha_cap and opts == SpreadOptions()
+    strokes, support = mark_bank(4, ens.size, budget, opts, seed=3)
+    with torch.no_grad():
+        out = generated(net, xs[:4], strokes, support, budget, opts)
+    none = torch.zeros(4, ens.size, ens.size, dtype=torch.bool)
+    # at S the mark's pixels are max-pooled from 224 px (wider); coverage is checked at full resolution
+    at_s = replace(budget, max_area_fraction=1.0)
+    assert C.violations_mark(xs[:4], out, none, support[:, 0] > 0, at_s, tol=1e-6) == []
+    with pytest.raises(ValueError, match="not a spread level"):
+        from miadmark.engine.train_spread import make_spread_generator
+        make_spread_generator("../shared/data/brain_mri", None, "/nonexistent.pt", "discreet")
