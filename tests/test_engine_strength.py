@@ -260,3 +260,23 @@ def test_spread_generator_training_steps_keep_the_level_budget():
     with pytest.raises(ValueError, match="not a spread level"):
         from miadmark.engine.train_spread import make_spread_generator
         make_spread_generator("../shared/data/brain_mri", None, "/nonexistent.pt", "discreet")
+
+
+def test_a_rule_strength_reaches_the_record_through_the_one_export_step(tmp_path, site_keys):
+    """The gateway, the Orthanc plugin and the release all protect through miadmark.export with the rule's
+    Decision: the rule's strength is what the record says was used."""
+    from miadmark.export import Protected, export_one
+
+    key, cert = site_keys["hospital_paths"]
+    text = (f"identity: {{key: {key}, cert: {cert}}}\n"
+            "destinations:\n  research: {ae_title: R, host: localhost, port: 104}\nrules:\n"
+            f"  - {{action: protect, send_to: [research], recipients: [{site_keys['research_paths'][1]}], "
+            "strength: strong}\n")
+    decision = decide(parse_config(text, base=tmp_path), None, destination="research")
+    out = export_one(read_dicom(get_testdata_file("MR_small.dcm")), decision, destination="research",
+                     signer=site_keys["hospital"], device="cpu")
+    assert isinstance(out, Protected)
+    params = open_record(out.dataset, [site_keys["research"]]).params
+    assert params["strength"] == "strong" and params["profile"] == "fast"  # auto on a CPU
+    frame = params["frames"][0]
+    assert frame["design"] == "spread" and frame["alpha_cap"] == C.LEVELS["strong"].alpha_cap
