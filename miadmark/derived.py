@@ -33,11 +33,12 @@ def image_type_values(ds: Dataset) -> list[str]:
 
 
 def mark_derived(prot: Dataset, original: Dataset) -> None:
-    """Image Type Value 1 DERIVED (the rest kept), and the ORIGINAL-only attributes dropped."""
-    values = image_type_values(original) or ["DERIVED", "SECONDARY"]
+    """Image Type Value 1 DERIVED (the rest kept; Value 2 SECONDARY where the original has none, as
+    Image Type needs two values), and the ORIGINAL-only attributes dropped."""
+    values = image_type_values(original) or ["DERIVED"]
     was_original = values[0].strip().upper() in ("ORIGINAL", "MIXED")
     values[0] = "DERIVED"
-    prot.ImageType = values if len(values) > 1 else values[0]
+    prot.ImageType = values if len(values) > 1 else values + ["SECONDARY"]
     if was_original and str(original.get("SOPClassUID", "")) in ENHANCED_MR:
         for keyword in ORIGINAL_ONLY:
             if keyword in prot:
