@@ -10,6 +10,7 @@ de-identification and shifted dates.
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -141,3 +142,26 @@ def test_protected_stripped_and_deidentified_add_no_error(folder: str, site_keys
                 assert stripped == data, f"{path.name}: strip of {name} is not the original"
                 found[f"{path.name} stripped {name}"] = new_errors(data, stripped, tmp_path)
     assert {name: errors for name, errors in found.items() if errors} == {}
+
+
+def test_the_protected_image_type_is_derived_and_valid():
+    """Image Type Value 1 DERIVED with the VM Image Type needs; ORIGINAL-only attributes leave an enhanced
+    MR (dciodvfy: "present when condition unsatisfied") and stay on a classic MR (Type 2 there)."""
+    from pydicom.dataset import Dataset
+
+    from miadmark.derived import ORIGINAL_ONLY, mark_derived
+
+    one = Dataset()
+    one.ImageType = "DERIVED"  # one value, as the NM test file has it: was split into letters
+    out = Dataset()
+    mark_derived(out, one)
+    assert list(out.ImageType) == ["DERIVED", "SECONDARY"]
+    for sop_class, kept in (("1.2.840.10008.5.1.4.1.1.4.1", False), ("1.2.840.10008.5.1.4.1.1.4", True)):
+        mr = Dataset()
+        mr.SOPClassUID, mr.ImageType = sop_class, ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        mr.MRAcquisitionType, mr.EchoPulseSequence, mr.BulkMotionCompensationTechnique = "3D", "SPIN", "NONE"
+        out = copy.deepcopy(mr)
+        mark_derived(out, mr)
+        assert list(out.ImageType) == ["DERIVED", "PRIMARY", "M", "NONE"]
+        assert ("MRAcquisitionType" in out) == kept and ("EchoPulseSequence" in out) == kept
+        assert "MRAcquisitionType" in ORIGINAL_ONLY
