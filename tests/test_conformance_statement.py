@@ -184,6 +184,11 @@ def test_every_sop_class_row_is_accepted_by_both_nodes(nodes):
                 assert assoc.send_c_echo().Status == 0x0000
         finally:
             assoc.release()
+        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):  # Verification in both, as stated
+            assert "Verification is accepted in\nExplicit and Implicit VR Little Endian" in DOC.read_text()
+            assoc = associate(port, [(Verification, [syntax])])
+            assert [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts] == [syntax], (node, syntax)
+            assoc.release()
 
 
 def test_all_storage_sop_classes_the_statement_counts_are_accepted(nodes):
