@@ -2,7 +2,7 @@
 
 Baselines in the same process: an audit write with counting switched off (the hook replaced by a
 no-op), and GET /health on the same server (no queue read beyond one write-lock probe).
-Run: .venv/bin/python benchmarks/ops_overhead.py [--records 20000] [--queue 20000]
+Run: .venv/bin/python benchmarks/ops_overhead.py [--records 20000] [--queue 20000] [--tiny]
 """
 
 from __future__ import annotations
@@ -52,11 +52,14 @@ def get_seconds(url: str, n: int = 30) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=20000)
     ap.add_argument("--queue", type=int, default=20000, help="instances queued (two destinations each)")
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="200 records, 200 queued (tests)")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.records, args.queue = 200, 200
     print(describe())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
