@@ -16,6 +16,7 @@ import pytest
 from waiting import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 PORTS = (11112, 11113, 9100, 9101, 8042, 8043, 4242)
 needs_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("echoscu") is None,
                                  reason="dcmtk not installed (Debian package dcmtk)")
@@ -94,3 +95,23 @@ def test_gateway_guide_top_to_bottom(tmp_path):
     assert "10 same, 0 differ, 0 missing" in out, out[-4000:]
     assert re.search(r'miadmark_instances_protected_total\{destination="research",profile="fast"\} 10', out), \
         out[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("Orthanc") is None or not PYTHON_PLUGIN.exists(),
+                    reason="Orthanc with its Python plugin not installed (bash .ci/install-orthanc.sh)")
+def test_orthanc_guide_top_to_bottom(tmp_path):
+    out = follow("docs/orthanc.md", tmp_path, timeout=600)
+    assert "study ID: " in out and "3 same, 0 differ, 0 missing" in out, out[-4000:]
+
+
+def test_readme_is_short_and_its_links_and_the_guides_links_resolve():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) < 200
+    assert ".venv/bin/pytest" in readme and "`.ci/run` does all of it" in readme
+    broken = []
+    for page in [REPO / "README.md", *(REPO / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not target.startswith("http") and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert not broken, broken
