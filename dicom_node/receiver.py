@@ -65,7 +65,8 @@ class Receiver:
                     (evt.EVT_ABORTED, self._assoc_done)]
         try:
             self._server = start_listener(self.ae, self.bind, self.port, handlers,
-                                          max_connections=self.rx.max_associations, tls=server_context(self.rx.tls))
+                                          max_connections=self.rx.max_associations, tls=server_context(self.rx.tls),
+                                          on_rejected=self._rejected)
         except OSError as exc:
             raise OSError(exc.errno, f"DICOM port {self.bind}:{self.port}: {exc.strerror}") from None
         self.port = self._server.server_address[1]
@@ -134,3 +135,6 @@ class Receiver:
 
     def _assoc_done(self, event) -> None:
         self.tally.flush(event.assoc)
+
+    def _rejected(self, calling: str, peer: str, reason: str) -> None:
+        self.audit.write("association_rejected", node="receiver", calling_ae=calling, peer=peer, reason=reason)
