@@ -30,7 +30,15 @@ def c_store_outcome(status) -> Outcome:
     code = getattr(status, "Status", None)
     if code is None:
         return Outcome(False, "no response (association aborted or timed out)")
-    return status_outcome(int(code))
+    out = status_outcome(int(code))
+    comment = peer_comment(getattr(status, "ErrorComment", None)) if not out.ok else ""
+    return Outcome(out.ok, f"{out.error}: {comment}", out.permanent) if comment else out
+
+
+def peer_comment(value) -> str:
+    """The peer's Error Comment (LO, 64 characters) fit for a log line and the dead letter, or ""."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value or "").strip())
+    return text[:64]
 
 
 def status_outcome(code: int) -> Outcome:
