@@ -26,7 +26,13 @@ MAX_CONTEXTS = 128  # presentation contexts one association may propose (PS3.8 9
 
 
 class Unreachable(Exception):
-    """The peer could not be reached at all (no association, HTTP 5xx, ...): nothing was delivered."""
+    """The peer could not be reached at all (no association, HTTP 5xx, ...): nothing was delivered.
+    association_refused: the peer took the connection but rejected the association or never answered it
+    (a peer that takes one association at a time does this to a second one)."""
+
+    def __init__(self, message: str, *, association_refused: bool = False):
+        super().__init__(message)
+        self.association_refused = association_refused
 
 
 def set_nodelay(event) -> None:
@@ -71,8 +77,9 @@ def open_association(ae: AE, host: str, port: int, called_ae: str, *, max_pdu: i
     except (OSError, ValueError) as exc:
         raise Unreachable(f"association to {called_ae}@{host}:{port}: {type(exc).__name__}") from None
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else connect_failure(host, port) or "aborted"
-        raise Unreachable(f"association to {called_ae}@{host}:{port} {why}")
+        why = "rejected" if assoc.is_rejected else connect_failure(host, port)
+        raise Unreachable(f"association to {called_ae}@{host}:{port} {why or 'aborted or timed out'}",
+                          association_refused=why is None or assoc.is_rejected)
     return assoc
 
 
