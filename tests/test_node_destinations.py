@@ -178,3 +178,16 @@ def test_ct_series_benchmark_tiny_run(tmp_path):
 
 def test_96_ct_slices_reach_the_research_node_with_no_timeout_no_retry_each_protected_once(tmp_path):
     assert_delivered_once(ct_series(tmp_path, 96), 96)
+
+
+def test_forwarder_rss_benchmark_tiny_run(tmp_path):
+    """benchmarks/forwarder_rss.py (2,000 instances by default): a tiny run samples the forwarding child."""
+    out = tmp_path / "rss.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "forwarder_rss.py"), "--count", "24",
+                           "--route", "pass", "--chunk", "12", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["delivered"] == 24 and result["send_errors"] == []
+    assert result["samples"][-1][0] == 24 and all(rss > 0 for _, rss in result["samples"])
+    assert result["growth_after_quarter_mb"] == round(result["rss_end_mb"] - result["rss_quarter_mb"], 1)
