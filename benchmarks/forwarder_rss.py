@@ -80,38 +80,42 @@ def run(count: int, route: str, profile: str | None, chunk: int, timeout_s: floa
     try:
         site.start()
         fwd = forwarding_pid(site.procs["gateway"].pid)
-        samples.append((0, round(rss_mb(fwd), 1)))
         called = "RESEARCH" if route == "protect" else "ARCHIVE"
         errors: list[str] = []
 
         def send_all():
-            try:
-                for i in range(0, count, chunk):
-                    statuses = send_files("127.0.0.1", site.gw_port, plan[i:i + chunk], called_ae=called,
-                                          calling_ae="PACS")
-                    if any(s != 0 for s in statuses):
-                        errors.append(f"chunk {i}: {statuses}")
-            except Exception as exc:  # noqa: BLE001 - reported
-                errors.append(repr(exc))
+            for i in range(0, count, chunk):
+                todo = plan[i:i + chunk]
+                for _ in range(5):  # as a PACS does: what was not acknowledged is sent again
+                    try:
+                        statuses = send_files("127.0.0.1", site.gw_port, todo, called_ae=called, calling_ae="PACS")
+                    except Exception as exc:  # noqa: BLE001 - reported, retried
+                        errors.append(f"chunk {i}: {exc!r}")
+                        continue
+                    todo = [f for f, st in zip(todo, statuses) if st != 0] + todo[len(statuses):]
+                    if not todo:
+                        break
+                    errors.append(f"chunk {i}: {len(todo)} not acknowledged")
         sender = threading.Thread(target=send_all, daemon=True)
         began = time.monotonic()
         sender.start()
         step = max(1, count // 20)
         while time.monotonic() - began < timeout_s:
             done = delivered(audit)
-            if done >= samples[-1][0] + step or done >= count:
+            if done and (not samples or done >= samples[-1][0] + step or done >= count):
                 samples.append((done, round(rss_mb(fwd), 1)))
             if done >= count:
                 break
             time.sleep(0.2)
         seconds = time.monotonic() - began
         sender.join(60)
+        samples = samples or [(0, round(rss_mb(fwd), 1))]
         quarter = next((rss for n, rss in samples if n >= count // 4), samples[-1][1])
         return {
             "command": "python benchmarks/forwarder_rss.py " + " ".join(sys.argv[1:]),
             "machine": describe(), "route": route, "profile": profile or "(default)", "count": count,
-            "delivered": delivered(audit), "seconds": round(seconds, 1), "send_errors": errors,
-            "rss_start_mb": samples[0][1], "rss_quarter_mb": quarter, "rss_end_mb": samples[-1][1],
+            "delivered": delivered(audit), "seconds": round(seconds, 1), "send_retries": errors,
+            "rss_first_delivery_mb": samples[0][1], "rss_quarter_mb": quarter, "rss_end_mb": samples[-1][1],
             "growth_after_quarter_mb": round(samples[-1][1] - quarter, 1),
             "samples": samples, "work": str(work) if keep else None,
         }

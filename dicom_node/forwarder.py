@@ -25,14 +25,17 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomnet.dimse import Unreachable
 from dicomnet.outcome import Outcome
+from miadmark.audit import export_fields, recipient_names
+from miadmark.engine import resolve_profile
+from miadmark.export import FORWARDED_DEIDENTIFIED, FORWARDED_UNCHANGED
 from miadmark.rules import PROTECT, decide
 
-from .lesions import FORWARDED_DEIDENTIFIED, FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
+from .lesions import is_lesion_source_job, study_lesions
 from .monitoring.backlog import backlogs
-from .monitoring.metrics import observe_protect
+from dicomnet.metrics import observe_protect
 from .protection import NotProtected, Protected, file_identity
 from .transports import TRANSPORTS
-from .workqueue import DeidOptions, Job, backoff_delay
+from dicomnet.queue import DeidOptions, Job, backoff_delay
 
 log = logging.getLogger("dicom_node.forward")
 
@@ -47,11 +50,37 @@ class Outgoing:
     note: dict = field(default_factory=dict)  # extra fields of its "sent" audit line
 
 
+def _lesion_note(deid: DeidOptions) -> str:
+    """How a lesion source goes when its copy was made earlier (miadmark.export.Forwarded.note)."""
+    return FORWARDED_DEIDENTIFIED if deid.deidentify else FORWARDED_UNCHANGED
+
+
 def outgoing_pair(job: Job) -> tuple[str, str]:
     """The (SOP class, transfer syntax) a job will go out in: as received, or protected (Explicit VR LE)."""
     if job.action == "pass" or is_lesion_source_job(job):
         return job.sop_class, job.transfer_syntax
     return job.sop_class, ExplicitVRLittleEndian
+
+
+def trim_heap() -> None:
+    """Give the heap's free memory back to the OS (glibc malloc_trim). A protection round allocates a few
+    hundred MB of short-lived arrays in a worker thread; glibc keeps them in that thread's arena, so
+    without this the forwarder's resident size stays at its largest round and drifts up between arenas."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only (musl, macOS: not there)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc()
 
 
 # ---------------------------------------------------------------------------------------- forwarder
@@ -92,6 +121,7 @@ class Forwarder(threading.Thread):
         self._failures = 0
         self._studies: dict[str, StudyTally] = {}
         self._reported_unusable: set[str] = set()  # lesion sources already audited as giving no mask
+        self._made_notes: dict[int, dict] = {}  # job id -> its "sent" audit fields, for a copy made but not yet sent
         self._slot_free = threading.Condition(self._lock)
         self._open = 0  # links (associations) open or opening to this destination
         self._limit: int | None = None  # lowered from destinations.X.associations by a peer that takes fewer
@@ -264,13 +294,14 @@ class Forwarder(threading.Thread):
         return outgoing, len(ready) < len(free)
 
     def _ready(self, job: Job) -> bool:
-        """Sendable without protecting: passed, a lesion source going unchanged, or its copy already made."""
+        """Sendable without protecting: passed, or made by the export step (its copy, or a lesion source
+        it let go unchanged)."""
         if job.action == "pass":
             return True
         if job.deid is None:
             return False
-        if is_lesion_source_job(job) and job.deid.deidentify is None:
-            return True
+        if is_lesion_source_job(job) and job.deid.deidentify is None:  # no copy: the export step passed it here
+            return job.id in self._made_notes
         return self._copy_path(job, job.deid).exists()
 
     def _hand_over(self, mine: set[int], ids: list[int]) -> None:
@@ -353,10 +384,10 @@ class Forwarder(threading.Thread):
                     log.warning("%s: %s not accepted (%s); will retry", self.destination, o.job.sop_uid, res.error)
 
     def prepare(self, jobs: list[Job]) -> list[Outgoing]:
-        """Originals for pass, protected copies for protect; what cannot be protected is quarantined.
-        A SEG / RTSTRUCT on a protect route is not watermarked: forwarded unchanged, or de-identified when
-        the route de-identifies; its masks keep the watermark off the lesions of its study's images (see
-        dicom_node.lesions for the ordering limit)."""
+        """Originals for pass; for protect, what the core's export step makes of each (miadmark.export):
+        a protected copy, or a SEG / RTSTRUCT forwarded unchanged or de-identified with its study's mapping
+        (its masks keep the watermark off the lesions of its study's images: see dicom_node.lesions for the
+        ordering limit). What is refused is quarantined (or retried, when transient)."""
         gw = self.gateway
         out: list[Outgoing] = []
         groups: dict[tuple, list[Job]] = {}
@@ -375,45 +406,58 @@ class Forwarder(threading.Thread):
                 self._quarantine(job, deid)
             elif (made := self._made_copy(job, deid)) is not None:
                 out.append(made)
-            elif is_lesion_source_job(job):
-                self._lesion_source(job, path, deid, out)
-            elif poison := self._poison(job):
+            elif not is_lesion_source_job(job) and (poison := self._poison(job)):
                 self._quarantine(job, poison)
             else:
                 groups.setdefault((job.recipients, job.profile, deid), []).append(job)
-        masks = {}
         if groups:
-            protect_jobs = [j for group in groups.values() for j in group]
-            lesions = study_lesions(gw.spool, gw.queue, {j.study_uid for j in protect_jobs},
-                                    [gw.spool.path(j.file) for j in protect_jobs])
-            self._report_unusable(lesions.unusable)
-            masks = lesions.masks
+            self._protect_groups(groups, out)
+        out.sort(key=lambda o: o.job.id)
+        return out
+
+    def _protect_groups(self, groups: dict, out: list[Outgoing]) -> None:
+        gw = self.gateway
+        lesions = study_lesions(gw.spool, gw.queue, {j.study_uid for group in groups.values() for j in group})
         for (recipients, profile, deid), group in groups.items():
             items = [(gw.spool.path(j.file), self._copy_path(j, deid)) for j in group]
             started = time.monotonic()
-            results = gw.protector.protect(items, recipients, profile, masks, destination=self.destination,
+            results = gw.protector.protect(items, recipients, profile, lesions, destination=self.destination,
                                            deid=deid)
-            made = sum(isinstance(r, Protected) and r.lesion_masked is not None for r in results)  # not reused
-            observe_protect(profile, time.monotonic() - started, made, gw.config.gateway.device)
+            made = sum(isinstance(r, Protected) and not r.note and r.lesion_masked is not None  # not reused
+                       for r in results)
+            observe_protect(resolve_profile(profile, gw.config.gateway.device), time.monotonic() - started, made,
+                            gw.config.gateway.device)
             for job, res in zip(group, results):
-                if isinstance(res, Protected):
-                    note = {} if res.lesion_masked is None else {"lesion_mask": res.lesion_masked}
-                    out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax, note))
-                elif res.transient:  # out of disk, memory, file handles: retried, never quarantined
-                    self._retry_later(job, res.reason)
+                if isinstance(res, NotProtected):
+                    if res.transient:  # out of disk, memory, file handles: retried, never quarantined
+                        self._retry_later(job, res.reason)
+                    else:
+                        self._quarantine(job, res.reason)
+                    continue
+                note = res.note or (_lesion_note(deid) if is_lesion_source_job(job) else None)
+                if note:
+                    self._late_lesion_source(job)
+                    extra = {"note": note}
                 else:
-                    self._quarantine(job, res.reason)
-        out.sort(key=lambda o: o.job.id)
-        return out
+                    extra = {} if res.lesion_masked is None else {"lesion_mask": res.lesion_masked}
+                self._made_notes[job.id] = extra  # kept for whichever round sends it (_made_copy)
+                out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax, extra))
+        self._report_unusable(lesions.unusable)
+        trim_heap()  # the round's arrays are garbage now
 
     def _made_copy(self, job: Job, deid: DeidOptions) -> Outgoing | None:
         """The copy made for this job by an earlier round (a retry, a crash), sent as it is: never
         protected twice, and not behind the protector's lock (an open association may be waiting)."""
-        if is_lesion_source_job(job) and deid.deidentify is None:
-            return None  # goes as received: no copy
-        path = self._copy_path(job, deid)
+        note = self._made_notes.get(job.id)
+        if is_lesion_source_job(job) and deid.deidentify is None:  # goes as received once the export step said so
+            if note is None:
+                return None
+            path = self.gateway.spool.path(job.file)
+        else:
+            path = self._copy_path(job, deid)
+        note = note or ({"note": _lesion_note(deid)} if is_lesion_source_job(job) else {})
         try:
-            return Outgoing(job, path, *file_identity(path))
+            return Outgoing(job, path, *file_identity(path), note)
         except Exception:  # noqa: BLE001 - none, or damaged: made (again) by the protector
             return None
 
@@ -448,23 +492,8 @@ class Forwarder(threading.Thread):
                     f"for {self.destination}: not sent")
         return DeidOptions.of(decision)
 
-    def _lesion_source(self, job: Job, path: Path, deid: DeidOptions, out: list[Outgoing]) -> None:
-        """A SEG / RTSTRUCT on a protect route carries no image to watermark: it goes as received, or
-        de-identified with its study's mapping when the route de-identifies (never with the identity the
-        route removes). Images of its study sent before it arrived could not avoid its lesions: say so."""
-        if deid.deidentify is None:
-            res: Protected | NotProtected = Protected(path, job.sop_uid, job.sop_class, job.transfer_syntax)
-            note = FORWARDED_UNCHANGED
-        else:
-            res = self.gateway.protector.deidentify_source(path, self._copy_path(job, deid), job.recipients,
-                                                           destination=self.destination, deid=deid)
-            note = FORWARDED_DEIDENTIFIED
-        if isinstance(res, NotProtected):
-            if res.transient:
-                self._retry_later(job, res.reason)
-            else:
-                self._quarantine(job, res.reason)
-            return
+    def _late_lesion_source(self, job: Job) -> None:
+        """Images of its study sent before this lesion source arrived could not avoid its lesions: say so."""
         late = self.gateway.queue.images_sent_before(job.id)
         if late:
             self.gateway.audit.write("lesion_source_late", **self._audit_fields(job), images_already_sent=late,
@@ -472,7 +501,6 @@ class Forwarder(threading.Thread):
                                             "their watermark could not avoid its lesions")
             log.warning("%s: lesion source %s of study %s arrived after %d image(s) of the study were sent "
                         "protected without its mask", self.destination, job.sop_uid, job.study_uid, late)
-        out.append(Outgoing(job, res.path, res.sop_uid, res.sop_class, res.transfer_syntax, {"note": note}))
 
     def _report_unusable(self, unusable: list[tuple[str, str]]) -> None:
         for uid, reason in unusable:
@@ -512,6 +540,7 @@ class Forwarder(threading.Thread):
 
     def _finish(self, o: Outgoing, outcome: str, error: str = "") -> None:
         gw = self.gateway
+        self._made_notes.pop(o.job.id, None)
         fields = self._audit_fields(o.job)
         if outcome == "sent":
             gw.audit.write("sent", **fields, sent_sop_instance_uid=o.sop_uid, transfer_syntax=o.transfer_syntax,
@@ -530,14 +559,12 @@ class Forwarder(threading.Thread):
         gw.release_file(o.job.file)
 
     def _audit_fields(self, job: Job) -> dict:
-        fields = {"sop_instance_uid": job.sop_uid, "study_instance_uid": job.study_uid,
-                  "calling_ae": job.calling_ae, "called_ae": job.called_ae, "rule": job.rule,
-                  "action": job.action, "destination": self.destination}
-        if job.action == "protect":
-            fields["recipients"] = self.gateway.protector.recipient_names(job.recipients)
-            fields["profile"] = job.profile
-            fields["deidentify"] = job.deid.deidentify if job.deid is not None else None
-        return fields
+        return export_fields(sop_instance_uid=job.sop_uid, study_instance_uid=job.study_uid,
+                             destination=self.destination, action=job.action, rule=job.rule, way="gateway",
+                             calling_ae=job.calling_ae, called_ae=job.called_ae,
+                             recipients=recipient_names(job.recipients),
+                             profile=resolve_profile(job.profile, self.gateway.config.gateway.device),  # engine used
+                             deidentify=job.deid.deidentify if job.deid is not None else None)
 
     def _log_finished_studies(self) -> None:
         with self._lock:

@@ -188,6 +188,6 @@ def test_forwarder_rss_benchmark_tiny_run(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["delivered"] == 24 and result["send_errors"] == []
+    assert result["delivered"] == 24 and result["send_retries"] == []
     assert result["samples"][-1][0] == 24 and all(rss > 0 for _, rss in result["samples"])
     assert result["growth_after_quarter_mb"] == round(result["rss_end_mb"] - result["rss_quarter_mb"], 1)

@@ -29,6 +29,18 @@ def test_version(capsys):
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"miadmark {__version__}"
 
 
+def test_every_command_help_opens_with_its_one_line_description(capsys):
+    parser = build_parser()
+    listed = [(where, sub) for where, sub in subparsers(parser) if where != "miadmark"]
+    assert any(where == "miadmark gateway" for where, _ in listed)
+    for where, sub in listed:
+        assert sub.description, f"{where} --help has no description"
+    with pytest.raises(SystemExit):
+        main(["gateway", "--help"])
+    text = capsys.readouterr().out
+    assert "Run the protecting DICOM gateway" in text.split("options:")[0], text
+
+
 def test_every_option_has_help_and_lists_its_choices():
     missing, unlisted = [], []
     for where, parser in subparsers(build_parser()):
@@ -62,7 +74,7 @@ def test_gateway_on_a_receiver_only_file_says_so(tmp_path, capsys):
     plugin_only.write_text("destinations:\n  research: {orthanc_modality: research}\n"
                            "rules:\n  - {send_to: [research], action: pass}\n")
     assert main(["gateway", "--config", str(plugin_only)]) == 2
-    assert "orthanc_* destinations are for the Orthanc plugin" in capsys.readouterr().err
+    assert "kind orthanc_modality: the gateway sends only to dimse, stow destinations" in capsys.readouterr().err
 
 
 def test_log_file_json_lines_from_both_gateway_processes(tmp_path, site_keys):
@@ -107,5 +119,5 @@ def test_demo_series_takes_extension_less_dicom_files(tmp_path, monkeypatch):
     for i, src in enumerate(CT[:2]):
         (series / f"IM{i:04d}").write_bytes(src.read_bytes())
     (series / "README").write_text("not DICOM")
-    from miadmark.commands import demo
+    from dicom_node.commands import demo
     assert [p.name for p in demo.series_files(series, 8)] == ["IM0000", "IM0001"]

@@ -56,7 +56,7 @@ class FastEngine(AdversarialEngine):
             boxes_low = [[L.ys, L.xs, L.ys + L.hs, L.xs + L.ws] for L in lays]
             box_low = C.box_mask(n, ens.size, ens.size, boxes_low, self.device)[:, None].float()
             alpha, texture, cloak = watermark_maps(net, ens.prep(images), box_low, budget, a_min, s_min)
-            cmask = C.perceptual_mask(images, les | C.box_mask(n, h, w, boxes, self.device), budget)
+            cmask = C.perceptual_mask(images, les | C.box_mask(n, h, w, boxes, self.device), budget, size=ens.size)
             shape, _, logo_id = self.logo_low(lays[0].bh, lays[0].bw, lays[0].bh, lays[0].bw)
             out = compose_maps(images, les, boxes, boxes_low, shape, alpha, texture, cloak, cmask, budget)
         bad = C.violations(images, out, les, boxes, budget, tol=1e-5)
