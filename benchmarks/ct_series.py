@@ -1,14 +1,14 @@
 """A CT series from a modality to a research receiving node through the gateway, as a hospital runs it.
 
-    .venv/bin/python benchmarks/ct_series.py [--slices 96] [--profile auto] [--json out.json]
+    .venv/bin/python benchmarks/ct_series.py [--slices 96] [--profile NAME] [--json out.json]
 
 Three processes on loopback, started as services: `miadmark receive` (the research node: strips and stores),
-`miadmark gateway` (receiving process + forwarding child; the rule protects with --profile, `auto` by
-default: the generator on a CPU) and dcmtk `storescu` as the modality, sending the slices of
-../shared/data/dicom/ct_chest_lidc0314 over one association. Reports the time until the research node
-stored the last slice, and what an operator would look for: protections per instance (the gateway's
-miadmark_protect_seconds_count), failed sends and retries (audit), duplicates at the research node (a
-resend), and timeout / retry lines in either log. Judge the time on the same machine only.
+`miadmark gateway` (receiving process + forwarding child; the rule protects with no profile line, as in the
+README's config: the default `auto`, the generator on a CPU; or with --profile) and dcmtk `storescu` as the
+modality, sending the slices of ../shared/data/dicom/ct_chest_lidc0314 over one association. Reports the
+time until the research node stored the last slice, and what an operator would look for: protections per
+instance (the gateway's miadmark_protect_seconds_count), failed sends and retries (audit), duplicates at the
+research node (a resend), and timeout / retry lines in either log. Judge the time on the same machine only.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def run(slices: int, profile: str | None, device: str, timeout_s: float, keep: b
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=96)
-    ap.add_argument("--profile", default="auto", help="the rule's profile ('' for no profile line)")
+    ap.add_argument("--profile", default="", help="the rule's profile (default: no profile line)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
     ap.add_argument("--json", type=Path, help="write the result here too")

@@ -1,6 +1,6 @@
 """Steady state: the forwarding process's resident memory over many instances through the gateway.
 
-    .venv/bin/python benchmarks/forwarder_rss.py [--count 2000] [--route protect] [--profile auto] [--json out]
+    .venv/bin/python benchmarks/forwarder_rss.py [--count 2000] [--route protect] [--profile NAME] [--json out]
 
 `miadmark receive` and `miadmark gateway` as services (benchmarks/ct_series.Site); this script sends the CT
 series of ../shared/data/dicom/ct_chest_lidc0314 again and again (a new receipt each time: the research node
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--route", choices=["protect", "pass"], default="protect")
-    ap.add_argument("--profile", default="auto", help="the protect rule's profile ('' for no profile line)")
+    ap.add_argument("--profile", default="", help="the protect rule's profile (default: no profile line)")
     ap.add_argument("--chunk", type=int, default=96, help="instances per sending association")
     ap.add_argument("--timeout", type=float, default=7200)
     ap.add_argument("--json", type=Path)

@@ -63,7 +63,6 @@ rules:
     send_to: [research]
     action: protect
     recipients: [{keys}/research.cert.pem]
-    profile: auto
   - action: block
 """)
     return path
@@ -173,7 +172,7 @@ def assert_delivered_once(result: dict, slices: int) -> None:
 def test_ct_series_benchmark_tiny_run(tmp_path):
     result = ct_series(tmp_path, 3)
     assert_delivered_once(result, 3)
-    assert result["seconds"] > 0 and result["profile"] == "auto" and "machine" in result["machine"]
+    assert result["seconds"] > 0 and result["profile"] == "(default)" and "machine" in result["machine"]
 
 
 def test_96_ct_slices_reach_the_research_node_with_no_timeout_no_retry_each_protected_once(tmp_path):
