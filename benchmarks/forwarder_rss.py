@@ -117,6 +117,9 @@ def run(count: int, route: str, profile: str | None, chunk: int, timeout_s: floa
             "delivered": delivered(audit), "seconds": round(seconds, 1), "send_retries": errors,
             "rss_first_delivery_mb": samples[0][1], "rss_quarter_mb": quarter, "rss_end_mb": samples[-1][1],
             "growth_after_quarter_mb": round(samples[-1][1] - quarter, 1),
+            # a sample may fall inside a protection round: compare the peaks of the two halves too
+            "peak_first_half_mb": max(rss for n, rss in samples if n <= count // 2),
+            "peak_second_half_mb": max((rss for n, rss in samples if n > count // 2), default=samples[-1][1]),
             "samples": samples, "work": str(work) if keep else None,
         }
     finally:
