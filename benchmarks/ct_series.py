@@ -17,7 +17,6 @@ import argparse
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,27 +26,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from gateway import free_port, wait_port  # noqa: E402 - benchmarks/gateway.py: services on loopback
 
 CT = REPO.parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data"
 TROUBLE = ("timeout", "timed out", "will retry", "unreachable", "association lost", "Traceback")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 def metric(port: int, name: str) -> float:
@@ -118,7 +102,7 @@ receiver:
             log = open(self.work / f"{name}.log", "wb")
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "miadmark.cli", name, "--config", "site.yaml"],
                                                 cwd=self.work, stdout=log, stderr=subprocess.STDOUT)
-            wait_port(port, self.procs[name])
+            wait_port(port, self.procs[name], timeout=120)
         return self
 
     def stop(self) -> None:
