@@ -54,6 +54,11 @@ def multiprocess() -> bool:
     return bool(os.environ.get(ENV))
 
 
+def counting_in(folder: str | Path) -> bool:
+    """Whether this process counts in the shared files under `folder`."""
+    return multiprocess() and Path(os.environ[ENV]) == Path(folder)
+
+
 def use_multiprocess(folder: str | Path) -> bool:
     """Count in shared files under `folder` (emptied: counters start at 0 with the service).
     False when this process already made its metrics in memory (then only its own are served)."""

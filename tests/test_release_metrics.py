@@ -113,7 +113,9 @@ rules:
 
 @pytest.mark.slow
 @pytest.mark.skipif(missing() is not None, reason=missing() or "")
-def test_a_release_counts_on_the_gateway_metrics_like_a_delivery(tmp_path, site_keys):
+@pytest.mark.parametrize("forward", ["process", "thread"])
+def test_a_release_counts_on_the_gateway_metrics_like_a_delivery(tmp_path, site_keys, forward):
+    """The gateway as a service, its forwarding in a child process (the default) or in threads."""
     pytest.importorskip("ray")
     pytest.importorskip("dicomweb_client")
     released, delivered = CT[:3], CT[3:4]
@@ -124,7 +126,8 @@ def test_a_release_counts_on_the_gateway_metrics_like_a_delivery(tmp_path, site_
         gw_port, gw_metrics = free_port(), free_port()
         config = _site(tmp_path, site_keys, gw_port=gw_port, gw_metrics=gw_metrics, dest=dest)
         log = open(tmp_path / "gateway.log", "wb")
-        gateway = subprocess.Popen([sys.executable, "-m", "miadmark.cli", "gateway", "--config", str(config)],
+        gateway = subprocess.Popen([sys.executable, "-m", "miadmark.cli", "gateway", "--config", str(config),
+                                    "--forward", forward],
                                    cwd=tmp_path, stdout=log, stderr=log)
         try:
             assert wait_for(lambda: get(f"http://127.0.0.1:{gw_metrics}/health")[0] == 200
