@@ -41,6 +41,7 @@ class Metrics:
     failed: object
     quarantined: object
     stripped: object
+    rejected: object
     protect_seconds: object
     engine_device: object
     registry: object  # None in multiprocess mode (the files are the registry)
@@ -140,6 +141,8 @@ def _make() -> Metrics:
                             registry=reg),
         stripped=Counter("miadmark_instances_stripped", "protected instances restored by the receiving node",
                          registry=reg),
+        rejected=Counter("miadmark_associations_rejected", "association requests rejected (calling AE not allowed...)",
+                         ("node",), registry=reg),
         protect_seconds=Histogram("miadmark_protect_seconds", "seconds to protect one instance (batch mean)",
                                   ("profile",), buckets=PROTECT_BUCKETS, registry=reg),
         engine_device=Gauge("miadmark_engine_device", "1 for the device the watermark engine runs on",
@@ -177,6 +180,8 @@ def _count(event: str, fields: dict) -> None:
         m.failed.labels(dest, profile).inc()
     elif event == "quarantined":
         m.quarantined.labels(dest, profile).inc()
+    elif event == "association_rejected":
+        m.rejected.labels(str(fields.get("node") or "")).inc()
 
 
 def observe_protect(profile: str | None, seconds: float, count: int, device: str | None = None) -> None:
