@@ -103,6 +103,10 @@ def test_in_process_counts_health_and_status_page(tmp_path, site_keys):
         assert send_files("127.0.0.1", gw.port, CT[:3], called_ae="ARCHIVE", calling_ae="PACS") == [0] * 3
         assert send_files("127.0.0.1", gw.port, CT[3:4], called_ae="NOWHERE", calling_ae="PACS") == [0x0124]
         assert wait_for(lambda: gw.queue.counts().get("research", {}).get("done") == 3)
+        # a job is marked done just before its `sent` line (and count) is written
+        sent = {"destination": "research", "profile": "", "action": "pass"}
+        assert wait_for(lambda: value(scrape(gw.monitor.port), "miadmark_instances_sent_total", **sent)
+                        - value(before_gw, "miadmark_instances_sent_total", **sent) == 3)
         after = scrape(gw.monitor.port)
 
         def delta(name, **labels):
