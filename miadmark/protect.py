@@ -450,7 +450,7 @@ def _original_pixel_value(ds: Dataset, record: Record) -> bytes:
     try:
         dtype = np.dtype(record.word_type)
     except TypeError:
-        raise RecordCorruptError("record word type is not a numpy type") from None
+        raise RecordCorruptError("record does not apply: its word type is not a numpy type") from None
     if dtype.str not in ("|u1", "<u2", "<u4"):
         raise RecordCorruptError("record word type is not <u1, <u2 or <u4")
     return apply_payload(record.payload_kind, bytes(ds.PixelData), record.payload, dtype)
