@@ -1,8 +1,10 @@
 """Quick measurement to choose the spread levels' caps (issue 23): the `cloak` engine at a strength level (and
 option overrides) on held-out brain MRI, judged by the committed 128 px black-box models only (never a
-gradient, never a tuning loop over them), with readability over the anatomy.
+gradient, never a tuning loop over them), with readability over the anatomy. Any dataset with black-box models
+(brain MRI, chest X-ray, dermoscopy: scored by balanced accuracy as `evaluate` does).
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python tools/spread_probe.py --n 48 [--profile fast] \\
+        [--data ../shared/data/chest_xray_224] \\
         --config discreet --config standard --config 'strong' --config 'standard:{"alpha_cap": 0.15}' \\
         --json docs/evaluation/spread_probe.json
 
@@ -25,8 +27,8 @@ import torch
 from miadmark.engine import ImageContext, Profile, get_engine
 from miadmark.engine.eot import jpeg_numpy
 from miadmark.engine.ensemble import Ensemble, gradcam_lesion
-from miadmark.evaluate import accuracy, inpaint, ssim_map
-from miadmark.surrogates import BLACKBOX_DIR, surrogates_for_modality
+from miadmark.evaluate import BALANCED, accuracy, inpaint, ssim_map
+from miadmark.surrogates import BLACKBOX_DIR, DATASET_MODALITY, surrogates_for_modality
 from miadmark.surrogates.data import load_dataset
 from miadmark.surrogates.train import load
 
@@ -79,15 +81,18 @@ def main() -> int:
     x_u8, y = ds.split(val=True)
     perm = torch.randperm(len(x_u8), generator=torch.Generator().manual_seed(1234))[:a.n].sort().values
     x, y = x_u8[perm].float() / 255, y[perm]
-    ctx = [ImageContext(modality="MR", photometric="MONOCHROME2", sop_instance_uid=f"probe.{int(i)}") for i in perm]
+    # the images arrive as their DICOM modality would (as in `evaluate`): the engine picks the surrogates itself
+    modality, photometric = DATASET_MODALITY.get(ds.name, "MR"), "RGB" if x.shape[1] == 3 else "MONOCHROME2"
+    ctx = [ImageContext(modality=modality, photometric=photometric, sop_instance_uid=f"probe.{int(i)}") for i in perm]
+    balanced = ds.name in BALANCED
     judges = {q.stem: m for q in sorted(BLACKBOX_DIR.glob("*.pt")) if (m := load(q)).meta.get("dataset") == ds.name}
     plain = [k for k, m in judges.items() if not m.meta.get("logo_augment")]
     careful = [k for k, m in judges.items() if m.meta.get("logo_augment")]
-    ens = Ensemble.get(list(surrogates_for_modality("MR", "MONOCHROME2")), torch.device("cpu"))
+    ens = Ensemble.get(list(surrogates_for_modality(modality, photometric)), torch.device("cpu"))
     lesion = gradcam_lesion(ens, x, 170.0)
 
     def score(imgs):
-        acc = {k: accuracy(m, imgs, y) for k, m in judges.items()}
+        acc = {k: accuracy(m, imgs, y, balanced=balanced) for k, m in judges.items()}
         mean = [round(sum(acc[k] for k in group) / len(group), 4) for group in (plain, careful)]
         return mean[0], mean[1], acc
 
@@ -130,7 +135,8 @@ def main() -> int:
         print(json.dumps({k: v for k, v in row.items() if k != "per_model"}), flush=True)
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"n": a.n, "data": a.data, "judges": {"plain": plain, "careful": careful}, "rows": rows,
+            json.dump({"n": a.n, "data": a.data, "metric": "balanced accuracy" if balanced else "accuracy",
+                       "judges": {"plain": plain, "careful": careful}, "rows": rows,
                        "iterations": a.iterations}, fh, indent=1)
     return 0
 
