@@ -5,6 +5,7 @@ routes, and a missing generator fails closed with a clear error."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,18 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
 GENERATORS = {"brain_mri": DEFAULT_SURROGATES, "chest_xray_224": CHEST_SURROGATES, "skin_ham10000": SKIN_SURROGATES}
 
 
-def test_each_family_has_its_committed_generator():
+@pytest.mark.parametrize("design", ["box", "spread"])
+def test_each_family_has_its_committed_generator(design):
     for dataset, names in GENERATORS.items():
-        path = generator_path(names)
-        assert path == WEIGHTS_DIR / f"generator_{dataset}.pt"
+        path = generator_path(names, design)
+        assert path == WEIGHTS_DIR / f"generator_{dataset}{'' if design == 'box' else '_spread'}.pt"
         assert path.stat().st_size < 2_000_000  # fp16, a few hundred KB
-        assert "miadmark train-generator" in path.with_suffix(".json").read_text()  # the command that made it
+        meta = json.loads(path.with_suffix(".json").read_text())
+        assert "miadmark train-generator" in meta["command"]  # the command that made it
+        assert meta.get("design", "box") == design and meta["surrogates"] == list(names)
+        if design == "spread":  # how far it trained and what it does to its own surrogates
+            acc = meta["surrogate_accuracy_val"]
+            assert meta["steps_done"] > 0 and acc["generated"] < acc["clean"]
 
 
 def test_fast_keeps_the_constraints_and_the_lesion():
@@ -143,9 +150,16 @@ def protect_then_strip(tmp_path: Path, src: Path, site_keys) -> tuple[Path, Path
     DATA / "transfer_syntaxes" / "LittleEndianExplicit" / "SC_rgb.dcm",  # RGB: the dermoscopy family
 ], ids=["CT", "CR", "RGB"])
 def test_cli_protect_fast_then_strip_is_bit_exact(tmp_path, site_keys, src):
+    from miadmark.protect import open_record
+
     protected, stripped = protect_then_strip(tmp_path, src, site_keys)
     prot = read_dicom(protected)
     assert "profile fast" in str(prot.DerivationDescription)
+    # every family has a spread generator: the default level is served as asked, with no fallback
+    record = open_record(prot, [site_keys["research"]])
+    frame = record.params["frames"][0]
+    assert (record.params["strength"], frame["design"], frame["strength"], frame["fallback"]) == (
+        "standard", "spread", "standard", None)
     assert prot.PixelData != read_dicom(src).PixelData
     assert stripped.read_bytes() == src.read_bytes()
 

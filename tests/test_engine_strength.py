@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pydicom
 import pytest
 import torch
@@ -177,15 +178,48 @@ def test_random_mark_of_each_level_for_careful_training():
 
 
 def test_fast_serves_the_committed_spread_generator_else_the_box_design_and_says_so():
-    from miadmark.surrogates import CHEST_SURROGATES
+    from miadmark.surrogates import WEIGHTS_DIR
 
     x = head(1, 1, 96)
     brain = get_engine(Profile(name="fast"), "cpu").watermark(x, None, contexts(1)).params[0]  # `auto` on a CPU
     assert (brain["design"], brain["strength"], brain["fallback"]) == ("spread", "standard", None)
     assert brain["generator"].startswith("generator_brain_mri_spread@")
-    eng = get_engine(Profile(name="fast", strength="strong", options={"surrogates": list(CHEST_SURROGATES)}), "cpu")
-    p = eng.watermark(x, None, []).params[0]  # no spread generator for the chest surrogates
+    box_only = str(WEIGHTS_DIR / "generator_brain_mri.pt")  # a generator of the box design only
+    eng = get_engine(Profile(name="fast", strength="strong", options={"generator": box_only}), "cpu")
+    p = eng.watermark(x, None, []).params[0]
     assert (p["design"], p["strength"], p["strength_asked"]) == ("box", "discreet", "strong") and p["fallback"]
+
+
+def real_image(path, rgb: bool) -> torch.Tensor:
+    from PIL import Image
+
+    a = torch.from_numpy(np.asarray(Image.open(path).convert("RGB" if rgb else "L"), dtype=np.uint8).copy())
+    return (a.permute(2, 0, 1) if rgb else a[None])[None].float() / 255
+
+
+@pytest.mark.parametrize("family", ["chest", "rgb"])
+def test_fast_serves_standard_with_the_spread_generator_on_chest_and_rgb(family, shared_data):
+    """`auto` on a CPU (= fast) at the default level on a chest radiograph (CR) and a colour photograph: the
+    family's spread generator, the lattice within standard's budget on every pixel, the lesion untouched."""
+    if family == "chest":
+        x = real_image(sorted((shared_data / "chest_xray_224" / "val" / "PNEUMONIA").glob("*.jpg"))[0], False)
+        ctx, name = ImageContext(modality="CR", photometric="MONOCHROME1"), "generator_chest_xray_224_spread@"
+    else:
+        x = real_image(sorted((shared_data / "skin_ham10000" / "mel").glob("*.jpg"))[0], True)
+        ctx, name = ImageContext(modality="OT", photometric="RGB"), "generator_skin_ham10000_spread@"
+    ctx = replace(ctx, sop_instance_uid="1.2.826.0.1.3680043.8.498.7")
+    assert x.shape[-2:] == (224, 224)
+    lesion = disk(1, 224, 120, 100, 28)
+    res = get_engine(Profile(name="auto"), "cpu").watermark(x, lesion, [ctx])
+    p = res.params[0]
+    assert (p["engine"], p["design"], p["strength"], p["strength_asked"], p["fallback"]) == (
+        "fast", "spread", "standard", "standard", None)
+    assert p["generator"].startswith(name)
+    budget = C.level_budget("standard", {}, 1 / 9)
+    mark = get_engine(Profile(name="cloak", strength="standard"), "cpu").marks(x, lesion, [ctx]).support
+    assert C.violations_mark(x, res.images, lesion, mark, budget, tol=1e-5) == []
+    assert int((res.images != x).any(1)[lesion].sum()) == 0 and bool((res.images != x).any())
+    assert 0.1 < p["coverage"] <= C.LEVELS["standard"].coverage_max
 
 
 def test_fast_serves_a_spread_level_with_a_spread_generator_within_its_budget(tmp_path):
