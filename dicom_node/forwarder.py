@@ -24,6 +24,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from dicomnet.dimse import Unreachable
 from dicomnet.outcome import Outcome
 from miadmark.audit import export_fields, recipient_names
+from miadmark.engine import resolve_profile
 from miadmark.export import FORWARDED_DEIDENTIFIED, FORWARDED_UNCHANGED
 from miadmark.rules import PROTECT, decide
 
@@ -303,7 +304,7 @@ class Forwarder(threading.Thread):
             started = time.monotonic()
             results = gw.protector.protect(items, recipients, profile, lesions, destination=self.destination,
                                            deid=deid)
-            observe_protect(profile, time.monotonic() - started,
+            observe_protect(resolve_profile(profile, gw.config.gateway.device), time.monotonic() - started,
                             sum(isinstance(r, Protected) and not r.note for r in results), gw.config.gateway.device)
             for job, res in zip(group, results):
                 if isinstance(res, NotProtected):
@@ -424,7 +425,8 @@ class Forwarder(threading.Thread):
         return export_fields(sop_instance_uid=job.sop_uid, study_instance_uid=job.study_uid,
                              destination=self.destination, action=job.action, rule=job.rule, way="gateway",
                              calling_ae=job.calling_ae, called_ae=job.called_ae,
-                             recipients=recipient_names(job.recipients), profile=job.profile,
+                             recipients=recipient_names(job.recipients),
+                             profile=resolve_profile(job.profile, self.gateway.config.gateway.device),  # engine used
                              deidentify=job.deid.deidentify if job.deid is not None else None)
 
     def _log_finished_studies(self) -> None:

@@ -39,7 +39,7 @@ from .dicomio import canonical_bytes, dataset_from_bytes, forget_source, origina
 from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine
 from .errors import (AlreadyProtectedError, IntegrityError, InvalidInputError, MiadmarkError, NotProtectedError,
                      RecordCorruptError, UntrustedSignerError, unexpected_input)
-from .keys import Identity, subject_name
+from .keys import Identity, fingerprint, subject_name
 from .limits import check_protectable
 from .pixel_payload import ORIGINAL_KINDS, apply_original, apply_payload, encode_original, encode_pixels, word_dtype
 from .original_file import cut, join, pixel_value_span
@@ -412,7 +412,8 @@ def strip(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x509.Cert
 def _trusted_record(ds: Dataset, keyring: Sequence[Identity], trust: Sequence[x509.Certificate] | None) -> Record:
     record = open_record(ds, keyring)
     if trust is not None and not any(_same_cert(record.signer, t) for t in trust):
-        raise UntrustedSignerError(f"signer {subject_name(record.signer)!r} is not in the trust list")
+        raise UntrustedSignerError(f"signer {subject_name(record.signer)!r} (SHA-256 {fingerprint(record.signer)}) "
+                                   "is not in the trust list")
     return record
 
 

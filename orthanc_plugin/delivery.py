@@ -154,13 +154,17 @@ class Delivery:
         for start in range(0, len(rows), 64):
             chunk = rows[start:start + 64]
             try:
-                send_plain(target, [r.file for r in chunk], job.options)
-            except Exception as exc:  # noqa: BLE001
+                outcomes = send_plain(target, [r.file for r in chunk], job.options)
+            except Exception as exc:  # noqa: BLE001 - Unreachable, or Orthanc's job failed as a whole
                 self._fail(chunk, f"not delivered to {target.label}: {exc}", retry)
                 raise Down(str(exc)) from None
-            for row in chunk:
-                self._done(row, row.sop_uid, **({"note": FORWARDED_UNCHANGED} if lesion_sources else {}))
-            unchanged = [r.sop_uid for r in chunk] if lesion_sources else []
+            for row, outcome in zip(chunk, outcomes):
+                if outcome.ok:
+                    self._done(row, row.sop_uid, **({"note": FORWARDED_UNCHANGED} if lesion_sources else {}))
+                else:
+                    self._fail([row], f"not delivered to {target.label}: {outcome.error}", retry,
+                               permanent=outcome.permanent)
+            unchanged = [r.sop_uid for r, o in zip(chunk, outcomes) if o.ok] if lesion_sources else []
             for uid in unchanged:
                 self.log(f"{uid} to {target.label}: lesion source, forwarded unchanged")
             if unchanged:

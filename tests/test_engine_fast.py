@@ -70,11 +70,13 @@ def test_fast_is_deterministic_and_runs_rgb_on_cpu():
 def test_auto_is_fast_on_cpu_and_the_default_on_a_gpu(monkeypatch):
     assert AUTO in PROFILE_NAMES and "fast" in PROFILE_NAMES
     assert resolve_profile(AUTO, "cpu") == "fast"
-    assert resolve_profile(None, "cpu") == "cloak" and resolve_profile("plain", "cpu") == "plain"
+    assert resolve_profile(None, "cpu") == "fast" and resolve_profile("", "cpu") == "fast"  # the default is auto
+    assert resolve_profile("plain", "cpu") == "plain"
     eng = get_engine(AUTO, "cpu")
     assert eng.name == "fast" and eng.profile.name == "fast"  # what the record names
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_profile(AUTO, "auto") == "cloak" and resolve_profile(AUTO, "cuda") == "cloak"
+    assert resolve_profile(None, "auto") == "cloak"
 
 
 def test_missing_generator_fails_closed_with_a_clear_error(tmp_path, monkeypatch, site_keys):

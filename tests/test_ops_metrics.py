@@ -52,8 +52,9 @@ def value(samples: dict, name: str, **labels) -> float:
 
 
 def site_yaml(tmp: Path, site_keys: dict, *, gw_port: int, rx_port: int, gw_metrics: int, rx_metrics: int,
-              rx_keys: bool = True) -> Path:
+              rx_keys: bool = True, profile: str | None = "plain") -> Path:
     path = tmp / "site.yaml"
+    profile_line = f"    profile: {profile}\n" if profile else ""
     keys = site_keys["hospital_paths"][0].parent  # conftest's session keys: hospital.*, research.*
     rx_key_line = f"  keys: [{{key: {keys}/research.key.pem, cert: {keys}/research.cert.pem}}]\n" if rx_keys else ""
     path.write_text(f"""\
@@ -73,8 +74,7 @@ rules:
     send_to: [research]
     action: protect
     recipients: [{keys}/research.cert.pem]
-    profile: plain
-  - when: {{called_ae: ARCHIVE}}
+{profile_line}  - when: {{called_ae: ARCHIVE}}
     send_to: [research]
     action: pass
   - action: block
@@ -145,6 +145,26 @@ def test_health_503_names_the_failing_check(tmp_path, site_keys):
         assert status == 503 and not health["ready"]
         assert health["checks"]["keys_loaded"]["ok"] is False and health["checks"]["listening"]["ok"] is True
     finally:
+        rx.stop()
+
+
+def test_default_profile_is_labelled_with_the_engine_it_resolves_to(tmp_path, site_keys):
+    """A rule with no `profile:` runs the default, `auto`: the metrics and the audit name the engine used
+    (`fast` on this CPU-only gateway), never an empty label."""
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0, profile=None)
+    rx = Receiver(load_config(cfg_path)).start()
+    gw = Gateway(load_config(cfg_path)).start()
+    try:
+        assert send_files("127.0.0.1", gw.port, CT[:1], called_ae="RESEARCH", calling_ae="PACS") == [0]
+        assert wait_for(lambda: gw.queue.counts().get("research", {}).get("done") == 1, timeout=120)
+        m = scrape(gw.monitor.port)
+        assert value(m, "miadmark_instances_protected_total", destination="research", profile="fast") == 1
+        assert value(m, "miadmark_protect_seconds_count", profile="fast") == 1
+        assert not any(k[0].startswith("miadmark_protect_seconds") and ("profile", "") in k for k in m)
+        sent = [r for r in read_audit(gw.config.gateway.audit) if r["event"] == "sent"]
+        assert [r["profile"] for r in sent] == ["fast"]
+    finally:
+        gw.stop()
         rx.stop()
 
 

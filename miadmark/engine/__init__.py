@@ -20,26 +20,28 @@ ENGINES: dict[str, str] = {
     "cloak": "miadmark.engine.cloak:CloakEngine",
     "fast": "miadmark.engine.fast:FastEngine",
 }
-DEFAULT_PROFILE = "cloak"
 # `auto` is no engine: it names the profile that fits the machine (resolve_profile)
 AUTO = "auto"
+# what `auto` means on a GPU (the iterative engine) and on a CPU (the one-pass generator)
+GPU_PROFILE, CPU_PROFILE = "cloak", "fast"
+# the default of every way out (CLI, gateway, Orthanc plugin, release): an adversarial watermark that keeps up
+DEFAULT_PROFILE = AUTO
 PROFILE_NAMES = sorted([*ENGINES, AUTO])
 # the --profile help of every command that takes one
-PROFILE_HELP = (f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAULT_PROFILE}; auto: cloak on a GPU, "
-                "fast on a CPU)")
+PROFILE_HELP = (f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAULT_PROFILE}: {GPU_PROFILE} on a GPU, "
+                f"{CPU_PROFILE} on a CPU)")
 
 
 def resolve_profile(name: str | None, device: str | torch.device = "auto") -> str:
-    """The engine a profile name means on a device: `auto` is the iterative default (`cloak`) on a GPU and the
-    one-pass `fast` on a CPU; None is the default; any other name is itself. The one place `auto` is decided
-    (get_engine, hence loaded.engine, protect, the gateway and the Orthanc plugin, go through here)."""
-    if name is None:
-        return DEFAULT_PROFILE
+    """The engine a profile name means on a device: `auto` is the iterative `cloak` on a GPU and the one-pass
+    `fast` on a CPU; None (or "") is the default, `auto`; any other name is itself. The one place `auto` is
+    decided (get_engine, hence loaded.engine, protect, the gateway and the Orthanc plugin, go through here)."""
+    name = name or DEFAULT_PROFILE
     if name != AUTO:
         return name
     from .base import resolve_device
 
-    return DEFAULT_PROFILE if resolve_device(device).type == "cuda" else "fast"
+    return GPU_PROFILE if resolve_device(device).type == "cuda" else CPU_PROFILE
 
 
 def get_engine(profile: str | Profile = DEFAULT_PROFILE, device: str | torch.device = "auto") -> Engine:
@@ -64,5 +66,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["AUTO", "ENGINES", "DEFAULT_PROFILE", "PROFILE_HELP", "PROFILE_NAMES", "Engine", "ImageContext", "Profile",
-           "WatermarkBatch", "get_engine", "resolve_device", "resolve_profile"]
+__all__ = ["AUTO", "CPU_PROFILE", "ENGINES", "DEFAULT_PROFILE", "GPU_PROFILE", "PROFILE_HELP", "PROFILE_NAMES",
+           "Engine", "ImageContext", "Profile", "WatermarkBatch", "get_engine", "resolve_device", "resolve_profile"]
