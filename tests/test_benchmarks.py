@@ -101,3 +101,9 @@ def test_gpu_script_cpu_path(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["card"] and result["engine"] and result["end_to_end"]
+
+
+@pytest.mark.slow
+def test_checks():
+    row = json.loads(run("checks.py", "--tiny").strip().splitlines()[-1])
+    assert row["mask_at_S_ms"] > 0 and row["violations_ms"] > 0 and row["fast_engine_ms"] > 0
