@@ -189,8 +189,10 @@ def apply_residual(protected: bytes, payload: bytes, dtype: np.dtype) -> bytes:
     if not 1 <= stride <= MAX_STRIDE:
         raise RecordCorruptError("residual payload has no valid stride")
     e = _unzigzag(np.frombuffer(data, np.uint8, offset=1).reshape(dtype.itemsize, -1).T.copy().view(dtype).ravel())
-    n = len(e)
-    pad = -n % stride
-    columns = np.concatenate([e, np.zeros(pad, dtype)]).reshape(-1, stride)
-    d = np.cumsum(columns, axis=0, dtype=dtype).ravel()[:n]  # undoes the prediction, wrapping like the words
+    if stride == 1:
+        d = np.cumsum(e, dtype=dtype)  # undoes the prediction, wrapping like the words
+    else:
+        n = len(e)
+        columns = np.concatenate([e, np.zeros(-n % stride, dtype)]).reshape(-1, stride)
+        d = np.cumsum(columns, axis=0, dtype=dtype).ravel()[:n]
     return (np.frombuffer(protected, dtype) + d).tobytes()
