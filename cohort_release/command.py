@@ -84,10 +84,11 @@ def _job(args):
         raise ValueError(f"unknown profile {args.profile!r} (known: {', '.join(PROFILE_NAMES)})")
     dest, dest_name, headers, verify, retry = args.dest, args.dest_name, {}, True, {}
     sign_key, sign_cert = args.sign_key, args.sign_cert
-    audit = Path(args.state).resolve() / "audit.jsonl"  # without --config: beside the manifest
+    audit = Path(args.state).resolve() / "audit.jsonl"  # beside the manifest, unless the config names a trail
     if args.config:
         cfg = load_config(args.config)
-        audit = Path(cfg.gateway.audit).resolve()  # the gateway's trail: one trail per site
+        if {"audit", "spool"} & cfg.gateway.model_fields_set:  # the gateway's trail: one trail per site
+            audit = Path(cfg.gateway.audit).resolve()
         if args.recipient:
             raise ValueError("--recipient is not used with --config: the matching rule names the recipients")
         if args.dest in cfg.destinations:

@@ -27,7 +27,7 @@ from miadmark.audit import (BLOCKED, PROTECT_DEFERRED, QUARANTINED, SEND_FAILED,
 from miadmark.audit import SENT as SENT_EVENT
 from miadmark.config import load_config
 from miadmark import loaded
-from miadmark.engine import DEFAULT_PROFILE
+from miadmark.engine import DEFAULT_PROFILE, resolve_profile
 from miadmark.errors import MiadmarkError
 from miadmark.export import Forwarded, Refused, export_many, source_uid_of
 from miadmark.lesion import StudyLesions, lesion_kind
@@ -167,9 +167,11 @@ class Protector:
     # ---- the audit trail (miadmark.audit: the gateway's events and fields)
 
     def _fields(self, ref: InstanceRef, ds: Dataset, decision: Decision) -> dict:
+        protects = decision.action == PROTECT
         return export_fields(sop_instance_uid=ref.sop, study_instance_uid=ref.study, destination=self.job.dest_name,
                              action=decision.action, rule=decision.rule_label, way="release",
-                             recipients=recipient_names(decision.recipients), profile=decision.profile,
+                             recipients=recipient_names(decision.recipients),
+                             profile=resolve_profile(decision.profile, self.device) if protects else None,
                              deidentify=decision.deidentify)
 
     def _write(self, event: str, fields: dict, **extra) -> None:

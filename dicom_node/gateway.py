@@ -237,7 +237,7 @@ class Gateway:
             for part in folder.glob(".*.part"):  # a write cut short: never acknowledged
                 part.unlink(missing_ok=True)
         self.queue.purge(older_than_s=7 * 86400)
-        known = {r[0] for r in self.queue._con().execute("SELECT DISTINCT file FROM jobs")}
+        known = self.queue.files()
         recovered = 0
         for path in sorted(self.spool.objects.glob("*.dcm")):
             rel = f"objects/{path.name}"

@@ -5,7 +5,8 @@ The profile's table (PS3.15 Table E.1-1, the 2026c edition as shipped by Kitware
 U new UID, and private attributes removed. The actions are ours, applied at every nesting level,
 so that the result validates (dciodvfy) whatever the IOD makes of each attribute:
 * X removes; Z and X/Z keep the element with a zero-length value (a Type 2 attribute stays present;
-  a sequence keeps no item).
+  a sequence keeps no item), except an X/Z sequence that is Type 3 wherever defined: removed.
+  Overlay Data (X) goes with its whole overlay group (an Overlay Plane needs its data).
 * D, Z/D, X/D and X/Z/D give a dummy that is valid for the VR (a date 19000101, a time 000000, a
   name ANONYMIZED...): valid for Type 1 as for Type 2 and 3. An element that was already empty stays
   empty (it holds nothing to hide). A D sequence keeps its items with every value in them replaced.
@@ -54,6 +55,9 @@ ACTION_CODES = {delete: "X", empty: "Z", replace: "D", replace_UID: "U", empty_o
                 delete_or_empty_or_replace_UID: "X/Z/U*", keep: "K"}
 DUMMY_CODES = {"D", "Z/D", "X/D", "X/Z/D"}  # a dummy is valid whatever the attribute's Type
 UID_CODES = DUMMY_CODES | {"U", "X/Z/U*"}  # a UI gets a keyed UID
+# X/Z sequences that are Type 2 where defined: emptied (no item); the others are Type 3 (Referenced Study
+# Sequence): removed, as a Type 3 sequence that is present needs an item
+TYPE_2_SEQUENCES = {0x00400555}  # Acquisition Context Sequence
 # dummies consistent with the VR (PS3.15 E.1-1 action D) that a validator accepts
 DUMMY_TEXT = "ANONYMIZED"
 DUMMIES = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y", "DS": "0", "IS": "0",
@@ -62,6 +66,7 @@ DUMMIES = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 MODIFIED_DATES_CODE = ("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option")
 SHIFT_DAYS = 3650
+OVERLAY_DATA = 0x3000  # (60xx,3000)
 BIRTH_DATE = 0x00100030
 
 
@@ -136,6 +141,8 @@ class Deidentifier:
         tree for its repeating groups: 20 s on a 64-frame enhanced MR; this is one pass over the elements.)
         """
         for tag in list(ds.keys()):
+            if tag not in ds:
+                continue  # removed with its overlay
             key = (tag.group, tag.element)
             code = self._codes.get(key) or self._repeating_code(key)
             if code is not None:
@@ -160,12 +167,15 @@ class Deidentifier:
             return
         if self.dates == "shift" and elem.VR in ("DA", "DT") and not empty and elem.tag != BIRTH_DATE:
             elem.value = _shifted(elem.value, self._shift_days)
-        elif code == "X":
+        elif elem.tag.element == OVERLAY_DATA and 0x6000 <= elem.tag.group <= 0x601E and code == "X":
+            for tag in [t for t in ds.keys() if t.group == elem.tag.group]:
+                del ds[tag]  # the whole overlay: an Overlay Plane without its (Type 1) data is invalid
+        elif code == "X" or code == "X/Z" and elem.VR == "SQ" and elem.tag not in TYPE_2_SEQUENCES:
             del ds[elem.tag]
+        elif elem.VR == "UI" and code in UID_CODES:
+            self._new_uids(elem)  # an empty one too: a Type 1 UID gets a value the file can be written with
         elif empty:
             return  # a zero-length value hides nothing and stays as valid as it was
-        elif elem.VR == "UI" and code in UID_CODES:
-            self._new_uids(elem)
         elif code == "X/Z/U*" and elem.VR == "SQ":
             return  # the references are kept, their UIDs replaced (the table applies inside, see _apply)
         elif code in DUMMY_CODES:
@@ -174,7 +184,8 @@ class Deidentifier:
             elem.value = [] if elem.VR == "SQ" else "" if elem.VR in STR_VR else None
 
     def _new_uids(self, elem) -> None:
-        values = elem.value if elem.VM > 1 else [elem.value]
+        # an empty UID is derived from its tag: an empty Study and SOP Instance UID stay distinct
+        values = elem.value if elem.VM > 1 else [elem.value or f"empty {elem.tag}"]
         new = [self.uids.derive(DEIDENTIFIED, str(v)) for v in values]
         elem.value = new if elem.VM > 1 else new[0]
 

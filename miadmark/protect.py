@@ -35,6 +35,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from . import __version__
 from .deid import Deidentifier
+from .derived import mark_derived
 from .dicomio import canonical_bytes, dataset_from_bytes, forget_source, original_file_bytes
 from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine
 from .errors import (AlreadyProtectedError, IntegrityError, InvalidInputError, MiadmarkError, NotProtectedError,
@@ -293,9 +294,7 @@ def _finish(prep: dict, x_new: np.ndarray, params: list[dict], recipients, signe
         prot.SeriesInstanceUID = uid_maker.derive(SERIES, str(ds.SeriesInstanceUID))
     _set_pixel_value_range(prot, px, new_stored)
     prot.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    image_type = list(ds.get("ImageType", [])) or ["DERIVED", "SECONDARY"]
-    image_type[0] = "DERIVED"
-    prot.ImageType = image_type
+    mark_derived(prot, ds)
     profile_name = engine.profile.name
     prot.DerivationDescription = (f"MIAD-MARK visible adversarial watermark, profile {profile_name}; "
                                   "the original is recoverable only with an authorized key")[:1024]

@@ -32,6 +32,7 @@ from dicomnet.outcome import RetryPolicy
 from miadmark.audit import (DEAD_LETTER, PROTECT_DEFERRED, QUARANTINED, SEND_FAILED, SENT, AuditLog, export_fields,
                             outcome_fields, recipient_names)
 from miadmark.config import RetryConfig
+from miadmark.engine import resolve_profile
 from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes
 from miadmark.export import FORWARDED_UNCHANGED, Forwarded, Refused, export_many
 from miadmark.lesion import StudyLesions
@@ -295,7 +296,8 @@ class Delivery:
                 sop_instance_uid=row.sop_uid, study_instance_uid=row.study_uid, destination=row.destination,
                 action=action, rule=decision.rule_label if decision is not None else row.rule, way="orthanc",
                 calling_ae=row.calling_ae, called_ae=row.called_ae, recipients=recipient_names(recipients),
-                profile=decision.profile if decision is not None else row.profile,
+                profile=resolve_profile(decision.profile if decision is not None else row.profile,
+                                        str(self.settings.option("device", "auto"))) if action == PROTECT else None,
                 deidentify=decision.deidentify if decision is not None else None), **extra)
         except OSError as exc:  # the delivery stands; the trail's gap is said
             self.log(f"audit log not writable ({exc.strerror or type(exc).__name__}): {event} {row.sop_uid}")
