@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
             print(f"{name}: " + ", ".join(f"{k} {row[k]}" for k in STAGES)
                   + f" ms/slice (serial sum {row['serial_ms']}); pipeline {row['pipeline_ms']} ms/slice = "
                   f"{row['pipeline_slices_s']} slices/s; pixel payload {row['payload_kib']} KiB/slice "
-                  f"{row['payload_kinds']}, record {row['record_kib']} KiB; strip exact {row['strip_exact']}/{len(files)}")
+                  f"{row['payload_kinds']}, record {row['record_kib']} KiB; "
+                  f"strip exact {row['strip_exact']}/{len(files)}")
     names = list(out["profiles"])
     if "plain" in names:
         for name in names:
