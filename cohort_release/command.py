@@ -6,10 +6,11 @@ this module only reads the command line.
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
-from miadmark.engine import DEFAULT_PROFILE, PROFILE_NAMES
+from miadmark.engine import DEFAULT_PROFILE, PROFILE_NAMES, STRENGTH_HELP, STRENGTHS, profile_spec
 from miadmark.errors import MiadmarkError
 
 
@@ -32,6 +33,7 @@ def register(sub) -> None:
     p.add_argument("--studies", metavar="FILE", help="Study Instance UIDs to release, one per line")
     p.add_argument("--profile", choices=PROFILE_NAMES,
                    help=f"watermark profile (default {DEFAULT_PROFILE}; a rule's profile wins)")
+    p.add_argument("--strength", choices=STRENGTHS, help=STRENGTH_HELP + "; a rule's strength wins")
     p.add_argument("--address", help="Ray cluster: auto or ray://HOST:10001 (default: a local Ray)")
     p.add_argument("--workers", type=int, default=1, help="protecting actors (default 1)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per actor (default 1)")
@@ -85,10 +87,13 @@ def _job(args):
     dest, dest_name, headers, verify, retry = args.dest, args.dest_name, {}, True, {}
     sign_key, sign_cert = args.sign_key, args.sign_cert
     audit = Path(args.state).resolve() / "audit.jsonl"  # beside the manifest, unless the config names a trail
+    metrics = None
     if args.config:
         cfg = load_config(args.config)
         if {"audit", "spool"} & cfg.gateway.model_fields_set:  # the gateway's trail: one trail per site
             audit = Path(cfg.gateway.audit).resolve()
+        if "spool" in cfg.gateway.model_fields_set and cfg.gateway.metrics_port is not None:
+            metrics = str(Path(cfg.gateway.metrics_dir).resolve())  # the site's /metrics counts the release
         if args.recipient:
             raise ValueError("--recipient is not used with --config: the matching rule names the recipients")
         if args.dest in cfg.destinations:
@@ -112,5 +117,6 @@ def _job(args):
         raise ValueError("--sign-key and --sign-cert are required (or an identity in --config)")
     return ReleaseJob(source=args.source, dest=dest, dest_name=dest_name or dest, sign_key=sign_key,
                       sign_cert=sign_cert, recipients=tuple(args.recipient), passphrase_file=args.passphrase_file,
-                      profile=args.profile, config=args.config, device=args.device, dest_headers=headers,
-                      dest_verify=verify, patience_s=args.patience, retry=retry, audit=str(audit))
+                      profile=profile_spec(args.profile, args.strength), config=args.config, device=args.device,
+                      dest_headers=headers, dest_verify=verify, patience_s=args.patience, retry=retry,
+                      audit=str(audit), metrics=metrics, metrics_host=socket.gethostname() if metrics else None)

@@ -15,12 +15,16 @@ exceptions: one bad instance never stops a batch.
 from __future__ import annotations
 
 import logging
+import socket
+import time
+from collections import Counter
 from dataclasses import replace
 
 import ray
 from pydicom.dataset import Dataset
 
-import dicomnet.metrics  # noqa: F401 - registers the audit hook: a release counts under the gateway's metric names
+import dicomnet.metrics  # registers the audit hook: a release counts under the gateway's metric names
+from dicomnet.metrics import observe_protect
 
 from miadmark.audit import (BLOCKED, PROTECT_DEFERRED, QUARANTINED, SEND_FAILED, AuditLog, export_fields,
                             outcome_fields, recipient_names)
@@ -56,6 +60,8 @@ class Protector:
 
         quiet_pydicom()
         self.job = job
+        if job.metrics and job.metrics_host == socket.gethostname():
+            dicomnet.metrics.join_multiprocess(job.metrics)  # before this process counts anything
         self.signer = loaded.identity(job.sign_key, job.sign_cert, job.passphrase_file)
         self.config = load_config(job.config) if job.config else None
         self.source = dicomweb_client(job.source, timeout_s=job.timeout_s)
@@ -105,9 +111,11 @@ class Protector:
         """The core's export step over a batch, translated: (outcomes, what to hold for send)."""
         decisions = [self._decide(ds) for _, ds in fetched]
         datasets = [ds for _, ds in fetched]
+        started = time.monotonic()
         results = export_many(datasets, decisions, destination=self.job.dest_name, signer=self.signer,
                               lesions=StudyLesions(_lesion_sources(datasets)), device=self.device)
-        outcomes, held = [], []
+        seconds = time.monotonic() - started
+        outcomes, held, protected = [], [], Counter()
         for (ref, ds), decision, result in zip(fetched, decisions, results):
             fields = self._fields(ref, ds, decision)
             if isinstance(result, Refused) and result.blocked:
@@ -127,6 +135,9 @@ class Protector:
             else:
                 held.append((ref, result.dataset))
                 outcomes.append(outcome(ref, PENDING, action="protect", sent_uid=str(result.dataset.SOPInstanceUID)))
+                protected[fields["profile"]] += 1
+        for profile, count in protected.items():  # the gateway's protect_seconds and engine_device, per profile
+            observe_protect(profile, seconds * count / protected.total(), count, self.device)
         return outcomes, held
 
     def _decide(self, ds: Dataset) -> Decision:

@@ -128,12 +128,15 @@ def protect_iter(datasets: Iterable[Dataset], *, recipients: Sequence[x509.Certi
     engine = engine or get_engine(profile, device)
     if batch_frames is None:
         batch_frames = 64 if getattr(engine.device, "type", "cpu") == "cuda" else 16
-    uid_maker = UidMaker(site_secret(signer.key), scope_of(destination, recipients))
+    secret = site_secret(signer.key)
+    uid_maker = UidMaker(secret, scope_of(destination, recipients))
     deid = None if deidentify is None else Deidentifier(deidentify, uid_maker, dates=deidentify_dates)
 
     def prepare(i: int, ds: Dataset):
         try:
-            return i, _prepare(ds, None if lesion_masks is None else lesion_masks[i], deid, restore_identity)
+            prep = _prepare(ds, None if lesion_masks is None else lesion_masks[i], deid, restore_identity)
+            prep["contexts"] = keyed_contexts(prep["contexts"], secret)
+            return i, prep
         except Exception as exc:  # noqa: BLE001 - one bad input fails alone (see unexpected_input)
             return i, unexpected_input(exc, "reading the image")
 
@@ -207,6 +210,16 @@ def _watermark(engine: Engine, items: list, recording: deque, recorder: ThreadPo
             n = prep["x"].shape[0]
             recording.append(recorder.submit(finish, i, prep, x_new[offset:offset + n], params[offset:offset + n]))
             offset += n
+
+
+def keyed_contexts(contexts: list[ImageContext], secret: bytes) -> list[ImageContext]:
+    """Each frame's context with its spread-mark geometry key (engine.spread.mark_key: keyed by the site secret,
+    so no two instances or frames share a lattice and outsiders cannot predict one)."""
+    from dataclasses import replace
+
+    from .engine.spread_key import mark_key
+
+    return [replace(c, mark_key=mark_key(secret, c.sop_instance_uid, f)) for f, c in enumerate(contexts)]
 
 
 def _run_engine(engine: Engine, x: np.ndarray, lesion: np.ndarray, contexts: list[ImageContext]
@@ -308,7 +321,7 @@ def _finish(prep: dict, x_new: np.ndarray, params: list[dict], recipients, signe
     record = Record(
         modified=modified,
         params={"engine_version": __version__, "profile": profile_name, "device": str(engine.device),
-                "frames": params},
+                "strength": params[0].get("strength") if params else None, "frames": params},
         payload_kind=payload_kind,
         payload=payload,
         added_tags=added + [0x04000500],
@@ -438,7 +451,7 @@ def _original_pixel_value(ds: Dataset, record: Record) -> bytes:
     try:
         dtype = np.dtype(record.word_type)
     except TypeError:
-        raise RecordCorruptError("record word type is not a numpy type") from None
+        raise RecordCorruptError("record does not apply: its word type is not a numpy type") from None
     if dtype.str not in ("|u1", "<u2", "<u4"):
         raise RecordCorruptError("record word type is not <u1, <u2 or <u4")
     return apply_payload(record.payload_kind, bytes(ds.PixelData), record.payload, dtype)
