@@ -27,7 +27,8 @@ from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes, read_dicom  #
 from miadmark.engine import get_engine  # noqa: E402
 from miadmark.keys import load_identity, new_identity  # noqa: E402
 from miadmark.machine import describe  # noqa: E402
-from miadmark.protect import _finish, _prepare, _run_engine, open_record, protect_iter, strip_bytes  # noqa: E402
+from miadmark.protect import (_finish, _prepare, _run_engine, keyed_contexts, open_record, protect_iter,  # noqa: E402
+                              strip_bytes)
 from miadmark.uids import UidMaker, scope_of, site_secret  # noqa: E402
 
 SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data"
@@ -90,7 +91,8 @@ STAGES = ("read", "decode", "engine", "record", "payload", "encode", "strip")
 def stages(files: list[Path], engine, batch: int, research, hospital) -> dict:
     """ms per slice of each stage, run one after the other in this thread."""
     t = dict.fromkeys(STAGES, 0.0)
-    uid_maker = UidMaker(site_secret(hospital.key), scope_of(None, [research.cert]))
+    secret = site_secret(hospital.key)
+    uid_maker = UidMaker(secret, scope_of(None, [research.cert]))
     exact = 0
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
@@ -98,6 +100,8 @@ def stages(files: list[Path], engine, batch: int, research, hospital) -> dict:
         datasets = [read_dicom(f) for f in chunk]
         t1 = time.perf_counter()
         preps = [_prepare(ds, None, None, False) for ds in datasets]
+        for p in preps:  # as protect_iter does: the spread mark's per-frame key
+            p["contexts"] = keyed_contexts(p["contexts"], secret)
         t2 = time.perf_counter()
         x_new, params = _run_engine(engine, *[_cat([p[k] for p in preps]) for k in ("x", "lesion")],
                                     [c for p in preps for c in p["contexts"]])
