@@ -192,3 +192,31 @@ def test_triptych_puts_original_protected_and_difference_side_by_side():
     t = triptych(x, p, lesion, gap=2)
     assert t.shape == (1, 16, 52)
     assert torch.equal(t[:, :, :16], x) and torch.equal(t[:, :, 18:34], p) and float(t[0, 0, 36]) == 0.5
+
+
+def test_frontier_writes_tables_plot_and_pictures(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from miadmark.evaluation.frontier import main as frontier
+
+    def report(folder, transmission, plain):
+        folder.mkdir()
+        Image.new("L", (20, 8)).save(folder / "ex0_triptych.png")
+        tp = {"plain": {"mean": {"clean": 0.9, "protected": plain}}}
+        read = {"contrast_transmission": transmission, "ssim_anatomy": transmission, "psnr_db": 30.0,
+                "fraction_pixels_changed": 0.5, "lesion_pixels_changed": 0, "seconds_per_image": 0.1}
+        (folder / "report.json").write_text(json.dumps({
+            "data": "brain_mri", "n_images": 48, "third_parties": tp, "readability": read,
+            "level_targets": level_targets(tp, read), "examples": [{"triptych": "ex0_triptych.png"}]}))
+        return folder
+
+    a, b = report(tmp_path / "a", 0.95, 0.8), report(tmp_path / "b", 0.7, 0.3)
+    assert frontier(["--out", str(tmp_path / "f"), f"box={a}", f"spread 0.15={b}"]) == 0
+    md = (tmp_path / "f" / "frontier_tables.md").read_text()
+    assert "| clean (no mark) | 1.000 | 1.000 | | 0 | 0 | | 0.900 |" in md
+    assert "| spread 0.15 | 0.700 | 0.700 | 30.000 | 0.500 | 0 | 0.100 | 0.300 |" in md
+    assert "| spread 0.15 | standard | plain 0.300 | contrast_transmission 0.700 (>= 0.75)" in md
+    assert Image.open(tmp_path / "f" / "frontier_brain_mri.png").size[0] > 500
+    assert (tmp_path / "f" / "brain_mri_spread_0.15_ex0.png").exists()
