@@ -17,7 +17,7 @@ from unittest import mock
 
 from dicom_node import audit
 from dicom_node.monitoring.server import MonitoringServer
-from dicom_node.workqueue import NewJob, Queue
+from dicomnet.queue import NewJob, Queue
 from miadmark.machine import describe
 
 

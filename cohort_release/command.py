@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from miadmark.engine import DEFAULT_PROFILE, PROFILE_NAMES
+from miadmark.engine import DEFAULT_PROFILE, PROFILE_NAMES, STRENGTH_HELP, STRENGTHS, profile_spec
 from miadmark.errors import MiadmarkError
 
 
@@ -31,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--studies", metavar="FILE", help="Study Instance UIDs to release, one per line")
     p.add_argument("--profile", choices=PROFILE_NAMES,
                    help=f"watermark profile (default {DEFAULT_PROFILE}; a rule's profile wins)")
+    p.add_argument("--strength", choices=STRENGTHS, help=STRENGTH_HELP + "; a rule's strength wins")
     p.add_argument("--address", help="Ray cluster: auto or ray://HOST:10001 (default: a local Ray)")
     p.add_argument("--workers", type=int, default=1, help="protecting actors (default 1)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per actor (default 1)")
@@ -105,5 +106,6 @@ def _job(args):
         raise ValueError("--sign-key and --sign-cert are required (or an identity in --config)")
     return ReleaseJob(source=args.source, dest=dest, dest_name=dest_name or dest, sign_key=sign_key,
                       sign_cert=sign_cert, recipients=tuple(args.recipient), passphrase_file=args.passphrase_file,
-                      profile=args.profile, config=args.config, device=args.device, dest_headers=headers,
+                      profile=profile_spec(args.profile, args.strength), config=args.config, device=args.device,
+                      dest_headers=headers,
                       dest_verify=verify, patience_s=args.patience)

@@ -7,7 +7,7 @@
                              (transports: DICOM association or STOW-RS); backoff with jitter, dead letter
     receiver.Receiver        C-STORE SCP applying the core receive policy (miadmark.receive_policy)
     decode_probe             compressed pixel data decoded first in a worker process (a crash stays there)
-    workqueue, spool, protection, lesions, reload, tls, studylog, storescu: one job each
+    spool, protection, lesions, reload, tls, studylog, storescu: one job each
     commands                 the `miadmark gateway | receive | queue` subcommands
-The network plumbing is dicomnet's (shared with the Orthanc plugin).
+The network plumbing, the durable queue and the metrics are dicomnet's (shared with the Orthanc plugin).
 """

@@ -27,10 +27,10 @@ from miadmark.rules import PROTECT, decide
 
 from .lesions import FORWARDED_DEIDENTIFIED, FORWARDED_UNCHANGED, is_lesion_source_job, study_lesions
 from .monitoring.backlog import backlogs
-from .monitoring.metrics import observe_protect
+from dicomnet.metrics import observe_protect
 from .protection import NotProtected, Protected
 from .transports import TRANSPORTS
-from .workqueue import DeidOptions, Job, backoff_delay
+from dicomnet.queue import DeidOptions, Job, backoff_delay
 
 log = logging.getLogger("dicom_node.forward")
 

@@ -30,7 +30,7 @@ from .transports import SENDABLE
 from .protection import Protector
 from .reload import ConfigWatcher
 from .spool import Spool
-from .workqueue import LESION_KEEP_S, Queue
+from dicomnet.queue import LESION_KEEP_S, Queue
 
 log = logging.getLogger("dicom_node.forward")
 SWEEP_S = 60.0

@@ -37,7 +37,7 @@ from .studylog import AssociationTally
 from .tls import server_context
 from .transports import SENDABLE
 from .transport import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, REFUSED_NOT_AUTHORIZED, SUCCESS
-from .workqueue import NewJob, Queue
+from dicomnet.queue import NewJob, Queue
 
 log = logging.getLogger("dicom_node.gateway")
 

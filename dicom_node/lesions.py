@@ -36,14 +36,14 @@ from miadmark.lesion import masks_of_sources
 from miadmark.rtstruct import is_rtstruct
 
 from .spool import Spool
-from .workqueue import Job, Queue
+from dicomnet.queue import Job, Queue
 
 FORWARDED_UNCHANGED = "lesion source, forwarded unchanged"
 FORWARDED_DEIDENTIFIED = "lesion source, de-identified, not watermarked"
 
 
 def is_lesion_source_job(job: Job) -> bool:
-    return job.lesion_source  # recorded on arrival (workqueue.lesion_source_class)
+    return job.lesion_source  # recorded on arrival (dicomnet.queue.lesion_source_class)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from miadmark.keys import Identity, subject_name
 from miadmark.lesion import is_lesion_source, mask_for
 from miadmark.private import write_private
 
-from .workqueue import DeidOptions
+from dicomnet.queue import DeidOptions
 
 log = logging.getLogger(__name__)
 

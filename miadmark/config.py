@@ -8,7 +8,7 @@ API (stable; the Orthanc plugin imports it):
     cfg.identity.key / .cert              # absolute Paths (relative ones resolved against the file's folder)
     cfg.gateway                           # GatewayConfig (defaults when the section is absent)
     cfg.destinations["research"].kind     # "dimse" | "stow" | "orthanc_modality" | "orthanc_peer" | "orthanc_dicomweb"
-    cfg.rules[i].when / .send_to / .action / .recipients / .profile / .line
+    cfg.rules[i].when / .send_to / .action / .recipients / .profile / .strength / .line
     cfg.receiver                          # ReceiverConfig or None
     cfg.orthanc                           # free-form dict for plugin-only settings
 
@@ -230,6 +230,8 @@ class Rule(_Model):
     action: Literal["protect", "pass", "block"]
     recipients: list[ConfigPath] = []
     profile: str | None = None  # watermark profile (protect only); None = the core's default
+    # how strong the mark is (protect only; miadmark.engine.constraints.LEVELS); None = the default (standard)
+    strength: str | None = None
     # de-identification before protection (protect only; miadmark.deid): PS3.15 Basic Profile
     deidentify: Literal["basic"] | None = None
     restore_identity: bool = False  # strip gives the identified original (True) or the de-identified object
@@ -262,6 +264,14 @@ class Rule(_Model):
             raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILE_NAMES)})")
         return profile
 
+    @field_validator("strength")
+    @classmethod
+    def _strength(cls, strength: str | None) -> str | None:
+        from .engine.profile import STRENGTHS  # names only: no torch import
+        if strength is not None and strength not in STRENGTHS:
+            raise ValueError(f"unknown strength {strength!r} (known: {', '.join(STRENGTHS)})")
+        return strength
+
     @model_validator(mode="after")
     def _action(self):
         if self.action == "protect" and not self.recipients:
@@ -270,6 +280,8 @@ class Rule(_Model):
             raise ValueError(f"recipients are only for action protect, not {self.action}")
         if self.action != "protect" and self.profile is not None:
             raise ValueError(f"profile is only for action protect, not {self.action}")
+        if self.action != "protect" and self.strength is not None:
+            raise ValueError(f"strength is only for action protect, not {self.action}")
         if self.deidentify is not None and self.action != "protect":
             raise ValueError(f"deidentify is only for action protect, not {self.action} (a pass route sends "
                              "objects unchanged)")

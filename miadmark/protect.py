@@ -96,7 +96,8 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
     if not recipients:
         raise ValueError("protect needs at least one recipient certificate")
     engine = engine or get_engine(profile, device)
-    uid_maker = UidMaker(site_secret(signer.key), scope_of(destination, recipients))
+    secret = site_secret(signer.key)
+    uid_maker = UidMaker(secret, scope_of(destination, recipients))
     deid = None
     if deidentify is not None:
         deid = Deidentifier(deidentify, uid_maker, dates=deidentify_dates)
@@ -105,6 +106,7 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
     for i, ds in enumerate(datasets):
         try:
             prep = _prepare(ds, None if lesion_masks is None else lesion_masks[i], deid, restore_identity)
+            prep["contexts"] = keyed_contexts(prep["contexts"], secret)
             prepared.append((i, prep))
         except Exception as exc:  # noqa: BLE001 - one bad input fails alone (see unexpected_input)
             results[i] = unexpected_input(exc, "reading the image")
@@ -137,6 +139,16 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
                 results[i] = unexpected_input(exc, "building the protected object")
             offset += n
     return results  # type: ignore[return-value]
+
+
+def keyed_contexts(contexts: list[ImageContext], secret: bytes) -> list[ImageContext]:
+    """Each frame's context with its spread-mark geometry key (engine.spread.mark_key: keyed by the site secret,
+    so no two instances or frames share a lattice and outsiders cannot predict one)."""
+    from dataclasses import replace
+
+    from .engine.spread_key import mark_key
+
+    return [replace(c, mark_key=mark_key(secret, c.sop_instance_uid, f)) for f, c in enumerate(contexts)]
 
 
 def _run_engine(engine: Engine, x: np.ndarray, lesion: np.ndarray, contexts: list[ImageContext]
@@ -238,7 +250,7 @@ def _finish(prep: dict, x_new: np.ndarray, params: list[dict], recipients, signe
     record = Record(
         modified=modified,
         params={"engine_version": __version__, "profile": profile_name, "device": str(engine.device),
-                "frames": params},
+                "strength": params[0].get("strength") if params else None, "frames": params},
         payload_kind=payload_kind,
         payload=payload,
         added_tags=added + [0x04000500],

@@ -27,7 +27,9 @@ API (stable; the Orthanc plugin and dicom_node import it):
         rule_index    0-based index into cfg.rules, None when no rule matched
         destinations  tuple of destination names (those of the rule, or the one asked about)
         recipients    tuple of certificate Paths (protect only)
-        profile       watermark profile name or None (core default)
+        profile       watermark profile for the core: the rule's name, with its strength as "NAME:STRENGTH"
+                      (engine.profile_spec; ":STRENGTH" for the default profile), or None (core default)
+        strength      the rule's strength (discreet | standard | strong) or None (the default, standard)
         deidentify    None or "basic": de-identify before protection (pass to protect(deidentify=...))
         restore_identity, deidentify_dates   the rule's options for that (protect(restore_identity=...,
                       deidentify_dates=...))
@@ -53,6 +55,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from .config import Config, Rule
+from .engine.profile import profile_spec
 
 PROTECT, PASS, BLOCK = "protect", "pass", "block"
 
@@ -69,6 +72,7 @@ class Decision:
     deidentify: str | None = None
     restore_identity: bool = False
     deidentify_dates: str = "remove"
+    strength: str | None = None
 
     @property
     def rule_label(self) -> str:
@@ -132,8 +136,8 @@ def _decision(index: int, rule: Rule, why: list[str], destination: str | None) -
              + (f" (line {rule.line})" if rule.line else ""))
     reason = where + ": " + ("; ".join(why) if why else "matches everything")
     dests = (destination,) if destination is not None else tuple(rule.send_to or ())
-    return Decision(rule.action, index, dests, tuple(rule.recipients), rule.profile, reason, rule.name,
-                    rule.deidentify, rule.restore_identity, rule.deidentify_dates)
+    return Decision(rule.action, index, dests, tuple(rule.recipients), profile_spec(rule.profile, rule.strength),
+                    reason, rule.name, rule.deidentify, rule.restore_identity, rule.deidentify_dates, rule.strength)
 
 
 def _match(rule: Rule, dataset, *, destination, called_ae, calling_ae, unknown_matches: bool = False):

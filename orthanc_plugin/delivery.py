@@ -8,7 +8,7 @@ restart in between applies; now blocked -> never sent). Then:
              kept on disk from its protection until that commit: a kill -9 or a failed attempt sends
              the same object again (same protected UID: the destination keeps one). Protection that
              fails quarantines the row: never sent raw.
-A failed delivery counts an attempt and waits with the gateway's backoff (dicom_node.workqueue);
+A failed delivery counts an attempt and waits with the gateway's backoff (dicomnet.queue);
 after retry.max_attempts the row is dead (a dead letter with its reason). Exports a caller waits
 for (synchronous REST, C-MOVE) get one attempt: the caller is told, nothing is retried behind it.
 A destination that does not answer fails the rest of the job's due rows at once (no protect work

@@ -9,7 +9,7 @@ from html import escape
 
 import orthanc
 
-from dicom_node.monitoring import metrics
+from dicomnet import metrics
 
 
 _PLUGIN = []  # the one Plugin of this Orthanc, set by register()

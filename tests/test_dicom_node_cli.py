@@ -45,7 +45,7 @@ def test_rules_test_explains_the_match(tmp_path, capsys):
 
 
 def test_queue_status_empty_and_filled(tmp_path, capsys):
-    from dicom_node.workqueue import NewJob, Queue
+    from dicomnet.queue import NewJob, Queue
     cfg = tmp_path / "site.yaml"
     cfg.write_text(CONFIG)
     assert main(["queue", "status", "--config", str(cfg)]) == 0

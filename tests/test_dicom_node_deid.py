@@ -24,7 +24,7 @@ from pynetdicom import evt
 from dicom_node.gateway import Gateway
 from dicom_node.receiver import Receiver
 from dicom_node.storescu import send_files
-from dicom_node.workqueue import SCHEMA, DeidOptions, NewJob, Queue
+from dicomnet.queue import SCHEMA, DeidOptions, NewJob, Queue
 from dicomnet.listener import storage_scp_ae
 from miadmark.audit import read_audit
 from miadmark.config import load_config

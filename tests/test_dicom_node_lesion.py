@@ -17,7 +17,7 @@ import pytest
 from miadmark.audit import read_audit
 from dicom_node.gateway import Gateway
 from dicom_node.storescu import send_files
-from dicom_node.workqueue import LESION_KEEP_S
+from dicomnet.queue import LESION_KEEP_S
 from miadmark.config import load_config
 from miadmark import loaded
 from miadmark.engine import Profile

@@ -6,7 +6,7 @@ import random
 import sqlite3
 import time
 
-from dicom_node.workqueue import SCHEMA, NewJob, Queue, backoff_delay
+from dicomnet.queue import SCHEMA, NewJob, Queue, backoff_delay
 
 
 def add(q: Queue, sop: str, dests=("a",), study="1.2") -> list[int]:

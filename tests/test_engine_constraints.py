@@ -1,5 +1,6 @@
-"""The watermark's constraints (miadmark.engine.constraints) and the `cloak` engine that obeys them, on
-small inputs: alpha cap in the box, cloak budget and PSNR, lesion untouched, determinism, CPU path."""
+"""The watermark's constraints (miadmark.engine.constraints) and the `cloak` engine's box design (strength
+`discreet`) that obeys them, on small inputs: alpha cap in the box, cloak budget and PSNR, lesion untouched,
+determinism, CPU path. The spread levels: test_engine_strength.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from miadmark.surrogates import surrogate_paths
 torch.set_num_threads(1)
 
 FAST = {"iterations": 3, "candidates": 3}
+BOX = "discreet"  # the box design's level
 
 
 def head(n: int = 2, c: int = 1, size: int = 96) -> torch.Tensor:
@@ -90,11 +92,11 @@ needs_weights = pytest.mark.skipif(not surrogate_paths(), reason="no surrogate w
 
 
 @needs_weights
-def test_default_profile_is_cloak_and_keeps_its_constraints():
+def test_default_profile_is_cloak_and_its_discreet_level_keeps_the_box_constraints():
     assert DEFAULT_PROFILE == "cloak"
     x = head(2, 1, 96)
     lesion = disk(2, 96, 40, 50, 12)
-    prof = Profile(name="cloak", options=FAST)
+    prof = Profile(name="cloak", options=FAST, strength=BOX)
     res = get_engine(prof, "cpu").watermark(x, lesion, [])
     assert res.images.shape == x.shape and res.images.dtype == torch.float32
     assert torch.equal(res.images[:, 0][lesion], x[:, 0][lesion])
@@ -109,12 +111,12 @@ def test_default_profile_is_cloak_and_keeps_its_constraints():
 @needs_weights
 def test_cloak_is_deterministic_with_a_seed_and_runs_rgb_on_cpu():
     x = head(2, 1, 80)
-    a = get_engine(Profile(name="cloak", seed=3, options=FAST), "cpu").watermark(x, None, [])
-    b = get_engine(Profile(name="cloak", seed=3, options=FAST), "cpu").watermark(x, None, [])
+    a = get_engine(Profile(name="cloak", seed=3, options=FAST, strength=BOX), "cpu").watermark(x, None, [])
+    b = get_engine(Profile(name="cloak", seed=3, options=FAST, strength=BOX), "cpu").watermark(x, None, [])
     assert torch.equal(a.images, b.images) and a.params == [{**p, "seconds": q["seconds"]}
                                                              for p, q in zip(b.params, a.params)]
     rgb = head(1, 3, 72)
-    res = get_engine(Profile(name="cloak", options=FAST), "cpu").watermark(rgb, None, [])
+    res = get_engine(Profile(name="cloak", options=FAST, strength=BOX), "cpu").watermark(rgb, None, [])
     assert res.images.shape == rgb.shape and res.images.device.type == "cpu"
     assert C.violations(rgb, res.images, torch.zeros(1, 72, 72, dtype=torch.bool),
                         [p["box"] for p in res.params], C.Budget(), tol=1e-6) == []
@@ -123,7 +125,8 @@ def test_cloak_is_deterministic_with_a_seed_and_runs_rgb_on_cpu():
 @needs_weights
 def test_budget_options_reach_the_engine():
     x = head(1, 1, 96)
-    small = get_engine(Profile(name="cloak", options={**FAST, "cloak_linf": 1}), "cpu").watermark(x, None, [])
+    prof = Profile(name="cloak", options={**FAST, "cloak_linf": 1}, strength=BOX)
+    small = get_engine(prof, "cpu").watermark(x, None, [])
     box = C.box_mask(1, 96, 96, [small.params[0]["box"]])[:, None]
     assert float(((small.images - x).abs() * ~box).max()) <= 1 / 255 + 1e-6
     assert small.params[0]["cloak_linf"] == 1
@@ -133,7 +136,8 @@ def test_budget_options_reach_the_engine():
 def test_translation_invariant_cloak_keeps_the_budget_and_changes_the_cloak():
     x = head(1, 1, 96)
     lesion = disk(1, 96, 40, 50, 12)
-    off = get_engine(Profile(name="cloak", seed=2, options=FAST), "cpu").watermark(x, lesion, [])
-    ti = get_engine(Profile(name="cloak", seed=2, options={**FAST, "ti_sigma": 1.5}), "cpu").watermark(x, lesion, [])
+    off = get_engine(Profile(name="cloak", seed=2, options=FAST, strength=BOX), "cpu").watermark(x, lesion, [])
+    prof = Profile(name="cloak", seed=2, options={**FAST, "ti_sigma": 1.5}, strength=BOX)
+    ti = get_engine(prof, "cpu").watermark(x, lesion, [])
     assert C.violations(x, ti.images, lesion, [ti.params[0]["box"]], C.Budget(), tol=1e-6) == []
     assert not torch.equal(off.images, ti.images)

@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes, read_dicom
 from miadmark.engine import DEFAULT_PROFILE, Profile, get_engine
+from miadmark.engine.constraints import DEFAULT_STRENGTH, LEVELS
 from miadmark.protect import protect, strip
 from miadmark.surrogates import CHEST_SURROGATES, DEFAULT_SURROGATES, SKIN_SURROGATES, surrogates_for_modality
 
@@ -75,6 +76,6 @@ def test_protect_three_modalities_with_the_default_engine(site_keys, shared_data
         result = dataset_from_bytes(dataset_to_bytes(result))
         assert result.PixelData != original.PixelData, modality
         assert seen and seen[0]["engine"] == "cloak" and seen[0]["surrogates"] == list(names), modality
-        assert seen[0]["alpha_cap"] == 0.5
+        assert seen[0]["alpha_cap"] == LEVELS[DEFAULT_STRENGTH].alpha_cap and seen[0]["design"] == "spread"
         stripped = strip(result, keyring=[research], trust=[hospital.cert])
         assert stripped.PixelData == original.PixelData, modality

@@ -15,7 +15,7 @@ from dicom_node.forwarder import Forwarder
 from dicom_node.gateway import Gateway
 from dicom_node.monitoring.backlog import backlogs, duration
 from dicom_node.storescu import send_files
-from dicom_node.workqueue import NewJob, Queue
+from dicomnet.queue import NewJob, Queue
 from miadmark.cli import main
 from miadmark.config import load_config
 

@@ -75,3 +75,25 @@ def test_a_protected_copy_stays_in_flight_until_its_delivery_is_committed(tmp_pa
     assert outbox.inflight(first.id) is None
     outbox.mark_quarantined(second.id, "blocked by the rules now in force")
     assert outbox.inflight(second.id) is None
+
+
+def test_an_outbox_made_with_export_items_keeps_its_jobs_after_the_upgrade(tmp_path):
+    """Outboxes written before the queue kept batches grouped rows in an export_items table: their rows
+    are moved into the queue's batches at open, so pending exports still run and count."""
+    import sqlite3
+    path = tmp_path / "exports.sqlite"
+    outbox = Outbox(path)
+    job = _job(outbox, _items(2))
+    outbox.close()
+    con = sqlite3.connect(path)  # the older layout: batch kept beside the queue, not in it
+    con.executescript("CREATE TABLE export_items (row_id INTEGER PRIMARY KEY, job_id TEXT NOT NULL,"
+                      " received TEXT NOT NULL);"
+                      "INSERT INTO export_items SELECT id, batch, receipt FROM jobs;"
+                      "UPDATE jobs SET batch=NULL, receipt=NULL;")
+    con.commit()
+    con.close()
+    outbox = Outbox(path)
+    [(due_job, rows)] = outbox.due(10)
+    assert due_job == job and len(rows) == 2
+    assert outbox.queued("orthanc-0", "partner", "20261130T100000")
+    assert outbox.progress(job)["pending"] == 2

@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def _queue(args):
-    from ..workqueue import Queue
+    from dicomnet.queue import Queue
     cfg = load_config(args.config, check_files=False)
     path = cfg.gateway.spool / "queue.sqlite"
     if not path.exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..workqueue import STATES, Queue
+from dicomnet.queue import STATES, Queue
 
 
 def queue_snapshot(path: str | Path) -> tuple[list[dict], dict[str, tuple[int, int]]]:

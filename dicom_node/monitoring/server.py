@@ -9,7 +9,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from . import health, metrics, statuspage
+from dicomnet import metrics
+
+from . import health, statuspage
 from .queuestats import QueueCollector
 
 log = logging.getLogger("dicom_node.monitoring")

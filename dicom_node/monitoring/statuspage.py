@@ -11,7 +11,7 @@ import time
 from html import escape
 from pathlib import Path
 
-from ..workqueue import STATES
+from dicomnet.queue import STATES
 from .queuestats import queue_snapshot
 
 REFRESH_S = 5

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..dicomio import read_dicom, write_dicom_atomic
-from ..engine import DEFAULT_PROFILE, PROFILE_HELP, PROFILE_NAMES, Profile, get_engine
+from ..engine import DEFAULT_PROFILE, PROFILE_HELP, PROFILE_NAMES, STRENGTH_HELP, STRENGTHS, Profile, get_engine
 from ..errors import MiadmarkError, safe_reason, unexpected_input
 from ..keys import load_certificates, load_identity, read_passphrase
 from ..protect import protect_many
@@ -31,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--passphrase-file", help="passphrase of --sign-key")
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
                    help=PROFILE_HELP)
+    p.add_argument("--strength", choices=STRENGTHS, help=STRENGTH_HELP)
     p.add_argument("--logo", help="PNG logo (alpha channel = shape); default: the built-in logo")
     p.add_argument("--seed", type=int, default=0, help="seed of the watermark optimiser")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -57,7 +58,8 @@ def run(args) -> int:
             raise MiadmarkError(f"unknown profile {args.profile!r} (known: {', '.join(PROFILE_NAMES)})")
         if args.deidentify is None and (args.restore_identity or args.deidentify_dates != "remove"):
             raise MiadmarkError("--restore-identity and --deidentify-dates need --deidentify basic")
-        engine = get_engine(Profile(name=args.profile, logo=args.logo, seed=args.seed), args.device)
+        engine = get_engine(Profile(name=args.profile, logo=args.logo, seed=args.seed, strength=args.strength),
+                            args.device)
     except (MiadmarkError, ValueError, OSError) as exc:
         print(f"miadmark protect: {exc}", file=sys.stderr)
         return 2

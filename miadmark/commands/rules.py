@@ -42,6 +42,7 @@ def run_check(args) -> int:
         to = ", ".join(rule.send_to) if rule.send_to else "any destination"
         extra = f" recipients={[p.name for p in rule.recipients]}" if rule.recipients else ""
         extra += f" profile={rule.profile}" if rule.profile else ""
+        extra += f" strength={rule.strength}" if rule.strength else ""
         print(f"  rule {i + 1} (line {rule.line}): when {when} -> {rule.action} to {to}{extra}")
     if not cfg.rules or cfg.rules[-1].when or cfg.rules[-1].send_to:
         print("  (traffic no rule matches is blocked)")

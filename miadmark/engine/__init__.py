@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from .profile import ImageContext, Profile
+from .profile import DEFAULT_STRENGTH, STRENGTHS, ImageContext, Profile, profile_spec, split_spec
 
 if TYPE_CHECKING:
     import torch
@@ -24,6 +24,8 @@ DEFAULT_PROFILE = "cloak"
 # `auto` is no engine: it names the profile that fits the machine (resolve_profile)
 AUTO = "auto"
 PROFILE_NAMES = sorted([*ENGINES, AUTO])
+STRENGTH_HELP = (f"how strong the mark is: {', '.join(STRENGTHS)} (default {DEFAULT_STRENGTH}; discreet: the logo "
+                 "in a box + an imperceptible cloak; standard / strong: a keyed see-through lattice over the image)")
 # the --profile help of every command that takes one
 PROFILE_HELP = (f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAULT_PROFILE}; auto: cloak on a GPU, "
                 "fast on a CPU)")
@@ -31,22 +33,29 @@ PROFILE_HELP = (f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAUL
 
 def resolve_profile(name: str | None, device: str | torch.device = "auto") -> str:
     """The engine a profile name means on a device: `auto` is the iterative default (`cloak`) on a GPU and the
-    one-pass `fast` on a CPU; None is the default; any other name is itself. The one place `auto` is decided
-    (get_engine, hence loaded.engine, protect, the gateway and the Orthanc plugin, go through here)."""
-    if name is None:
-        return DEFAULT_PROFILE
-    if name != AUTO:
-        return name
-    from .base import resolve_device
+    one-pass `fast` on a CPU; None is the default; any other name is itself. A spec with a strength
+    ("auto:strong", profile.split_spec) keeps its strength. The one place `auto` is decided (get_engine, hence
+    loaded.engine, protect, the gateway and the Orthanc plugin, go through here)."""
+    base, strength = split_spec(name)
+    if base is None:
+        base = DEFAULT_PROFILE
+    elif base == AUTO:
+        from .base import resolve_device
 
-    return DEFAULT_PROFILE if resolve_device(device).type == "cuda" else "fast"
+        base = DEFAULT_PROFILE if resolve_device(device).type == "cuda" else "fast"
+    return profile_spec(base, strength)
 
 
 def get_engine(profile: str | Profile = DEFAULT_PROFILE, device: str | torch.device = "auto") -> Engine:
+    """The engine of a profile (a Profile, or a name / spec "NAME:STRENGTH") on a device. Its options are
+    typed (options.py): an unknown key is a ValueError naming it."""
     from dataclasses import replace
 
     if isinstance(profile, str):
-        profile = Profile(name=profile)
+        name, strength = split_spec(profile)
+        profile = Profile(name=name or DEFAULT_PROFILE, strength=strength)
+    if profile.strength is not None and profile.strength not in STRENGTHS:
+        raise ValueError(f"unknown strength {profile.strength!r} (known: {', '.join(STRENGTHS)})")
     if profile.name == AUTO:  # the record names the engine actually used
         profile = replace(profile, name=resolve_profile(AUTO, device))
     target = ENGINES.get(profile.name)
@@ -64,5 +73,6 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["AUTO", "ENGINES", "DEFAULT_PROFILE", "PROFILE_HELP", "PROFILE_NAMES", "Engine", "ImageContext", "Profile",
-           "WatermarkBatch", "get_engine", "resolve_device", "resolve_profile"]
+__all__ = ["AUTO", "ENGINES", "DEFAULT_PROFILE", "DEFAULT_STRENGTH", "STRENGTHS", "STRENGTH_HELP", "PROFILE_HELP",
+           "PROFILE_NAMES", "Engine", "ImageContext", "Profile", "WatermarkBatch", "get_engine", "profile_spec",
+           "resolve_device", "resolve_profile", "split_spec"]

@@ -100,8 +100,10 @@ class AdversarialEngine(Engine):
     def _watermark(self, images, lesion, contexts) -> WatermarkBatch:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def opt(self, key: str, default):
-        return self.profile.options.get(key, default)
+    def opt(self, key: str, default=None):
+        """The typed option (options.py: its default when not given); `default` stands in for a None there."""
+        value = getattr(self.options, key)
+        return default if value is None else value
 
     @property
     def _local(self) -> threading.local:  # the group being watermarked, per thread (engines are shared)

@@ -28,8 +28,11 @@ class Engine(ABC):
     name: str = "abstract"
 
     def __init__(self, profile: Profile, device: torch.device):
+        from .options import parse_options
+
         self.profile = profile
         self.device = device
+        self.options = parse_options(self.name, profile.options)  # ValueError naming an unknown key
 
     @abstractmethod
     def watermark(

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from . import constraints as C
 from .base import ImageContext, WatermarkBatch
 from .eot import gaussian_blur, random_transform
+from .spread import engine_marks, spread_watermark
 from .transfer import TransferEngine, _loss
 
 
@@ -62,13 +63,27 @@ class CloakEngine(TransferEngine):
     name = "cloak"
     cam_threshold_default = 170.0
 
+    def budget(self) -> C.Budget:
+        """The budget every output is checked against: the strength level's, with the options' overrides."""
+        return C.level_budget(self.profile.strength, self.options.budget_fields(),
+                              float(self.profile.max_area_fraction))
+
+    def marks(self, images: torch.Tensor, lesion: torch.Tensor, contexts: list[ImageContext]):
+        """The spread marks (spread.Marks: strokes, support, geometry) this engine paints on these images with
+        this lesion mask (the same keyed geometry): which pixels the visible mark may touch."""
+        n, _, h, w = images.shape
+        return engine_marks(self, n, h, w, lesion.to(self.device).bool(), contexts, self.budget())
+
     def _watermark(self, images: torch.Tensor, lesion: torch.Tensor | None,
                    contexts: list[ImageContext]) -> WatermarkBatch:
+        budget = self.budget()
+        strength = self.profile.strength or C.DEFAULT_STRENGTH
+        if C.level_of(strength).design == "spread":
+            return spread_watermark(self, images, lesion, contexts, budget, strength)
         t0 = time.perf_counter()
         n, c, h, w = images.shape
         images = images.to(self.device, torch.float32)
         ens = self.ensemble
-        budget = C.Budget.from_options(self.profile.options, float(self.profile.max_area_fraction))
         gen = torch.Generator().manual_seed(int(self.profile.seed))
         iters = int(self.opt("iterations", 30))
         cap = budget.alpha_cap
@@ -167,7 +182,8 @@ class CloakEngine(TransferEngine):
             raise RuntimeError("cloak engine output breaks its constraints: " + "; ".join(bad))
         secs = time.perf_counter() - t0
         params_out = [{
-            "engine": self.name, "logo": logo_id, "box": b, "alpha_cap": cap, "alpha_min": a_min,
+            "engine": self.name, "design": "box", "strength": strength, "logo": logo_id, "box": b,
+            "alpha_cap": cap, "alpha_min": a_min,
             "cloak_linf": budget.cloak_linf, "psnr_min": budget.psnr_min, "iterations": iters,
             "lesion": les_src, "seed": int(self.profile.seed), "surrogates": ens.names,
             "seconds": round(secs / n, 4),

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .logo import box_size  # noqa: F401 - the box's size rule lives with the logo; re-exported here
+from .profile import DEFAULT_STRENGTH, STRENGTHS
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,91 @@ class Budget:
     psnr_margin: float = 0.5  # the engine aims this much higher (8-bit rounding downstream)
     texture_window: int = 7  # local standard deviation window (pixels at full resolution)
 
-    @classmethod
-    def from_options(cls, options: dict, max_area_fraction: float) -> Budget:
-        """A budget from Profile.options (same names), the box from the profile."""
-        names = {f for f in cls.__dataclass_fields__ if f != "max_area_fraction"}
-        return cls(max_area_fraction=max_area_fraction, **{k: float(v) for k, v in options.items() if k in names
-                                                           and k != "texture_window"},
-                   **({"texture_window": int(options["texture_window"])} if "texture_window" in options else {}))
+
+@dataclass(frozen=True)
+class Level:
+    """One strength level: the mark's design and the budget every output of that level is checked against.
+    coverage_max: the fraction of the image the visible mark may touch (box design: its box's area)."""
+
+    design: str  # "box": see-through logo in one box (+ cloak); "spread": the keyed lattice over the image
+    alpha_cap: float  # the mark's opacity cap at every pixel
+    coverage_max: float
+    psnr_min: float  # the cloak's PSNR outside the mark, dB
+    cloak_linf: float = 8.0
+
+
+# The levels' numbers, in one table (issue 23: chosen from the measured frontier, docs/evaluation/spread.md).
+LEVELS: dict[str, Level] = {
+    "discreet": Level("box", alpha_cap=0.5, coverage_max=1 / 9, psnr_min=40.0),
+    "standard": Level("spread", alpha_cap=0.25, coverage_max=0.45, psnr_min=40.0),
+    "strong": Level("spread", alpha_cap=0.4, coverage_max=0.55, psnr_min=36.0, cloak_linf=12.0),
+}
+assert tuple(LEVELS) == STRENGTHS
+
+
+def level_of(strength: str | None) -> Level:
+    name = strength or DEFAULT_STRENGTH
+    if name not in LEVELS:
+        raise ValueError(f"unknown strength {name!r} (known: {', '.join(STRENGTHS)})")
+    return LEVELS[name]
+
+
+def level_budget(strength: str | None, overrides: dict, box_fraction: float) -> Budget:
+    """The Budget of a strength level with an engine's option overrides (options.BudgetOptions.budget_fields);
+    the box design's area bound is the profile's box (`box_fraction`) unless coverage_max is given."""
+    lv = level_of(strength)
+    over = dict(overrides)
+    cover = over.pop("coverage_max", box_fraction if lv.design == "box" else lv.coverage_max)
+    fields = {"alpha_cap": lv.alpha_cap, "psnr_min": lv.psnr_min, "cloak_linf": lv.cloak_linf, **over}
+    return Budget(max_area_fraction=float(cover), **fields)
+
+
+def compose_mark(images: torch.Tensor, lesion: torch.Tensor, mark: torch.Tensor, alpha: torch.Tensor,
+                 texture: torch.Tensor, cloak: torch.Tensor | None, cloak_mask: torch.Tensor | None,
+                 budget: Budget) -> torch.Tensor:
+    """`compose` for a mark of any shape: mark (N, H, W) bool, where the visible layer may go; alpha (N, 1, H, W)
+    clamped to [0, alpha_cap] and zeroed off the mark; texture (N, 1 or C, H, W) clamped to [0, 1]; the cloak
+    (N, 1 or C, H, W) in [-1, 1] times cloak_mask, scaled so that the PSNR outside the mark stays >= psnr_min."""
+    on = mark[:, None].float()
+    a = alpha.clamp(0, budget.alpha_cap) * on * (~lesion[:, None]).float()
+    out = images + a * (texture.clamp(0, 1) - images)
+    if cloak is not None:
+        d = cloak.clamp(-1, 1) * cloak_mask * (budget.cloak_linf / 255.0) * (1 - on)
+        mse = (d * d).flatten(1).sum(1) / ((1 - on).flatten(1).sum(1) * d.shape[1]).clamp_min(1)
+        target = 10 ** (-(budget.psnr_min + budget.psnr_margin) / 10)
+        scale = (target / mse.detach().clamp_min(1e-12)).sqrt().clamp(max=1.0)
+        out = out + d * scale.view(-1, 1, 1, 1)
+    out = out.clamp(0, 1)
+    return torch.where(lesion[:, None].expand_as(images), images, out)
+
+
+def violations_mark(images: torch.Tensor, out: torch.Tensor, lesion: torch.Tensor, mark: torch.Tensor,
+                    budget: Budget, tol: float = 1.5 / 255) -> list[str]:
+    """`violations` for a mark of any shape (N, H, W) bool: lesion pixels changed, the mark covering more than
+    max_area_fraction of an image, a mark pixel keeping less than (1 - alpha_cap) of the original, a pixel off
+    the mark beyond the cloak's L-inf budget, PSNR off the mark below psnr_min."""
+    n, c, h, w = images.shape
+    bad = []
+    changed = lesion[:, None] & (out != images)
+    if bool(changed.any()):
+        bad.append(f"{int(changed.sum())} lesion pixel values changed")
+    cover = mark.flatten(1).float().mean(1)
+    for i in torch.nonzero(cover > budget.max_area_fraction + 1e-6).flatten().tolist():
+        bad.append(f"image {i}: the mark covers {float(cover[i]):.4f} of the image, "
+                   f"over {budget.max_area_fraction:.4f}")
+    inside = mark[:, None].expand_as(images)
+    k = 1 - budget.alpha_cap
+    if bool((inside & ((out < k * images - tol) | (out > k * images + budget.alpha_cap + tol))).any()):
+        bad.append(f"a mark pixel keeps less than (1 - alpha_cap) = {k:g} of the original")
+    d = out - images
+    if bool(((~inside) & (d.abs() > budget.cloak_linf / 255.0 + tol)).any()):
+        bad.append(f"cloak beyond {budget.cloak_linf:g}/255 off the mark")
+    outside = (~inside).float()
+    mse = (d * d * outside).flatten(1).sum(1) / outside.flatten(1).sum(1).clamp_min(1)
+    worst = float(mse.max()) if len(mse) else 0.0
+    if worst > 0 and 10 * torch.log10(torch.tensor(1 / worst)) < budget.psnr_min - 0.05:
+        bad.append(f"PSNR off the mark {10 * torch.log10(torch.tensor(1 / worst)):.2f} dB < {budget.psnr_min}")
+    return bad
 
 
 # The logo stays a logo: its opacity on the strokes never falls below ALPHA_MIN and its texture stays bright

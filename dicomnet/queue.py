@@ -1,4 +1,4 @@
-"""The gateway's durable work queue: one SQLite database (WAL) beside the spooled files.
+"""The durable work queue shared by the gateway and the Orthanc plugin: one SQLite database (WAL).
 
 One row per (received instance, destination). States:
     pending      waiting to be sent (next_try says when)
@@ -20,6 +20,8 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +53,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated      REAL NOT NULL,
     deid         TEXT,                 -- JSON de-identification options (DeidOptions); NULL: queued before
                                        -- they were recorded (the forwarder decides them again, or does not send)
-    lesion_source INTEGER NOT NULL DEFAULT 0  -- a SEG / RTSTRUCT, decided once on arrival (lesion_source_class)
+    lesion_source INTEGER NOT NULL DEFAULT 0,  -- a SEG / RTSTRUCT, decided once on arrival (lesion_source_class)
+    batch        TEXT,                 -- the caller's group of rows (the plugin's export job); NULL: none
+    receipt      TEXT                  -- the caller's stamp of this receipt (Orthanc's ReceptionDate)
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (destination, state, next_try);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (destination, study_uid, state);
@@ -61,7 +65,10 @@ CREATE INDEX IF NOT EXISTS jobs_lesion ON jobs (sop_class, created);  -- sweepin
 """
 
 # columns added after the first release: (name, type) added to an older database at open
-ADDED_COLUMNS = (("deid", "TEXT"), ("lesion_source", "INTEGER NOT NULL DEFAULT 0"))
+ADDED_COLUMNS = (("deid", "TEXT"), ("lesion_source", "INTEGER NOT NULL DEFAULT 0"), ("batch", "TEXT"),
+                 ("receipt", "TEXT"))
+# indexes on added columns: made after the columns exist
+INDEXES = "CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch);"  # one export job's rows
 
 STATES = ("pending", "done", "dead", "quarantined")
 # A SEG / RTSTRUCT is kept in the spool this long after its receipt (and while images of its study
@@ -79,21 +86,48 @@ def lesion_source_class(sop_class: str) -> bool:
 FILE_BUSY = "SELECT COUNT(*) FROM jobs WHERE file=? AND state IN ('pending','dead')"
 
 
-def insert_row(con: sqlite3.Connection, *, file: str, sop_uid: str, sop_class: str, transfer_syntax: str,
-               study_uid: str, series_uid: str, calling_ae: str, called_ae: str, destination: str, action: str,
-               rule: str, recipients, profile: str | None, deid: str | None, now: float) -> int:
+def _insert_row(con: sqlite3.Connection, *, file: str, sop_uid: str, sop_class: str, transfer_syntax: str,
+                study_uid: str, series_uid: str, calling_ae: str, called_ae: str, destination: str, action: str,
+                rule: str, recipients, profile: str | None, deid: str | None, now: float,
+                batch: str | None = None, receipt: str | None = None) -> int:
     """One row of the jobs table, inside the caller's transaction: the one INSERT every writer (the
     gateway's receipt, the Orthanc plugin's outbox) goes through, so each sets every column. deid: the
     rule's de-identification options as JSON, or None (decided from the rules in force at send time)."""
     cur = con.execute(
         "INSERT INTO jobs (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae,"
         " called_ae, destination, action, rule, recipients, profile, deid, lesion_source, next_try,"
-        " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " created, updated, batch, receipt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (file, sop_uid, sop_class, transfer_syntax, study_uid, series_uid, calling_ae, called_ae, destination,
          action, rule, json.dumps([str(r) for r in recipients]), profile, deid,
          int(lesion_source_class(sop_class)),  # decided once, here; every later step reads the row
-         now, now, now))
+         now, now, now, batch, receipt))
     return cur.lastrowid
+
+
+class Transaction:
+    """One write transaction of the queue, open inside Queue.transaction(): queue rows through add(),
+    the caller's own tables (Queue(schema=...)) through execute_own(); one commit covers both."""
+
+    def __init__(self, con: sqlite3.Connection, now: float):
+        self._con = con
+        self.now = now
+
+    def add(self, **row) -> int:
+        """One queue row (the columns of _insert_row but `now`); returns its id."""
+        return _insert_row(self._con, now=self.now, **row)
+
+    def hold_study(self, destination: str, study_uid: str, until: float) -> None:
+        """The study's untried protect rows for this destination wait until `until` (study settle)."""
+        self._con.execute("UPDATE jobs SET next_try=? WHERE destination=? AND study_uid=? AND action='protect'"
+                          " AND state='pending' AND attempts=0 AND next_try<?", (until, destination, study_uid, until))
+
+    def assign(self, row_id: int, batch: str, receipt: str | None) -> None:
+        """Put an existing row into a batch (moving an older caller's grouping into the queue)."""
+        self._con.execute("UPDATE jobs SET batch=?, receipt=? WHERE id=?", (batch, receipt, row_id))
+
+    def execute_own(self, sql: str, args=()) -> sqlite3.Cursor:
+        """SQL on the caller's own tables, never on jobs (the queue's methods are its interface)."""
+        return self._con.execute(sql, args)
 
 
 @dataclass(frozen=True)
@@ -142,13 +176,15 @@ class Job:
     attempts: int
     deid: DeidOptions | None = None  # None: not recorded (queued by an older gateway)
     lesion_source: bool = False  # a SEG / RTSTRUCT (recorded on arrival: lesion_source_class)
+    batch: str | None = None  # the caller's group of rows (the plugin's export job)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
         return cls(row["id"], row["file"], row["sop_uid"], row["sop_class"], row["transfer_syntax"],
                    row["study_uid"], row["series_uid"], row["calling_ae"], row["called_ae"],
                    row["destination"], row["action"], row["rule"], tuple(json.loads(row["recipients"])),
-                   row["profile"], row["attempts"], DeidOptions.from_json(row["deid"]), bool(row["lesion_source"]))
+                   row["profile"], row["attempts"], DeidOptions.from_json(row["deid"]), bool(row["lesion_source"]),
+                   row["batch"])
 
 
 @dataclass(frozen=True)
@@ -177,7 +213,9 @@ def backoff_delay(attempts: int, base_s: float, max_s: float, rng: random.Random
 class Queue:
     """Thread-safe: one connection per thread (sqlite3 connections are not shared)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, schema: str = ""):
+        """schema: the caller's own tables (CREATE ... IF NOT EXISTS), kept in the same database so one
+        transaction (transaction()) covers a caller's row and its queue rows."""
         self.path = Path(path)
         private_dir(self.path.parent)
         # 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database file's mode
@@ -189,6 +227,8 @@ class Queue:
         con.executescript(SCHEMA)
         con.commit()
         self._migrate(con)
+        con.executescript(INDEXES + schema)
+        con.commit()
 
     @staticmethod
     def _migrate(con: sqlite3.Connection) -> None:
@@ -209,6 +249,29 @@ class Queue:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def transaction(self, durable: bool = False) -> Iterator[Transaction]:
+        """One write transaction (fsynced when durable): committed when the block ends, rolled back
+        when it raises."""
+        con = self._con()
+        if durable:
+            con.execute("PRAGMA synchronous=FULL")
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            yield Transaction(con, time.time())
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            if durable:
+                con.execute("PRAGMA synchronous=NORMAL")
+
+    def read_own(self, sql: str, args=()) -> list[sqlite3.Row]:
+        """A read of the caller's own tables (Queue(schema=...)), never of jobs."""
+        return self._con().execute(sql, args).fetchall()
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -233,44 +296,32 @@ class Queue:
         """Queue one instance for its destinations (fsynced when durable). With settle_s, its protect
         jobs and the untried protect jobs of its study for the same destinations wait until the study
         has received nothing for settle_s (a study-settle window for late SEG / RTSTRUCT)."""
-        con = self._con()
-        now = time.time()
         ids = []
-        if durable:
-            con.execute("PRAGMA synchronous=FULL")
-        try:
-            con.execute("BEGIN IMMEDIATE")
+        with self.transaction(durable) as tx:
+            now = tx.now
             for job in jobs:
-                ids.append(insert_row(con, file=file, sop_uid=sop_uid, sop_class=sop_class,
-                                      transfer_syntax=transfer_syntax, study_uid=study_uid, series_uid=series_uid,
-                                      calling_ae=calling_ae, called_ae=called_ae, destination=job.destination,
-                                      action=job.action, rule=job.rule, recipients=job.recipients,
-                                      profile=job.profile, deid=job.deid.to_json(), now=now))
+                ids.append(tx.add(file=file, sop_uid=sop_uid, sop_class=sop_class, transfer_syntax=transfer_syntax,
+                                  study_uid=study_uid, series_uid=series_uid, calling_ae=calling_ae,
+                                  called_ae=called_ae, destination=job.destination, action=job.action,
+                                  rule=job.rule, recipients=job.recipients, profile=job.profile,
+                                  deid=job.deid.to_json()))
                 if settle_s > 0 and job.action == "protect":
-                    con.execute("UPDATE jobs SET next_try=? WHERE destination=? AND study_uid=? AND action='protect'"
-                                " AND state='pending' AND attempts=0 AND next_try<?",
-                                (now + settle_s, job.destination, study_uid, now + settle_s))
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            if durable:
-                con.execute("PRAGMA synchronous=NORMAL")
+                    tx.hold_study(job.destination, study_uid, now + settle_s)
         return ids
 
     # ----------------------------------------------------------------------------------- progress
-    def due(self, destination: str, limit: int, now: float | None = None) -> list[Job]:
+    def due(self, destination: str | None, limit: int, now: float | None = None) -> list[Job]:
+        """Pending rows whose time has come, in queue order (destination None: every destination)."""
         now = time.time() if now is None else now
+        where, args = ("", ()) if destination is None else ("destination=? AND ", (destination,))
         rows = self._con().execute(
-            "SELECT * FROM jobs WHERE destination=? AND state='pending' AND next_try<=? ORDER BY id LIMIT ?",
-            (destination, now, limit)).fetchall()
+            f"SELECT * FROM jobs WHERE {where}state='pending' AND next_try<=? ORDER BY id LIMIT ?",
+            (*args, now, limit)).fetchall()
         return [Job.from_row(r) for r in rows]
 
-    def next_due_time(self, destination: str) -> float | None:
-        row = self._con().execute("SELECT MIN(next_try) FROM jobs WHERE destination=? AND state='pending'",
-                                  (destination,)).fetchone()
+    def next_due_time(self, destination: str | None = None) -> float | None:
+        where, args = ("", ()) if destination is None else ("destination=? AND ", (destination,))
+        row = self._con().execute(f"SELECT MIN(next_try) FROM jobs WHERE {where}state='pending'", args).fetchone()
         return row[0]
 
     def mark_done(self, job_id: int, sent_sop_uid: str | None = None) -> None:
@@ -363,6 +414,43 @@ class Queue:
         rows = self._con().execute("SELECT DISTINCT study_uid FROM jobs WHERE lesion_source"
                                    " AND created>=? AND created<?", (since, until)).fetchall()
         return [r[0] for r in rows]
+
+    # -------------------------------------------------------------------------------------- batches
+    def batches_holding(self, file: str, destination: str, receipt: str) -> list[str]:
+        """The batches with a row for this receipt of `file` to this destination (any state)."""
+        return [r[0] for r in self._con().execute(
+            "SELECT DISTINCT batch FROM jobs WHERE file=? AND destination=? AND receipt=? AND batch IS NOT NULL",
+            (file, destination, receipt))]
+
+    def batch_progress(self, batch: str) -> dict:
+        """Counts of the batch's rows: pending (never tried), retrying, done, dead, quarantined; what was
+        sent by action; the times of the first and last change; the reasons of the failures (up to 20,
+        as 'SOP UID (state): reason'); the next retry."""
+        con = self._con()
+        counts = {"pending": 0, "retrying": 0, "done": 0, "dead": 0, "quarantined": 0}
+        sent = {"protect": 0, "pass": 0, "unchanged": 0}
+        for state, tried, action, n in con.execute(
+                "SELECT state, attempts>0, action, COUNT(*) FROM jobs WHERE batch=? GROUP BY state, attempts>0, action",
+                (batch,)):
+            counts["retrying" if state == "pending" and tried else state] += n
+            if state == "done":
+                sent[action] = sent.get(action, 0) + n
+        first, last = con.execute("SELECT MIN(updated), MAX(updated) FROM jobs WHERE batch=?"
+                                  " AND (attempts>0 OR state!='pending')", (batch,)).fetchone()
+        errors = [f"{r[0]} ({r[1]}): {r[2]}" for r in con.execute(
+            "SELECT sop_uid, state, last_error FROM jobs WHERE batch=? AND last_error IS NOT NULL"
+            " ORDER BY updated DESC LIMIT 20", (batch,))]
+        next_try = con.execute("SELECT MIN(next_try) FROM jobs WHERE batch=? AND state='pending' AND attempts>0",
+                               (batch,)).fetchone()[0]
+        return {**counts, "sent": sent, "first_update": first, "last_update": last, "errors": errors,
+                "next_try": next_try}
+
+    def failures(self, limit: int = 20) -> list[dict]:
+        """The latest dead-lettered and quarantined rows, newest first."""
+        rows = self._con().execute(
+            "SELECT id, file, sop_uid, destination, state, attempts, last_error, batch FROM jobs"
+            " WHERE state IN ('dead','quarantined') ORDER BY updated DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
 
     # -------------------------------------------------------------------------------------- status
     def counts(self) -> dict[str, dict[str, int]]:
