@@ -312,7 +312,8 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
         "n_images": n, "image_size": [h, w], "classes": ds.classes,
         "metric": "balanced accuracy" if balanced else "accuracy",
         "profile": {"name": profile.name, "max_area_fraction": profile.max_area_fraction,
-                    "alpha_max": profile.alpha_max, "seed": profile.seed, "options": profile.options},
+                    "alpha_max": profile.alpha_max, "seed": profile.seed, "options": profile.options,
+                    "strength": profile.strength, "design": params[0].get("design", "box") if params else None},
         "white_box_models": {k: v.meta.get("val_accuracy") for k, v in white.items()},
         "black_box_models": _model_meta(black),
         "reference_models": _model_meta(reference),
@@ -394,6 +395,10 @@ def _command(args) -> str:
         parts += ["--own-images", str(args.own_images)]
     if getattr(args, "own_profile", ""):
         parts += ["--own-profile", args.own_profile]
+    if getattr(args, "own_options", None):
+        parts += ["--own-options", args.own_options]
+    if getattr(args, "strength", None):
+        parts += ["--strength", args.strength]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -401,7 +406,9 @@ def main(args) -> int:
     torch.set_num_threads(int(getattr(args, "threads", 2) or 2))
     options = json.loads(args.options) if getattr(args, "options", None) else {}
     profile = Profile(name=resolve_profile(args.profile, args.device), seed=args.seed, options=options,
-                      max_area_fraction=args.max_area_fraction, alpha_max=args.alpha_max)
+                      max_area_fraction=args.max_area_fraction, alpha_max=args.alpha_max,
+                      strength=getattr(args, "strength", None))
+    own_options = json.loads(args.own_options) if getattr(args, "own_options", None) else None
     rep = run_evaluation(args.data, profile, args.out, models=args.models,
                          reference_models=getattr(args, "reference_models", None), limit=args.limit, batch=args.batch,
                          device=args.device, n_examples=getattr(args, "examples", 4),
@@ -409,7 +416,8 @@ def main(args) -> int:
                          third_parties=getattr(args, "third_parties", None),
                          third_party_options=json.loads(args.third_party_options)
                          if getattr(args, "third_party_options", None) else None,
-                         own=OwnImages(n=getattr(args, "own_images", 1000), profile=getattr(args, "own_profile", "")))
+                         own=OwnImages(n=getattr(args, "own_images", 1000), profile=getattr(args, "own_profile", ""),
+                                       options=own_options))
     s = rep["accuracy_summary"]
     for role in s:
         if role == "models":

@@ -74,8 +74,9 @@ def test_options_are_typed_and_unknown_keys_refused():
         make_third_parties(["plain", "nobody"], None)
     with pytest.raises(ValueError, match="careful"):  # options for a third party not selected
         make_third_parties(["plain"], {"careful": {}})
-    assert [p.name for p in make_third_parties(None, None)] == ["plain", "careful", "adaptive", "removal_unet",
-                                                                "mark_inpainted", "jpeg_q75", "resize_half"]
+    assert [p.name for p in make_third_parties(None, None)] == ["plain", "careful", "careful_marks", "adaptive",
+                                                                "removal_unet", "mark_inpainted", "jpeg_q75",
+                                                                "resize_half"]
 
 
 def test_inpainting_restores_the_mark_and_leaves_every_other_pixel_untouched():
@@ -156,18 +157,22 @@ def test_each_third_party_scores_its_models_on_clean_and_protected(tmp_path):
     arena, path = tiny_arena(tmp_path)
     clean = arena.dataset.images[arena.eval_index].float() / 255
     protected = (0.6 * clean + 0.4).clamp(0, 1)
-    names = ["plain", "careful", "adaptive", "removal_unet", "mark_inpainted", "jpeg_q75", "resize_half"]
+    names = ["plain", "careful", "careful_marks", "adaptive", "removal_unet", "mark_inpainted", "jpeg_q75",
+             "resize_half"]
     opts = {name: {"models": [str(path)]} for name in names}
+    opts["careful_marks"].update(images=8, epochs=1, batch=4, cache=False)
     opts["removal_unet"].update(steps=3, batch=2, crop=16, width=4)
     opts["adaptive"].update(epochs=1, batch=8)
     parties = make_third_parties(names, opts)
     for party in parties:
         res = party.evaluate(arena, clean, protected)
-        model = "tiny_resnet10_adapted" if party.name == "adaptive" else "tiny_resnet10"
+        model = {"adaptive": "tiny_resnet10_adapted", "careful_marks": "tiny_resnet10_marks"}.get(party.name,
+                                                                                                "tiny_resnet10")
         assert list(res["models"]) == [model], party.name
         for cond in ("clean", "protected"):
             assert 0.0 <= res["mean"][cond] <= 1.0 and res["mean"][cond] == res["models"][model][cond]
-    adaptive, removal = parties[2], parties[3]
+    marks, adaptive, removal = parties[2], parties[3], parties[4]
+    assert marks.cost["images_marked"] == 8 and marks.cost["tiny_resnet10_fine_tune_seconds"] > 0
     assert removal.cost["images_protected"] == 12 and removal.cost["steps"] == 3
     assert adaptive.cost["images_protected"] == 12 and adaptive.cost["training_images"] == 24  # + clean copies
 
@@ -220,3 +225,13 @@ def test_frontier_writes_tables_plot_and_pictures(tmp_path):
     assert "| spread 0.15 | standard | plain 0.300 | contrast_transmission 0.700 (>= 0.75)" in md
     assert Image.open(tmp_path / "f" / "frontier_brain_mri.png").size[0] > 500
     assert (tmp_path / "f" / "brain_mri_spread_0.15_ex0.png").exists()
+
+
+def test_careful_marks_trains_under_random_marks_of_every_level():
+    from miadmark.evaluation.careful_marks import random_level_mark
+
+    x = anatomy_images(4, 32)
+    mark = random_level_mark(torch.Generator().manual_seed(0))
+    outs = [mark(x, torch.Generator().manual_seed(k)) for k in range(6)]
+    assert all(o.shape == x.shape and not torch.equal(o, x) for o in outs)
+    assert len({round(float((o - x).abs().mean()), 4) for o in outs}) > 1  # marks differ from draw to draw

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..engine import PROFILE_HELP, PROFILE_NAMES
+from ..engine.profile import DEFAULT_STRENGTH, STRENGTHS
 
 
 def register(sub) -> None:
@@ -39,6 +40,10 @@ def register(sub) -> None:
                    help="training images the adaptive and removal third parties protect with the tool (default 1000)")
     p.add_argument("--own-profile", default="",
                    help="the profile they protect them with (default: the evaluated one; on a CPU auto runs fast)")
+    p.add_argument("--own-options", default=None, metavar="JSON",
+                   help="engine options of the profile they protect them with (default: the evaluated ones it knows)")
+    p.add_argument("--strength", default=None, choices=STRENGTHS,
+                   help=f"strength level of the profile (default {DEFAULT_STRENGTH})")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bars on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)

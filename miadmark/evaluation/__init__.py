@@ -5,14 +5,15 @@ from __future__ import annotations
 from .adaptive import Adaptive
 from .base import Arena, OwnImages, ThirdParty, parse_options
 from .careful import Careful
+from .careful_marks import CarefulMarks
 from .inpainted import MarkInpainted
 from .jpeg import Jpeg
 from .plain import Plain
 from .removal import Removal
 from .resize import Resize
 
-THIRD_PARTIES: dict[str, type[ThirdParty]] = {c.name: c for c in (Plain, Careful, Adaptive, Removal, MarkInpainted,
-                                                                  Jpeg, Resize)}
+THIRD_PARTIES: dict[str, type[ThirdParty]] = {c.name: c for c in (Plain, Careful, CarefulMarks, Adaptive, Removal,
+                                                                  MarkInpainted, Jpeg, Resize)}
 
 
 def make_third_parties(names: list[str] | None, options: dict | None) -> list[ThirdParty]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +22,10 @@ from .plain import chosen_models
 
 
 def fine_tune(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch: int,
-              seed: int) -> torch.nn.Module:
+              seed: int, mark: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+              ) -> torch.nn.Module:
     """A copy of `model` trained on (x, y) at its own input size (AdamW, cosine decay, the training's
-    augmentation), in eval mode when done."""
+    augmentation; `mark` applied to each batch first when given), in eval mode when done."""
     model = copy.deepcopy(model)
     meta = model.meta
     for p in model.parameters():
@@ -38,7 +40,8 @@ def fine_tune(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch):
             idx = perm[i:i + batch]
-            loss = F.cross_entropy(model(augment_batch(x[idx], gen)), y[idx], label_smoothing=0.05)
+            xb = mark(x[idx], gen) if mark is not None else x[idx]
+            loss = F.cross_entropy(model(augment_batch(xb, gen)), y[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

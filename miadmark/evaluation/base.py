@@ -53,6 +53,7 @@ class OwnImages:
     n: int = 1000  # training images it protects (the issue: >= 1,000)
     profile: str = ""  # the tool's profile it runs ("" = the evaluated one); `fast` is what `auto` runs on a CPU
     seed: int = 101  # its own seed: it has no key and does not know the evaluation's seed
+    options: dict | None = None  # its engine options (None: the evaluated ones that its engine knows)
 
 
 @dataclass
@@ -106,16 +107,26 @@ class Arena:
         idx = idx[keep.sort().values]
         clean = self.dataset.images[idx].float() / 255
         name = self.own.profile or self.profile.name
-        prof = dataclasses.replace(self.profile, name=name, seed=self.own.seed)
+        opts = self.own.options
+        if opts is None:
+            from ..engine.options import OPTION_TYPES
+
+            known = OPTION_TYPES[name].model_fields if name in OPTION_TYPES else {}
+            opts = {k: v for k, v in self.profile.options.items() if k in known}
+        prof = dataclasses.replace(self.profile, name=name, seed=self.own.seed, options=opts)
         engine = get_engine(prof, self.device)
-        t0, prot = time.perf_counter(), []
+        t0, prot, params = time.perf_counter(), [], []
         for i in range(0, len(clean), self.batch):
             xb = clean[i:i + self.batch]
-            prot.append(engine.watermark(xb.to(engine.device), None, [self.context] * len(xb)).images.cpu())
+            res = engine.watermark(xb.to(engine.device), None, [self.context] * len(xb))
+            prot.append(res.images.cpu())
+            params += res.params
         secs = time.perf_counter() - t0
         log.info("third party protected %d of its own images with %s in %.0f s", len(clean), name, secs)
         self._own_cache.update(clean=clean, protected=torch.cat(prot), labels=self.dataset.labels[idx],
-                               cost={"images_protected": len(clean), "profile": name,
+                               cost={"images_protected": len(clean), "profile": name, "options": opts,
+                                     "strength": getattr(prof, "strength", None),
+                                     "design": params[0].get("design", "box") if params else None,
                                      "protect_seconds": round(secs, 1)})
         return self._own_cache
 

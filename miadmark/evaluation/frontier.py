@@ -16,8 +16,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-PARTIES = ["plain", "careful", "adaptive", "removal_unet", "mark_inpainted", "jpeg_q75", "resize_half"]
-COLOURS = {"plain": (31, 119, 180), "careful": (255, 127, 14), "adaptive": (44, 160, 44),
+PARTIES = ["plain", "careful", "careful_marks", "adaptive", "removal_unet", "mark_inpainted", "jpeg_q75",
+           "resize_half"]
+COLOURS = {"plain": (31, 119, 180), "careful": (255, 127, 14), "careful_marks": (188, 189, 34),
+           "adaptive": (44, 160, 44),
            "removal_unet": (214, 39, 40), "mark_inpainted": (148, 103, 189), "jpeg_q75": (140, 86, 75),
            "resize_half": (127, 127, 127)}
 
@@ -102,7 +104,7 @@ def plot(rows: list[tuple[str, dict]], path: Path, title: str) -> None:
             for x, y in xy:
                 d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=COLOURS[p])
     for i, p in enumerate(PARTIES):
-        x = 10 + i * 145
+        x = 10 + i * 125
         d.rectangle([x, H + 48, x + 10, H + 58], fill=COLOURS[p])
         d.text((x + 14, H + 47), p, fill="black")
     img.save(path, optimize=True)

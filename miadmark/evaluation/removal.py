@@ -75,8 +75,8 @@ class Removal(ThirdParty):
     @dataclass(frozen=True)
     class Options:
         steps: int = 400
-        batch: int = 16
-        crop: int = 96
+        batch: int = 8
+        crop: int = 64
         width: int = 16
         lr: float = 1e-3
         seed: int = 31
