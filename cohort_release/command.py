@@ -82,7 +82,7 @@ def _job(args):
 
     if args.profile is not None and args.profile not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {args.profile!r} (known: {', '.join(PROFILE_NAMES)})")
-    dest, dest_name, headers, verify = args.dest, args.dest_name, {}, True
+    dest, dest_name, headers, verify, retry = args.dest, args.dest_name, {}, True, {}
     sign_key, sign_cert = args.sign_key, args.sign_cert
     if args.config:
         cfg = load_config(args.config)
@@ -90,13 +90,16 @@ def _job(args):
             raise ValueError("--recipient is not used with --config: the matching rule names the recipients")
         if args.dest in cfg.destinations:
             named = cfg.destinations[args.dest]
-            if named.kind != "stow":
-                raise ValueError(f"destination {args.dest!r} of {args.config} is not a stow_url destination")
+            from cohort_release.sink import RELEASE_KINDS
+            if named.kind not in RELEASE_KINDS:
+                raise ValueError(f"destination {args.dest!r} of {args.config} is a {named.kind} destination: a "
+                                 f"release sends to {', '.join(RELEASE_KINDS)} (stow_url) destinations")
             dest, dest_name = str(named.stow_url).rstrip("/").removesuffix("/studies"), dest_name or args.dest
             headers, verify = dict(named.headers), named.verify
         if dest_name not in cfg.destinations:
             raise ValueError(f"--dest-name {dest_name!r} is not a destination of {args.config} "
                              f"(known: {', '.join(cfg.destinations) or 'none'}): the rules could not match it")
+        retry = cfg.gateway.retry.model_dump()  # the same `retry:` block as the gateway's
         if cfg.identity is not None:
             sign_key = sign_key or str(cfg.identity.key)
             sign_cert = sign_cert or str(cfg.identity.cert)
@@ -107,5 +110,4 @@ def _job(args):
     return ReleaseJob(source=args.source, dest=dest, dest_name=dest_name or dest, sign_key=sign_key,
                       sign_cert=sign_cert, recipients=tuple(args.recipient), passphrase_file=args.passphrase_file,
                       profile=profile_spec(args.profile, args.strength), config=args.config, device=args.device,
-                      dest_headers=headers,
-                      dest_verify=verify, patience_s=args.patience)
+                      dest_headers=headers, dest_verify=verify, patience_s=args.patience, retry=retry)

@@ -100,8 +100,7 @@ def _release(job: ReleaseJob, opts: RunOptions, manifest: Manifest, say) -> Summ
                            studies=opts.studies, patience_s=job.patience_s)
         new = manifest.add(refs)
         say(f"cohort: {len(refs)} instance(s) listed, {new} new to the manifest {manifest.path}")
-        sink = open_sink(job.dest, headers=job.dest_headers, verify=job.dest_verify, timeout_s=job.timeout_s,
-                         patience_s=job.patience_s)
+        sink = open_sink(job.dest, **job.sink_options())
         _settle(manifest, sink, manifest.in_state(PENDING), say)
         work = [ref for ref, _ in manifest.in_state(TODO, FAILED)]
         if work:

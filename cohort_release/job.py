@@ -21,3 +21,11 @@ class ReleaseJob:
     dest_verify: bool | str = True
     patience_s: float = 600.0        # how long a source or destination may be away before the run stops
     timeout_s: float = 120.0         # one HTTP request
+    retry: dict = field(default_factory=dict)  # the config's retry limits (dicomnet RetryPolicy); {}: defaults
+
+    def sink_options(self) -> dict:
+        """open_sink's keyword arguments for the destination (cohort_release.sink)."""
+        from dicomnet.outcome import RetryPolicy
+
+        return {"headers": self.dest_headers, "verify": self.dest_verify, "timeout_s": self.timeout_s,
+                "patience_s": self.patience_s, "retry": RetryPolicy.of(self.retry)}

@@ -1,18 +1,20 @@
 """Waiting out a source or destination that went away: exponential backoff with jitter, then give up.
 
 Only "not there right now" is waited for (no connection, timeout, HTTP 429/502/503/504); any other
-answer is the instance's own failure and is returned at once.
+answer is the instance's own failure and is returned at once. Reads (WADO-RS, QIDO-RS) go through
+here; sending (STOW-RS) is dicomnet's (cohort_release.sink). The waits are dicomnet's backoff.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import requests
+
+from dicomnet.outcome import backoff_delay
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,7 +37,7 @@ def patiently(call: Callable[[], T], what: str, patience_s: float, *, first_wait
               max_wait_s: float = 60.0) -> T:
     """call(), retried while it fails transiently, for at most patience_s; then Unavailable(what)."""
     deadline = time.monotonic() + patience_s
-    wait = first_wait_s
+    failures = 0
     while True:
         try:
             return call()
@@ -45,7 +47,7 @@ def patiently(call: Callable[[], T], what: str, patience_s: float, *, first_wait
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Unavailable(f"{what} unreachable for {patience_s:.0f} s ({type(exc).__name__})") from exc
-            pause = min(wait * random.uniform(0.5, 1.0), left)
+            failures += 1
+            pause = min(backoff_delay(failures, first_wait_s, max_wait_s), left)
             log.warning("%s unreachable (%s), retrying in %.1f s", what, type(exc).__name__, pause)
             time.sleep(pause)
-            wait = min(wait * 2, max_wait_s)

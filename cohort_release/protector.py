@@ -54,8 +54,7 @@ class Protector:
         self.signer = loaded.identity(job.sign_key, job.sign_cert, job.passphrase_file)
         self.config = load_config(job.config) if job.config else None
         self.source = dicomweb_client(job.source, timeout_s=job.timeout_s)
-        self.sink = open_sink(job.dest, headers=job.dest_headers, verify=job.dest_verify,
-                              timeout_s=job.timeout_s, patience_s=job.patience_s)
+        self.sink = open_sink(job.dest, **job.sink_options())
         self.device = job.device
         if job.device == "auto":
             self.device = "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"

@@ -1,6 +1,6 @@
-"""The gateway's transports, registered by destination kind (as mercure's dispatcher does): a new
-transport is one class here (and one destination model in miadmark.config). The sending itself is
-dicomnet's, shared with the Orthanc plugin.
+"""The gateway's transports, registered by destination kind (dicomnet.destinations, as mercure's
+@handler_for): a new transport is one class here (and one destination model in miadmark.config). The
+sending itself is dicomnet's, shared with the Orthanc plugin.
 
 A link is opened per batch: `fits(pair)` says whether it can carry a (SOP class, transfer syntax),
 `send(items, on_result)` returns one dicomnet Outcome per item (or raises Unreachable) and calls
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import requests
 
+from dicomnet.destinations import handler_for, handlers
 from dicomnet.dimse import accepted_pairs, open_association, release, scu_ae, send_on
 from dicomnet.outcome import Outcome
 from dicomnet.stow import StowTarget, post_instances
@@ -21,6 +22,7 @@ from dicomnet.stow import StowTarget, post_instances
 from .tls import client_context
 
 
+@handler_for("gateway", "dimse")
 class DimseLink:
     """One association to a DICOM destination, proposing the batch's (SOP class, transfer syntax) pairs."""
 
@@ -49,6 +51,7 @@ class DimseLink:
         release(self.assoc)
 
 
+@handler_for("gateway", "stow")
 class StowLink:
     """One STOW-RS POST (multipart/related; type="application/dicom") per batch."""
 
@@ -75,7 +78,7 @@ class StowLink:
         self.session.close()
 
 
-TRANSPORTS = {"dimse": DimseLink, "stow": StowLink}
+TRANSPORTS = handlers("gateway")  # kind -> link class
 SENDABLE = tuple(TRANSPORTS)
 
 

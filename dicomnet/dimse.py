@@ -16,17 +16,13 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 
-from .outcome import Outcome, c_store_outcome
+from .outcome import Outcome, Unreachable, c_store_outcome
 
 # Send spooled files as they are (no decode/encode round) when given a path.
 _config.STORE_SEND_CHUNKED_DATASET = True
 
 log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose (PS3.8 9.3.2.2: odd IDs 1..255)
-
-
-class Unreachable(Exception):
-    """The peer could not be reached at all (no association, HTTP 5xx, ...): nothing was delivered."""
 
 
 def set_nodelay(event) -> None:

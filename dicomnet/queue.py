@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 from miadmark.lesion import LESION_SOP_CLASSES
 from miadmark.private import FILE_MODE, private_dir, restrict_file
+
+from .outcome import RetryPolicy, backoff_delay  # noqa: F401 - backoff_delay: the forwarder's import
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -203,13 +204,6 @@ class NewJob:
                    tuple(str(p) for p in decision.recipients), decision.profile, DeidOptions.of(decision))
 
 
-def backoff_delay(attempts: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
-    """Wait before attempt `attempts + 1`: base * 2^(attempts-1), capped, times a jitter in [0.5, 1.5)."""
-    rng = rng or random
-    raw = min(max_s, base_s * (2 ** max(0, attempts - 1)))
-    return min(max_s, raw * (0.5 + rng.random()))
-
-
 class Queue:
     """Thread-safe: one connection per thread (sqlite3 connections are not shared)."""
 
@@ -330,12 +324,14 @@ class Queue:
 
     def mark_failed(self, job: Job, error: str, *, max_attempts: int, base_s: float, max_s: float,
                     permanent: bool = False) -> str:
-        """Count a failed attempt; returns the new state ('pending' with a backoff, or 'dead': after
-        max_attempts, or at once for a permanent failure, which no retry can cure)."""
+        """Count a failed attempt under the retry policy (dicomnet.outcome.RetryPolicy: these three
+        limits); returns the new state ('pending' with a backoff, or 'dead': after max_attempts, or at
+        once for a permanent failure, which no retry can cure)."""
+        policy = RetryPolicy(max_attempts, base_s, max_s)
         attempts = job.attempts + 1
         now = time.time()
-        state = "dead" if permanent or attempts >= max_attempts else "pending"
-        next_try = now + backoff_delay(attempts, base_s, max_s)
+        state = policy.state_after(attempts, permanent)
+        next_try = now + policy.delay(attempts)
         self._con().execute("UPDATE jobs SET state=?, attempts=?, next_try=?, last_error=?, updated=? WHERE id=?",
                             (state, attempts, next_try, error[:500], now, job.id))
         return state

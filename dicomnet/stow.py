@@ -2,11 +2,13 @@
 
     200 / 204           every instance stored
     202                 partial success: those in FailedSOPSequence (0008,1198) failed, the rest stored
-    409                 none stored (per-instance reasons in the body when given)
+    409                 none stored: those in FailedSOPSequence failed for their own reason; the others
+                        were refused only with them, and are retried (transient)
     401 403 404 408 429 5xx, no answer    the server is unusable now: Unreachable (retried later)
     other 4xx           the request is refused: permanent
 
-A failure reason (0008,1197) of 0xA7xx (out of resources) is transient, any other is permanent.
+A failure reason (0008,1197) is read as a DIMSE status (dicomnet.outcome): 0xA7xx (out of resources)
+is transient, a refusal (0xA9xx, 0xCxxx, 0x0110, ...) permanent.
 """
 
 from __future__ import annotations
@@ -16,10 +18,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from .dimse import Unreachable
-from .outcome import DELIVERED, Outcome, status_outcome
-
-RETRY_LATER = {401, 403, 404, 408, 429}
+from .outcome import DELIVERED, Outcome, Unreachable, http_outcome, status_outcome
 
 
 @dataclass(frozen=True)
@@ -59,18 +58,21 @@ def post_instances(target: StowTarget, instances: list[tuple[str, bytes]],
     except requests.RequestException as exc:
         raise Unreachable(f"STOW-RS to {target.label}: {type(exc).__name__}") from None
     code = resp.status_code
-    if code in (200, 204):
-        return [DELIVERED for _ in instances]
-    if code >= 500 or code in RETRY_LATER:
-        raise Unreachable(f"STOW-RS to {target.label}: HTTP {code}")
     if code in (202, 409):
         failed = failed_instances(resp)
         if failed is None:  # unreadable body: nothing known to be stored, retry all
             return [Outcome(False, f"HTTP {code} without a readable failure list") for _ in instances]
+        if code == 409 and not failed.keys() & {uid for uid, _ in instances}:  # no instance named: all refused
+            return [Outcome(False, "HTTP 409: none stored (refused: not retried)", permanent=True)
+                    for _ in instances]
         return [_failed(failed[uid], code) if uid in failed else
-                (DELIVERED if code == 202 else Outcome(False, "HTTP 409: none stored", permanent=True))
+                (DELIVERED if code == 202 else Outcome(False, "HTTP 409: not stored, refused with others of"
+                                                              " its request (will retry)"))
                 for uid, _ in instances]
-    return [Outcome(False, f"HTTP {code}", permanent=True) for _ in instances]
+    whole = http_outcome(code, f"STOW-RS to {target.label}")
+    if whole.unreachable:
+        raise Unreachable(whole.error)
+    return [whole for _ in instances]
 
 
 def _failed(reason: int | None, http_code: int) -> Outcome:

@@ -1,4 +1,6 @@
-"""The `miadmark` command. Subcommands are modules with a register(subparsers), listed in COMMANDS."""
+"""The `miadmark` command. Subcommands are modules with a register(subparsers): the core's are listed in
+COMMANDS; every other package registers its own under the entry-point group ENTRY_POINTS (pyproject.toml),
+so the core names no adapter and imports one only because its package registered a command."""
 
 from __future__ import annotations
 
@@ -6,20 +8,34 @@ import argparse
 import logging
 import sys
 from importlib import import_module
+from importlib.metadata import entry_points
+from pathlib import Path
 
-# The command registry: name -> module defining register(subparsers) (which sets args.func). The
-# core's commands live in miadmark.commands; the node's beside the node (dicom_node.commands), imported
-# only here, so the core package itself never imports an adapter.
+# The core's commands: name -> module defining register(subparsers) (which sets args.func).
 COMMANDS = {
     "keys": "miadmark.commands.keys", "protect": "miadmark.commands.protect",
     "strip": "miadmark.commands.strip", "inspect": "miadmark.commands.inspect",
-    "demo": "miadmark.commands.demo", "train": "miadmark.commands.train",
-    "train_prior": "miadmark.commands.train_prior",
+    "train": "miadmark.commands.train", "train_prior": "miadmark.commands.train_prior",
     "train_generator": "miadmark.commands.train_generator", "evaluate": "miadmark.commands.evaluate",
-    "gateway": "dicom_node.commands.gateway", "receive": "dicom_node.commands.receive",
-    "rules": "miadmark.commands.rules", "queue": "dicom_node.commands.queue",
-    "release": "cohort_release.command",
+    "rules": "miadmark.commands.rules",
 }
+ENTRY_POINTS = "miadmark.commands"  # the other packages' commands (gateway, receive, queue, demo, release)
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def registered_commands() -> dict[str, str]:
+    """Every command: the core's, then those other packages registered (name -> module)."""
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINTS)}
+    # A source checkout reads its own pyproject too: an editable install's metadata is what was
+    # installed, and a command registered since then would be missing until the next install.
+    if PYPROJECT.exists():
+        import tomllib
+        try:
+            declared = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"][ENTRY_POINTS]
+            found.update(declared)
+        except (KeyError, ValueError, OSError):
+            pass
+    return {**COMMANDS, **{name: module for name, module in found.items() if name not in COMMANDS}}
 
 
 def quiet_pydicom() -> None:
@@ -53,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true",
                         help="one JSON object per log line (time, level, logger, process, message)")
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
-    for module in COMMANDS.values():
+    for module in registered_commands().values():
         import_module(module).register(sub)
     return parser
 

@@ -191,8 +191,9 @@ class OrthancDicomwebDestination(_Destination):
         return self.orthanc_dicomweb
 
 
-# kind -> (model, the keys that mark it in the YAML). A new kind of destination is one model here and
-# one sender for it (dicomnet; dicom_node.forwarder picks it by kind).
+# kind -> (model, the keys that mark it in the YAML). A new kind of destination is one model here and a
+# handler registered by the adapter that sends to it (dicomnet.destinations.handler_for); each adapter
+# says at start-up which configured destinations it does not send to.
 DESTINATION_MODELS = {
     "dimse": (DimseDestination, ("ae_title", "host", "port")),
     "stow": (StowDestination, ("stow_url",)),
@@ -201,8 +202,8 @@ DESTINATION_MODELS = {
     "orthanc_dicomweb": (OrthancDicomwebDestination, ("orthanc_dicomweb",)),
 }
 DESTINATION_KINDS = tuple(DESTINATION_MODELS)
-KIND_HELP = ("a destination needs exactly one of: {ae_title, host, port}, stow_url, orthanc_modality, orthanc_peer, "
-             "orthanc_dicomweb")
+KIND_HELP = "a destination needs exactly one of: " + ", ".join(
+    "{" + ", ".join(keys) + "}" if len(keys) > 1 else keys[0] for _, keys in DESTINATION_MODELS.values())
 
 
 def _destination_kind(value) -> str | None:

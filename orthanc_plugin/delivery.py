@@ -8,11 +8,12 @@ restart in between applies; now blocked -> never sent). Then:
              kept on disk from its protection until that commit: a kill -9 or a failed attempt sends
              the same object again (same protected UID: the destination keeps one). Protection that
              fails quarantines the row: never sent raw.
-A failed delivery counts an attempt and waits with the gateway's backoff (dicomnet.queue);
-after retry.max_attempts the row is dead (a dead letter with its reason). Exports a caller waits
-for (synchronous REST, C-MOVE) get one attempt: the caller is told, nothing is retried behind it.
-A destination that does not answer fails the rest of the job's due rows at once (no protect work
-for an unreachable destination).
+Each answer is a dicomnet Outcome, read as the gateway reads it: a failed delivery counts an attempt
+and waits under the one retry policy (dicomnet.outcome.RetryPolicy, the `retry` option); after
+retry.max_attempts the row is dead (a dead letter with its reason), and a permanent refusal (0x0110,
+HTTP 409 / 400, ...) is dead at once. Exports a caller waits for (synchronous REST, C-MOVE) get one
+attempt: the caller is told, nothing is retried behind it. A destination that cannot be reached
+fails the rest of the job's due rows at once (no protect work for an unreachable destination).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import queue
 import threading
 import time
 
-import orthanc
 import pydicom
 
+from dicomnet.outcome import RetryPolicy
 from miadmark.config import RetryConfig
 from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes
 from miadmark.lesion import mask_for, masks_of_sources
@@ -34,11 +35,11 @@ from .exports import Target
 from .jobs import start_thread
 from .lesions import lesion_sources_of
 from .outbox import ExportJob, Outbox, Row
+from .sdk import orthanc
 from .targets import make_sender, send_plain
 
 DUE_LIMIT = 256  # rows looked at per step
 STEP_ROWS = 64  # rows of one job delivered per step
-UNREACHABLE = ("ConnectionError", "ConnectTimeout", "association to")  # senders.py: the target is not there
 
 
 class Down(Exception):
@@ -91,8 +92,8 @@ class Delivery:
 
     # ------------------------------------------------------------------------------ one job's rows
     def retry(self, job: ExportJob) -> dict:
-        conf = RetryConfig(**(self.settings.option("retry", {}) or {}))
-        return {"max_attempts": conf.max_attempts if job.retry else 1, "base_s": conf.base_s, "max_s": conf.max_s}
+        policy = RetryPolicy.of(RetryConfig(**(self.settings.option("retry", {}) or {})))
+        return {**policy.limits(), "max_attempts": policy.max_attempts if job.retry else 1}
 
     def deliver(self, cfg, job: ExportJob, rows: list[Row]) -> None:
         target = Target(job.target_kind, job.target_name)
@@ -127,9 +128,9 @@ class Delivery:
         except Down as exc:
             self.log(f"job {job.id}: {target.label} not reachable ({exc}); retried with backoff")
 
-    def _fail(self, rows: list[Row], error: str, retry: dict) -> None:
+    def _fail(self, rows: list[Row], error: str, retry: dict, permanent: bool = False) -> None:
         for row in rows:
-            state = self.outbox.mark_failed(row, error, **retry)
+            state = self.outbox.mark_failed(row, error, **retry, permanent=permanent)
             if state == "dead":
                 self.log(f"{row.sop_uid} to {row.destination}: dead letter after {row.attempts + 1} attempt(s): "
                          f"{error}")
@@ -185,21 +186,20 @@ class Delivery:
                 try:
                     state["delivery"] = state["delivery"] or make_sender(target, job.options,
                                                                          {r.sop_class for r, _ in items})
-                    sent, failures = state["delivery"].send([(row.sop_uid, ds)])
-                except Exception as exc:  # noqa: BLE001 - no association / connection
+                    (outcome,) = state["delivery"].send([(row.sop_uid, ds)])
+                except Exception as exc:  # noqa: BLE001 - Unreachable (no association / connection), target gone
                     down.append(f"not delivered to {target.label}: {type(exc).__name__}: {exc}")
                     state["delivery"] = None
                     self._fail([r for r, _ in ready[index:]], down[0], retry)
                     return
-                if sent:
+                if outcome.ok:
                     self.outbox.mark_done(row.id, str(ds.SOPInstanceUID))
-                    continue
-                error = failures[0] if failures else "not delivered"
-                if any(name in error for name in UNREACHABLE):
-                    down.append(error)
-                    self._fail([r for r, _ in ready[index:]], error, retry)
+                elif outcome.unreachable:
+                    down.append(outcome.error)
+                    self._fail([r for r, _ in ready[index:]], outcome.error, retry)
                     return
-                self._fail([row], error, retry)
+                else:
+                    self._fail([row], outcome.error, retry, permanent=outcome.permanent)
 
         def sender() -> None:
             state = {"delivery": None}

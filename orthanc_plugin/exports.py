@@ -17,16 +17,17 @@ import io
 import json
 from dataclasses import dataclass, field
 
-import orthanc
 import pydicom
 
 from miadmark.config import Config
 from miadmark.lesion import is_lesion_source
 from miadmark.rules import BLOCK, PASS, PROTECT, decide, rule_matches
 
+from .kinds import handlers
 from .outbox import Item
+from .sdk import orthanc
 
-KINDS = {"modality": "orthanc_modality", "peer": "orthanc_peer", "dicomweb": "orthanc_dicomweb"}
+KINDS = {target: kind for kind, target in handlers("orthanc").items()}  # Orthanc target kind -> destination kind
 CORE_ROUTES = {"modality": "/modalities/{}/store", "peer": "/peers/{}/store"}
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import re
 
-import orthanc
-
 from . import exports
 from .exports import Target
+from .sdk import orthanc
 from .settings import log
 
 ORDER_PROBE = "miadmark-order-probe"

@@ -12,8 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 
-import orthanc
-
+from .sdk import orthanc
 from .settings import log
 
 PLAN_TIMEOUT_S = 600

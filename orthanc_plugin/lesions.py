@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 
-import orthanc
 from pydicom.dataset import Dataset
 
 from miadmark.dicomio import dataset_from_bytes
 from miadmark.errors import MiadmarkError
 from miadmark.lesion import is_lesion_source
+
+from .sdk import orthanc
 
 LESION_MODALITIES = {"SEG", "RTSTRUCT"}  # the Modality every SEG / RTSTRUCT series has
 

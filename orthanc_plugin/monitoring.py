@@ -7,10 +7,9 @@ from __future__ import annotations
 import time
 from html import escape
 
-import orthanc
-
 from dicomnet import metrics
 
+from .sdk import orthanc
 
 _PLUGIN = []  # the one Plugin of this Orthanc, set by register()
 

@@ -148,8 +148,10 @@ class Outbox:
         self.queue.mark_done(row_id, sent_sop_uid)
         self.drop_inflight(row_id)
 
-    def mark_failed(self, row: Row, error: str, *, max_attempts: int, base_s: float, max_s: float) -> str:
-        state = self.queue.mark_failed(row, error, max_attempts=max_attempts, base_s=base_s, max_s=max_s)
+    def mark_failed(self, row: Row, error: str, *, max_attempts: int, base_s: float, max_s: float,
+                    permanent: bool = False) -> str:
+        state = self.queue.mark_failed(row, error, max_attempts=max_attempts, base_s=base_s, max_s=max_s,
+                                       permanent=permanent)
         if state == "dead":
             self.drop_inflight(row.id)
         return state

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import traceback
 
-import orthanc
-
 from . import exports
 from .bodies import BadRequest, parse_export_body, parse_protect_body
 from .exports import Blocked, NotFound, Target
 from .filters import ORDER_PROBE
 from .outbox import JOB_PREFIX
+from .sdk import orthanc
 from .settings import log
 
 

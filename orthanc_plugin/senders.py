@@ -8,6 +8,10 @@ pynetdicom (one association per job, TCP_NODELAY) or `requests`, which release t
 they wait; the target's address and credentials are read from Orthanc's configuration. Targets
 that need what only Orthanc's own client supports (DICOM TLS, peer client certificates or
 PKCS#11) fall back to store-straight through the SDK, which is correct but holds the lock.
+
+Every sender's send(ready) answers one dicomnet Outcome per instance (delivered, transient,
+permanent or unreachable), classified by dicomnet as the gateway classifies its own; opening a
+connection that cannot be made raises dicomnet's Unreachable.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomnet.dimse import Unreachable, open_association, release, scu_ae, send_on
+from dicomnet.dimse import open_association, release, scu_ae, send_on
+from dicomnet.outcome import DELIVERED, Outcome, Unreachable, http_outcome, unreachable
 from dicomnet.stow import post_instances
 from miadmark.dicomio import dataset_to_bytes
 
@@ -42,22 +47,18 @@ class DimseSender:
     def _open(self) -> None:
         contexts = [(c, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for c in self.sop_classes]
         ae = scu_ae(self.calling_ae, contexts, timeout_s=self.timeout_s)
-        try:
-            self.assoc = open_association(ae, self.host, self.port, self.called_ae)
-        except Unreachable as exc:
-            raise ConnectionError(str(exc)) from None
+        self.assoc = open_association(ae, self.host, self.port, self.called_ae)  # or Unreachable
 
-    def send(self, ready: Ready) -> tuple[int, list[str]]:
+    def send(self, ready: Ready) -> list[Outcome]:
         if not ready:
-            return 0, []
+            return []
         if self.assoc is None or not self.assoc.is_established:
             self._open()
         outcomes = send_on(self.assoc, [ds for _, ds in ready], originator=self.originator)
-        failures = [f"protected instance for {uid}: C-STORE to {self.called_ae}: {o.error}"
-                    for (uid, _), o in zip(ready, outcomes) if not o.ok]
         if not self.assoc.is_established:
             self.assoc = None
-        return sum(o.ok for o in outcomes), failures
+        return [o if o.ok else _named(o, f"protected instance for {uid}: C-STORE to {self.called_ae}")
+                for (uid, _), o in zip(ready, outcomes)]
 
     def close(self) -> None:
         release(self.assoc)
@@ -76,24 +77,33 @@ class HttpSender:
             self.session.auth = (username, password or "")
         self.timeout_s = timeout_s
 
-    def send(self, ready: Ready) -> tuple[int, list[str]]:
-        sent, failures = 0, []
+    def send(self, ready: Ready) -> list[Outcome]:
+        outcomes = []
         for uid, ds in ready:
+            what = f"protected instance for {uid}: peer {self.name}"
             try:
                 response = self.session.post(self.url, data=dataset_to_bytes(ds), timeout=self.timeout_s,
                                              headers={"Content-Type": "application/dicom"})
-                status = _orthanc_status(response)
-                if response.status_code == 200 and status in ("Success", "AlreadyStored", None):
-                    sent += 1
-                    continue
-                failures.append(f"protected instance for {uid}: peer {self.name} answered HTTP "
-                                f"{response.status_code}" + (f" ({status})" if status else ""))
             except requests.RequestException as exc:
-                failures.append(f"protected instance for {uid}: peer {self.name}: {type(exc).__name__}")
-        return sent, failures
+                outcomes.append(unreachable(f"{what}: {type(exc).__name__}"))
+                continue
+            status = _orthanc_status(response)
+            if response.status_code == 200 and status not in ("Success", "AlreadyStored", None):
+                # stored nothing although the request was fine ("FilteredOut": a plugin refused it)
+                outcomes.append(Outcome(False, f"{what} answered {status} (refused: not retried)", permanent=True))
+            else:
+                out = http_outcome(response.status_code, f"{what} answered")
+                outcomes.append(out if out.ok else _named(out, "", f" ({status})" if status else ""))
+        return outcomes
 
     def close(self) -> None:
         self.session.close()
+
+
+def _named(outcome: Outcome, what: str, suffix: str = "") -> Outcome:
+    """The same outcome, its reason prefixed with what failed."""
+    error = f"{what}: {outcome.error}" if what else outcome.error
+    return Outcome(False, error + suffix, permanent=outcome.permanent, unreachable=outcome.unreachable)
 
 
 def _orthanc_status(response) -> str | None:
@@ -111,17 +121,16 @@ class StowSender:
         self.server = server
         self.session = requests.Session()
 
-    def send(self, ready: Ready) -> tuple[int, list[str]]:
+    def send(self, ready: Ready) -> list[Outcome]:
         if not ready:
-            return 0, []
+            return []
         items = [(str(ds.SOPInstanceUID), dataset_to_bytes(ds)) for _, ds in ready]
         try:
             outcomes = post_instances(self.server.target(), items, session=self.session)
         except Unreachable as exc:
-            return 0, [f"protected instance for {uid}: not delivered ({exc})" for uid, _ in ready]
-        failures = [f"protected instance for {uid}: not delivered to {self.server.name} ({o.error})"
-                    for (uid, _), o in zip(ready, outcomes) if not o.ok]
-        return sum(o.ok for o in outcomes), failures
+            return [unreachable(f"protected instance for {uid}: not delivered ({exc})") for uid, _ in ready]
+        return [o if o.ok else _named(o, f"protected instance for {uid}: not delivered to {self.server.name}")
+                for (uid, _), o in zip(ready, outcomes)]
 
     def close(self) -> None:
         self.session.close()
@@ -133,15 +142,15 @@ class SdkSender:
     def __init__(self, route: str, post: Callable[[str, bytes], object], label: str):
         self.route, self.post, self.label = route, post, label
 
-    def send(self, ready: Ready) -> tuple[int, list[str]]:
-        sent, failures = 0, []
+    def send(self, ready: Ready) -> list[Outcome]:
+        outcomes = []
         for uid, ds in ready:
             try:
                 self.post(self.route, dataset_to_bytes(ds))
-                sent += 1
-            except Exception as exc:  # noqa: BLE001
-                failures.append(f"protected instance for {uid}: not delivered to {self.label} ({exc})")
-        return sent, failures
+                outcomes.append(DELIVERED)
+            except Exception as exc:  # noqa: BLE001 - Orthanc's client says no more than its message: retried
+                outcomes.append(Outcome(False, f"protected instance for {uid}: not delivered to {self.label} ({exc})"))
+        return outcomes
 
     def close(self) -> None:
         pass

@@ -14,14 +14,13 @@ import json
 import time
 from pathlib import Path
 
-import orthanc
-
 from . import exports
 from .bodies import ExportRequest, parse_export_body
 from .delivery import Delivery
 from .exports import Blocked, NotFound, Plan, Target
 from .jobs import Worker, finished, summary
 from .outbox import Outbox
+from .sdk import orthanc
 from .settings import Settings, config_path, log
 
 PLAN_TIMEOUT_S = 600

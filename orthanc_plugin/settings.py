@@ -12,10 +12,11 @@ import threading
 import time
 from pathlib import Path
 
-import orthanc
-
-from miadmark.config import Config, ConfigError, load_config
 from miadmark import loaded
+from miadmark.config import Config, ConfigError, load_config
+
+from .kinds import unserved_destinations
+from .sdk import orthanc
 
 RETRY_S = 5.0  # a configuration that did not load is retried this often (on use)
 
@@ -82,6 +83,8 @@ class Settings:
         self.on_reload()
         log(f"configuration loaded from {self.path}: {len(cfg.destinations)} destinations, {len(cfg.rules)} rules"
             + (", receiver on" if receiver else ""))
+        for name, why in sorted(unserved_destinations(cfg).items()):
+            log(f"destination {name}: not sent from Orthanc: {why}")
 
     def option(self, name: str, default):
         cfg = self.config

@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 import time
 
-import orthanc
-
 from .exports import NotFound, Target, local_ae, target_ae
+from .sdk import orthanc
 from .stow import StowServer, stow
 
 CORE_ROUTES = {"modality": "/modalities/{}/store", "peer": "/peers/{}/store"}

@@ -19,7 +19,7 @@ from miadmark.record import decrypt
 from miadmark.rules import decide
 from miadmark.uids import UidMaker, scope_of, site_secret
 
-from conftest import DICOM_DATA
+from conftest import DICOM_DATA, shared_params
 
 CT = sorted((DICOM_DATA / "ct_chest_lidc0314" / "data").glob("*.dcm"))[:2]  # two slices of one series
 PET = sorted((DICOM_DATA / "pet_seg_headneck" / "PET").glob("*.dcm"))[:1]
@@ -45,8 +45,8 @@ def _all_elements(ds: Dataset):
                 yield from _all_elements(item)
 
 
-@pytest.mark.parametrize("path", REAL, ids=lambda p: p.parent.name + "/" + p.name)
-def test_the_profile_table_is_applied_at_every_level(path: Path):
+@pytest.mark.parametrize("path", shared_params(REAL), ids=lambda p: p.parent.name + "/" + p.name)
+def test_the_profile_table_is_applied_at_every_level(path: Path, shared_data):
     original = read_dicom(path)
     out = Deidentifier("basic", _maker()).apply(original)
     rules = {tag[:2]: action.__name__ for tag, action in profile_rules().items() if len(tag) == 2}

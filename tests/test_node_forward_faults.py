@@ -228,8 +228,8 @@ def test_stow_202_is_a_partial_success_in_both_adapters(stow_202):
     assert [o.ok for o in gateway] == [True, False, True] and gateway[1].permanent
 
     sender = StowSender(StowServer("web", base))
-    sent, failures = sender.send([(f"orig{i}", pydicom.dcmread(p)) for i, p in enumerate(CT[:3])])
-    assert sent == 2 and len(failures) == 1 and "orig1" in failures[0]
+    plugin = sender.send([(f"orig{i}", pydicom.dcmread(p)) for i, p in enumerate(CT[:3])])
+    assert [o.ok for o in plugin] == [True, False, True] and plugin[1].permanent and "orig1" in plugin[1].error
 
 
 # --------------------------------------------------------------------- finding 4: a poison image

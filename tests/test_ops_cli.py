@@ -62,7 +62,7 @@ def test_gateway_on_a_receiver_only_file_says_so(tmp_path, capsys):
     plugin_only.write_text("destinations:\n  research: {orthanc_modality: research}\n"
                            "rules:\n  - {send_to: [research], action: pass}\n")
     assert main(["gateway", "--config", str(plugin_only)]) == 2
-    assert "orthanc_* destinations are for the Orthanc plugin" in capsys.readouterr().err
+    assert "kind orthanc_modality: the gateway sends only to dimse, stow destinations" in capsys.readouterr().err
 
 
 def test_log_file_json_lines_from_both_gateway_processes(tmp_path, site_keys):
@@ -107,5 +107,5 @@ def test_demo_series_takes_extension_less_dicom_files(tmp_path, monkeypatch):
     for i, src in enumerate(CT[:2]):
         (series / f"IM{i:04d}").write_bytes(src.read_bytes())
     (series / "README").write_text("not DICOM")
-    from miadmark.commands import demo
+    from dicom_node.commands import demo
     assert [p.name for p in demo.series_files(series, 8)] == ["IM0000", "IM0001"]

@@ -106,5 +106,7 @@ def test_dimse_sender_counts_every_instance_when_the_association_drops():
 
     sender = DimseSender(called_ae="X", host="127.0.0.1", port=1, calling_ae="Y", sop_classes=set())
     sender.assoc = Assoc()
-    sent, failures = sender.send([(f"uid{i}", object()) for i in range(4)])
-    assert sent == 1 and len(failures) == 3 and "no response" in failures[0] and "lost" in failures[2]
+    outcomes = sender.send([(f"uid{i}", object()) for i in range(4)])
+    failures = [o.error for o in outcomes if not o.ok]
+    assert [o.ok for o in outcomes] == [True, False, False, False] and not any(o.permanent for o in outcomes)
+    assert "no response" in failures[0] and "lost" in failures[2]

@@ -17,7 +17,7 @@ from miadmark.dicomio import canonical_bytes, dataset_from_bytes, dataset_to_byt
 from miadmark.errors import UnsupportedImageError
 from miadmark.protect import is_protected, protect_many, strip, strip_bytes
 
-from conftest import DICOM_DATA, UNDECODABLE, all_dicom_files
+from conftest import DICOM_DATA, UNDECODABLE, all_dicom_files, shared_params
 
 FILES = all_dicom_files()
 
@@ -56,9 +56,9 @@ def _by_folder():
 LARGE_SERIES = {"ct_chest_lidc0314/data", "pet_seg_headneck/PET"}  # 96 and 299 slices: minutes on 2 cores
 
 
-@pytest.mark.parametrize("folder", [pytest.param(f, marks=pytest.mark.slow) if f in LARGE_SERIES else f
-                                    for f in sorted(_by_folder())])
-def test_protect_strip_is_exact_on_every_file(folder, site_keys):
+@pytest.mark.parametrize("folder", shared_params([pytest.param(f, marks=pytest.mark.slow) if f in LARGE_SERIES else f
+                                                  for f in sorted(_by_folder())]))
+def test_protect_strip_is_exact_on_every_file(folder, site_keys, shared_data):
     hospital, research = site_keys["hospital"], site_keys["research"]
     paths = _by_folder()[folder]
     originals = [read_dicom(p) for p in paths]

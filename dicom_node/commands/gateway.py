@@ -26,6 +26,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def unserved_destinations(cfg) -> dict[str, str]:
+    """The configured destinations the gateway has no transport for (e.g. orthanc_*: the Orthanc plugin's)."""
+    from dicomnet.destinations import unserved
+
+    from .. import transports  # noqa: F401 - registers the gateway's transports
+
+    return unserved("gateway", cfg.destinations)
+
+
 def quiet_pynetdicom(args) -> None:
     """pynetdicom logs several INFO lines per C-STORE; keep ours readable (and cheap) unless -v."""
     if not getattr(args, "verbose", False):
@@ -37,13 +46,16 @@ def run(args) -> int:
     quiet_pynetdicom(args)
     try:
         cfg = load_config(args.config)
-        if not any(d.kind in ("dimse", "stow") for d in cfg.destinations.values()):
+        unserved = unserved_destinations(cfg)
+        if len(unserved) == len(cfg.destinations):
             what = ("no destinations and no rules" if not cfg.destinations and not cfg.rules else
-                    "no DICOM or STOW-RS destination (orthanc_* destinations are for the Orthanc plugin)")
+                    "no destination the gateway sends to (" + "; ".join(sorted(set(unserved.values()))) + ")")
             print(f"{args.config}: {what}: nothing for a gateway to send"
                   + (" (a receiver section: run `miadmark receive --config` with it)" if cfg.receiver else ""),
                   file=sys.stderr)
             return 2
+        for name, why in sorted(unserved.items()):
+            log.warning("destination %s: not sent by this gateway: %s", name, why)
         gateway = Gateway(cfg, bind=args.bind, port=args.port, forward=args.forward).start()
     except ConfigError as exc:
         print(exc, file=sys.stderr)

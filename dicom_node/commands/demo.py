@@ -4,10 +4,16 @@ Makes a hospital and a research identity, starts a research receiving node and t
 gateway (real DICOM associations on 127.0.0.1), sends slices of the real CT series in
 ../shared/data through the gateway, and checks that every slice the research node stored is the
 original, bit for bit. A protected slice and a before/after picture are left to look at.
+
+Each run starts from a clean output folder (the keys are kept): what an earlier run left in the
+spool, the receiving node's store or its quarantine would otherwise be delivered or counted again,
+and the demo passes only on what this run sent and delivered. A folder not made by the demo (no
+MARKER in it) is never emptied.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
 import time
@@ -15,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import DEFAULT_PROFILE, PROFILE_HELP, PROFILE_NAMES
+from miadmark.engine import DEFAULT_PROFILE, PROFILE_HELP, PROFILE_NAMES
 
+MARKER = ".miadmark-demo"  # in a folder the demo made: its run folders may be emptied
+RUN_STATE = ("spool", "received", "quarantine", "protected", "miadmark.yaml", "preview.png")
 DEFAULT_SERIES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data"
 
 CONFIG = """\
@@ -58,8 +66,22 @@ def register(sub) -> None:
 
 def series_files(folder: Path, limit: int) -> list[Path]:
     """The first `limit` DICOM files of the folder by name, with or without .dcm (as protect takes them)."""
-    from .files import iter_inputs
+    from miadmark.commands.files import iter_inputs
     return [item.path for item in iter_inputs([str(folder)], [])][:limit] if folder.is_dir() else []
+
+
+def clean_output(out: Path) -> None:
+    """Empty what an earlier run left in `out` (keys kept); ValueError for a folder the demo did not make."""
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ValueError(f"{out}: not empty and not a demo output folder; give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+    for name in RUN_STATE:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _free_port() -> int:
@@ -73,14 +95,19 @@ def run(args) -> int:
     from dicom_node.receiver import Receiver
     from dicom_node.storescu import send_files
 
-    from ..config import load_config
-    from ..dicomio import body_bytes, read_dicom
-    from ..keys import new_identity
+    from miadmark.config import load_config
+    from miadmark.dicomio import body_bytes, read_dicom
+    from miadmark.keys import new_identity
 
     out = Path(args.out).resolve()
     files = series_files(Path(args.series), args.slices)
     if not files:
         print(f"{args.series}: no DICOM files found (files with the DICM marker, any name)", file=sys.stderr)
+        return 2
+    try:
+        clean_output(out)
+    except (ValueError, OSError) as exc:
+        print(f"miadmark demo: {exc}", file=sys.stderr)
         return 2
     for name in ("hospital", "research"):
         if not (out / "keys" / f"{name}.key.pem").exists():
@@ -109,17 +136,23 @@ def run(args) -> int:
         receiver.stop()
 
     stored = sorted(store.rglob("*.dcm"))
-    exact = 0
+    exact, seen = 0, set()
     for path in stored:
         ds = read_dicom(path)
-        source = originals.get(str(ds.SOPInstanceUID))
-        if source is not None and body_bytes(ds) == body_bytes(read_dicom(source)):
+        uid = str(ds.SOPInstanceUID)
+        source = originals.get(uid)
+        if source is not None and uid not in seen and body_bytes(ds) == body_bytes(read_dicom(source)):
             exact += 1
+        seen.add(uid)
+    quarantined = sorted(Path(config.receiver.quarantine).rglob("*.dcm"))
     print(f"received  {len(stored)} clean originals in {store} ({elapsed:.1f} s through protect + strip)")
     print(f"exact     {exact}/{len(files)} bit-exact equal to their source (dataset bytes; File Meta is "
           "never sent over DICOM)")
+    if quarantined:
+        print(f"quarantined {len(quarantined)} in {config.receiver.quarantine}")
     _preview(files[0], out, config, profile)
-    ok = exact == len(files)
+    # this run's own outcome only: every file accepted, delivered once, exact, nothing quarantined
+    ok = accepted == len(files) == exact == len(stored) and not quarantined
     print("demo " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1
 
@@ -128,10 +161,10 @@ def _preview(source: Path, out: Path, config, profile: str) -> None:
     """Protect one slice to out/protected and draw original | protected | difference to out/preview.png."""
     from PIL import Image
 
-    from ..dicomio import read_dicom, write_dicom_atomic
-    from ..keys import load_certificate, load_identity
-    from ..pixels import decode, to_model
-    from ..protect import protect
+    from miadmark.dicomio import read_dicom, write_dicom_atomic
+    from miadmark.keys import load_certificate, load_identity
+    from miadmark.pixels import decode, to_model
+    from miadmark.protect import protect
 
     signer = load_identity(config.identity.key, config.identity.cert)
     original = read_dicom(source)
