@@ -5,8 +5,10 @@ the real CT files (decode -> protect -> record -> encode, protect_many through b
 Ratios: each profile to `plain` and to the default, measured in the same process. `--pgd10` adds plain PGD-10
 (L-inf 8/255 on the same surrogates) as the attack-cost yardstick of earlier runs.
 
-    .venv/bin/python benchmarks/engine.py [--device auto] [--batches 1 16 64] [--threads 2] \\
-        [--json docs/evaluation/benchmark_cpu_fast.json]
+    .venv/bin/python benchmarks/engine.py [--device auto] [--batches 1 16 64] [--e2e-batches 16] [--threads 2] \\
+        [--json docs/evaluation/benchmark_cpu_fast.json] [--tiny]
+
+--tiny: batch 1, 64 px and 2 CT slices, no minimum time (the tests run it; benchmarks/gpu.sh --tiny too).
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def ratios(row: dict, names: list[str], unit: str) -> None:
 
 
 def end_to_end(engines: dict, slices: int, batch: int) -> dict:
-    """Slices per second through protect_many on the real CT files, each profile in turn (engine warm)."""
+    """Slices per second through protect_many on the real CT files, each profile in turn (engine warm), `batch`
+    slices per call."""
     from miadmark.dicomio import read_dicom
     from miadmark.keys import load_identity, new_identity
 
@@ -116,11 +119,15 @@ def main() -> int:
     ap.add_argument("--engines", nargs="*", default=["fast", DEFAULT_PROFILE, "plain"])
     ap.add_argument("--min-seconds", type=float, default=3.0, help="time each measurement at least this long")
     ap.add_argument("--e2e-slices", type=int, default=48, help="CT slices end to end (0: skip)")
-    ap.add_argument("--e2e-batch", type=int, default=16)
+    ap.add_argument("--e2e-batches", "--e2e-batch", type=int, nargs="*", default=[16])
+    ap.add_argument("--tiny", action="store_true", help="batch 1, 64 px images, 2 CT slices, no minimum time")
     ap.add_argument("--pgd10", action="store_true", help="also time plain PGD-10 on the engine images")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    size = 224
+    if args.tiny:
+        args.batches, args.min_seconds, args.e2e_slices, args.e2e_batches, size = [1], 0.0, 2, [2], 64
     torch.set_num_threads(args.threads)
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                        else ("cpu" if args.device == "auto" else args.device))
@@ -132,7 +139,7 @@ def main() -> int:
     print(json.dumps(info), flush=True)
     engines = {name: get_engine(Profile(name=name), dev) for name in args.engines}
     ens = Ensemble.get(None, dev)
-    sets = {"brain_mri_224px": images(max(args.batches), 224), "ct_512px": ct_slices(max(args.batches))}
+    sets = {f"brain_mri_{size}px": images(max(args.batches), size), "ct_512px": ct_slices(max(args.batches))}
     rows = []
     for label, x_all in sets.items():
         x_all = x_all.to(dev)
@@ -147,9 +154,10 @@ def main() -> int:
             ratios(row, list(engines), "img_s")
             rows.append(row)
             print(json.dumps(row), flush=True)
-    e2e = end_to_end(engines, args.e2e_slices, args.e2e_batch) if args.e2e_slices else None
-    if e2e:
-        print(json.dumps({"end_to_end_ct_512px": e2e}), flush=True)
+    e2e = []
+    for batch in args.e2e_batches if args.e2e_slices else []:
+        e2e.append(end_to_end(engines, args.e2e_slices, batch))
+        print(json.dumps({"end_to_end_ct_512px": e2e[-1]}), flush=True)
     info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv), "engine_only": rows,

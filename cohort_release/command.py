@@ -6,7 +6,9 @@ this module only reads the command line.
 
 from __future__ import annotations
 
+import socket
 import sys
+from pathlib import Path
 
 from miadmark.engine import DEFAULT_PROFILE, PROFILE_NAMES, STRENGTH_HELP, STRENGTHS, profile_spec
 from miadmark.errors import MiadmarkError
@@ -84,8 +86,14 @@ def _job(args):
         raise ValueError(f"unknown profile {args.profile!r} (known: {', '.join(PROFILE_NAMES)})")
     dest, dest_name, headers, verify, retry = args.dest, args.dest_name, {}, True, {}
     sign_key, sign_cert = args.sign_key, args.sign_cert
+    audit = Path(args.state).resolve() / "audit.jsonl"  # beside the manifest, unless the config names a trail
+    metrics = None
     if args.config:
         cfg = load_config(args.config)
+        if {"audit", "spool"} & cfg.gateway.model_fields_set:  # the gateway's trail: one trail per site
+            audit = Path(cfg.gateway.audit).resolve()
+        if "spool" in cfg.gateway.model_fields_set and cfg.gateway.metrics_port is not None:
+            metrics = str(Path(cfg.gateway.metrics_dir).resolve())  # the site's /metrics counts the release
         if args.recipient:
             raise ValueError("--recipient is not used with --config: the matching rule names the recipients")
         if args.dest in cfg.destinations:
@@ -110,4 +118,5 @@ def _job(args):
     return ReleaseJob(source=args.source, dest=dest, dest_name=dest_name or dest, sign_key=sign_key,
                       sign_cert=sign_cert, recipients=tuple(args.recipient), passphrase_file=args.passphrase_file,
                       profile=profile_spec(args.profile, args.strength), config=args.config, device=args.device,
-                      dest_headers=headers, dest_verify=verify, patience_s=args.patience, retry=retry)
+                      dest_headers=headers, dest_verify=verify, patience_s=args.patience, retry=retry,
+                      audit=str(audit), metrics=metrics, metrics_host=socket.gethostname() if metrics else None)

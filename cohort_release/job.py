@@ -22,6 +22,9 @@ class ReleaseJob:
     patience_s: float = 600.0        # how long a source or destination may be away before the run stops
     timeout_s: float = 120.0         # one HTTP request
     retry: dict = field(default_factory=dict)  # the config's retry limits (dicomnet RetryPolicy); {}: defaults
+    audit: str | None = None         # the audit trail (miadmark.audit): one line per instance and outcome
+    metrics: str | None = None       # the site gateway's metrics folder (dicomnet.metrics): count there too
+    metrics_host: str | None = None  # ... when the worker runs on this host (a Ray cluster may be elsewhere)
 
     def sink_options(self) -> dict:
         """open_sink's keyword arguments for the destination (cohort_release.sink)."""

@@ -88,7 +88,8 @@ class Gateway:
         gw = self.config.gateway
         try:  # listen first: a port in use stops here, naming it, before any child process exists
             self._server = start_listener(self.ae, self.bind, self.port, handlers,
-                                          max_connections=gw.max_associations, tls=server_context(gw.tls))
+                                          max_connections=gw.max_associations, tls=server_context(gw.tls),
+                                          on_rejected=self._rejected)
         except OSError as exc:
             if self.monitor is not None:
                 self.monitor.stop()
@@ -237,7 +238,7 @@ class Gateway:
             for part in folder.glob(".*.part"):  # a write cut short: never acknowledged
                 part.unlink(missing_ok=True)
         self.queue.purge(older_than_s=7 * 86400)
-        known = {r[0] for r in self.queue._con().execute("SELECT DISTINCT file FROM jobs")}
+        known = self.queue.files()
         recovered = 0
         for path in sorted(self.spool.objects.glob("*.dcm")):
             rel = f"objects/{path.name}"
@@ -277,6 +278,9 @@ class Gateway:
 
     def _assoc_done(self, event) -> None:
         self.receipts.flush(event.assoc)
+
+    def _rejected(self, calling: str, peer: str, reason: str) -> None:
+        self.audit.write("association_rejected", node="gateway", calling_ae=calling, peer=peer, reason=reason)
 
     # ----------------------------------------------------------------------------------- helpers
     def quarantine_object(self, src: Path, **details) -> Path:

@@ -24,63 +24,28 @@ one association, or earlier), or the gateway should have a settle window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import numpy as np
-import pydicom
-
 from miadmark.dicomio import read_dicom
 from miadmark.errors import MiadmarkError
-from miadmark.lesion import masks_of_sources
-from miadmark.rtstruct import is_rtstruct
+from miadmark.lesion import StudyLesions
 
 from .spool import Spool
 from dicomnet.queue import Job, Queue
-
-FORWARDED_UNCHANGED = "lesion source, forwarded unchanged"
-FORWARDED_DEIDENTIFIED = "lesion source, de-identified, not watermarked"
 
 
 def is_lesion_source_job(job: Job) -> bool:
     return job.lesion_source  # recorded on arrival (dicomnet.queue.lesion_source_class)
 
 
-@dataclass
-class StudyLesions:
-    masks: dict[str, np.ndarray] = field(default_factory=dict)  # image SOP Instance UID -> mask
-    unusable: list[tuple[str, str]] = field(default_factory=list)  # (source SOP Instance UID, reason)
-
-
-def study_lesions(spool: Spool, queue: Queue, study_uids: set[str], image_paths: list[Path]) -> StudyLesions:
-    """Masks, for the images at `image_paths`, of the lesion sources in the spool for these studies.
-    RTSTRUCT contours are placed with the images' headers (read only when an RTSTRUCT is there)."""
-    out = StudyLesions()
-    sources, uid_of = [], {}
+def study_lesions(spool: Spool, queue: Queue, study_uids: set[str]) -> StudyLesions:
+    """The lesion sources in the spool for these studies (the core's export step makes their masks for the
+    images it protects); each that does not read is listed as unusable with the reason."""
+    sources, unusable = [], []
     for rel, uid in queue.lesion_sources(study_uids):
         path = spool.path(rel)
         if not path.exists():
             continue  # released: no image of its study was waiting then
         try:
-            ds = read_dicom(path)
+            sources.append(read_dicom(path))
         except (MiadmarkError, OSError) as exc:
-            out.unusable.append((uid, f"{path.name}: {exc}"))
-            continue
-        sources.append(ds)
-        uid_of[id(ds)] = uid
-    if not sources:
-        return out
-    images = _headers(image_paths) if any(is_rtstruct(ds) for ds in sources) else []
-    out.masks, unusable = masks_of_sources(sources, images)
-    out.unusable += [(uid_of[id(ds)], reason) for ds, reason in unusable]
-    return out
-
-
-def _headers(paths: list[Path]) -> list[pydicom.Dataset]:
-    headers = []
-    for path in paths:
-        try:
-            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
-        except Exception:  # noqa: BLE001 - an unreadable image fails (closed) when it is protected
-            continue
-    return headers
+            unusable.append((uid, f"{path.name}: {exc}"))
+    return StudyLesions(sources, unusable)

@@ -6,8 +6,10 @@
 Answers:
     0x0000  stored, or the identical instance was already stored (a resend is harmless)
     0x0110  refused and quarantined: cannot open, plain refused, conflict with a stored original. ONE
-            generic status, so the peer learns nothing about why (no padding or signature oracle);
-            the reason is local. A sender classifies it as permanent (dicomnet.outcome): no retry.
+            generic status; its Error Comment (0000,0902) names a value-free category (`conflict`,
+            `plain refused`, `not opened`: one for every protected instance that does not open, so no
+            padding or signature oracle; receive_policy.Outcome.peer_reason); the full reason is local.
+            A sender classifies it as permanent (dicomnet.outcome): no retry.
     0xA700  the store or the quarantine could not be written (disk full, ...): transient, the sender
             retries; nothing acknowledged is lost.
 Only callers in receiver.allow_calling may associate (when set); plain instances are stored only from
@@ -20,6 +22,7 @@ import logging
 import threading
 from pathlib import Path
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from dicomnet.listener import start_listener, storage_scp_ae
@@ -65,7 +68,8 @@ class Receiver:
                     (evt.EVT_ABORTED, self._assoc_done)]
         try:
             self._server = start_listener(self.ae, self.bind, self.port, handlers,
-                                          max_connections=self.rx.max_associations, tls=server_context(self.rx.tls))
+                                          max_connections=self.rx.max_associations, tls=server_context(self.rx.tls),
+                                          on_rejected=self._rejected)
         except OSError as exc:
             raise OSError(exc.errno, f"DICOM port {self.bind}:{self.port}: {exc.strerror}") from None
         self.port = self._server.server_address[1]
@@ -118,7 +122,7 @@ class Receiver:
             self.tally.count(event.assoc, outcome.uids[0], "stripped" if outcome.stripped else "plain", calling)
         return SUCCESS
 
-    def _quarantine(self, event, data: bytes, outcome: Outcome, calling: str) -> int:
+    def _quarantine(self, event, data: bytes, outcome: Outcome, calling: str) -> int | Dataset:
         try:
             qpath = quarantine(self.rx.quarantine, data, reason=outcome.reason, sop_uid=outcome.received_uid,
                                calling_ae=calling)
@@ -130,7 +134,13 @@ class Receiver:
                          reason=outcome.reason, quarantine=str(qpath))
         log.warning("%s from %s quarantined: %s", outcome.received_uid, calling, outcome.reason)
         self.tally.count(event.assoc, "(not stored)", "quarantined", calling)
-        return PROCESSING_FAILURE
+        answer = Dataset()
+        answer.Status = PROCESSING_FAILURE
+        answer.ErrorComment = outcome.peer_reason  # what the sending site records with its dead letter
+        return answer
 
     def _assoc_done(self, event) -> None:
         self.tally.flush(event.assoc)
+
+    def _rejected(self, calling: str, peer: str, reason: str) -> None:
+        self.audit.write("association_rejected", node="receiver", calling_ae=calling, peer=peer, reason=reason)

@@ -67,8 +67,9 @@ def open_association(ae: AE, host: str, port: int, called_ae: str, *, max_pdu: i
     except (OSError, ValueError) as exc:
         raise Unreachable(f"association to {called_ae}@{host}:{port}: {type(exc).__name__}") from None
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else connect_failure(host, port) or "aborted"
-        raise Unreachable(f"association to {called_ae}@{host}:{port} {why}")
+        why = "rejected" if assoc.is_rejected else connect_failure(host, port)
+        raise Unreachable(f"association to {called_ae}@{host}:{port} {why or 'aborted or timed out'}",
+                          association_refused=why is None or assoc.is_rejected)
     return assoc
 
 

@@ -9,6 +9,8 @@
   the list is ordered explicit first, Implicit VR Little Endian last: a sender proposing both keeps
   the VRs of its private elements (PS3.5 7.1: implicit VR loses them for private tags).
 - TLS (PS3.15 B.1): the handshake runs in the association's thread, never in the accept loop.
+- Every rejected association request is one log line naming the calling AE title, the peer address and
+  the reason (no traceback), and is passed to the node's `on_rejected` (its audit record and metric).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+
+from collections.abc import Callable
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
@@ -122,12 +126,47 @@ def storage_scp_ae(ae_title: str, *, max_pdu: int = 0, require_calling: list[str
     return ae
 
 
+def printable(text: str, limit: int = 64) -> str:
+    """A peer-supplied string fit for one log line (an AE title is 16 characters; a hostile peer's may not be)."""
+    return "".join(c if c.isprintable() else "?" for c in str(text).strip())[:limit]
+
+
+def rejection(event) -> tuple[str, str, str]:
+    """(calling AE title, peer "host:port", reason) of an association request this side rejected."""
+    assoc = event.assoc
+    calling = printable(assoc.requestor.ae_title)
+    peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    primitive = assoc.acceptor.primitive
+    try:
+        reason = primitive.reason_str.lower()
+    except Exception:  # noqa: BLE001 - no reject primitive recorded: still one line
+        reason = "rejected"
+    return calling, peer, reason
+
+
+def rejected_handler(on_rejected: Callable[[str, str, str], None] | None):
+    """EVT_REJECTED handler: one log line, then on_rejected(calling, peer, reason) (never raises)."""
+    def handle(event) -> None:
+        try:
+            calling, peer, reason = rejection(event)
+            log.warning("association from %r at %s rejected: %s", calling, peer, reason)
+            if on_rejected is not None:
+                on_rejected(calling, peer, reason)
+        except Exception as exc:  # noqa: BLE001 - a record of a refusal must not break the listener
+            log.warning("association rejected (not recorded: %s)", type(exc).__name__)
+    return handle
+
+
 def start_listener(ae: AE, bind: str, port: int, handlers: list, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                   tls: ssl.SSLContext | None = None) -> BoundedServer:
-    """Serve in a daemon thread; returns the server (server.server_address[1] is the port; shutdown() stops)."""
+                   tls: ssl.SSLContext | None = None,
+                   on_rejected: Callable[[str, str, str], None] | None = None) -> BoundedServer:
+    """Serve in a daemon thread; returns the server (server.server_address[1] is the port; shutdown() stops).
+    on_rejected(calling AE, peer, reason) is called for each association request rejected."""
     server_class = type("Server", (BoundedServer,), {"max_connections": max_connections})
     ae.maximum_associations = max_connections
-    server = ae.make_server((bind, port), ssl_context=tls, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *handlers],
+    server = ae.make_server((bind, port), ssl_context=tls,
+                            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay),
+                                          (evt.EVT_REJECTED, rejected_handler(on_rejected)), *handlers],
                             server_class=server_class)
     threading.Thread(target=server.serve_forever, name=f"listener-{ae.ae_title}", daemon=True).start()
     ae._servers.append(server)  # so ae.shutdown() stops it too, as for start_server

@@ -6,11 +6,19 @@ Counters follow the audit trail: every audit record a node writes passes through
 `miadmark gateway` runs two processes (receiving + forwarding child). use_multiprocess() puts
 prometheus-client in multiprocess mode (values in mmap files under one folder, summed at scrape
 time) before the first metric is made; the forwarding child inherits the folder by environment.
+A release run with the gateway's configuration joins the same folder (join_multiprocess), so its
+deliveries show on the gateway's /metrics under the same names and labels.
 The metrics are made lazily (get()) so that choice can still be made after this module is imported.
+
+What a process that has exited leaves behind: its counters and histograms still count (summed over every
+file: a finished release's deliveries stay delivered); the one gauge, engine_device, is `livemax`, and a
+scrape first drops the live-gauge files of processes that are gone (forget_dead_processes), so it shows
+the devices of running engines only.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -19,6 +27,7 @@ from pathlib import Path
 
 from miadmark.audit import HOOKS
 
+log = logging.getLogger(__name__)
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 PROTECT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
@@ -32,6 +41,7 @@ class Metrics:
     failed: object
     quarantined: object
     stripped: object
+    rejected: object
     protect_seconds: object
     engine_device: object
     registry: object  # None in multiprocess mode (the files are the registry)
@@ -45,20 +55,63 @@ def multiprocess() -> bool:
     return bool(os.environ.get(ENV))
 
 
+def counting_in(folder: str | Path) -> bool:
+    """Whether this process counts in the shared files under `folder`."""
+    return multiprocess() and Path(os.environ[ENV]) == Path(folder)
+
+
 def use_multiprocess(folder: str | Path) -> bool:
     """Count in shared files under `folder` (emptied: counters start at 0 with the service).
     False when this process already made its metrics in memory (then only its own are served)."""
+    return _count_in(Path(folder), fresh=True)
+
+
+def join_multiprocess(folder: str | Path) -> bool:
+    """Count into the shared files of a service that runs elsewhere (a release counting into its site's
+    gateway), leaving what is there. False (and counting in memory) when that cannot be done."""
+    try:
+        return _count_in(Path(folder), fresh=False)
+    except OSError as exc:
+        log.warning("metrics folder %s not usable (%s): this process's counts are not served",
+                    folder, exc.strerror or type(exc).__name__)
+        return False
+
+
+def _count_in(folder: Path, *, fresh: bool) -> bool:
     global _metrics
     if _metrics is not None and not multiprocess():
         return False
-    folder = Path(folder)
-    shutil.rmtree(folder, ignore_errors=True)
+    if fresh:
+        shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(13, "not writable", str(folder))
     os.environ[ENV] = str(folder)
     from prometheus_client import values
     values.ValueClass = values.get_value_class()  # chosen at import; the environment changed since
     with _lock:
         _metrics = None
+    return True
+
+
+def forget_dead_processes() -> None:
+    """Drop the live-gauge files of processes that have exited (multiprocess mode), before a scrape."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    folder = os.environ.get(ENV)
+    for path in Path(folder).glob("gauge_live*_*.db") if folder else ():
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            mark_process_dead(int(pid), folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
     return True
 
 
@@ -88,10 +141,12 @@ def _make() -> Metrics:
                             registry=reg),
         stripped=Counter("miadmark_instances_stripped", "protected instances restored by the receiving node",
                          registry=reg),
+        rejected=Counter("miadmark_associations_rejected", "association requests rejected (calling AE not allowed...)",
+                         ("node",), registry=reg),
         protect_seconds=Histogram("miadmark_protect_seconds", "seconds to protect one instance (batch mean)",
                                   ("profile",), buckets=PROTECT_BUCKETS, registry=reg),
         engine_device=Gauge("miadmark_engine_device", "1 for the device the watermark engine runs on",
-                            ("device",), registry=reg, multiprocess_mode="max"),
+                            ("device",), registry=reg, multiprocess_mode="livemax"),
         registry=reg,
     )
 
@@ -125,6 +180,8 @@ def _count(event: str, fields: dict) -> None:
         m.failed.labels(dest, profile).inc()
     elif event == "quarantined":
         m.quarantined.labels(dest, profile).inc()
+    elif event == "association_rejected":
+        m.rejected.labels(str(fields.get("node") or "")).inc()
 
 
 def observe_protect(profile: str | None, seconds: float, count: int, device: str | None = None) -> None:

@@ -28,7 +28,12 @@ HTTP_RETRY_LATER = {401, 403, 404, 408, 429}
 
 class Unreachable(Exception):
     """The peer could not be reached at all (no association, no connection, HTTP 5xx, ...): nothing was
-    delivered."""
+    delivered. association_refused: the peer took the connection but rejected the association or never
+    answered it (a peer that takes one association at a time does this to a second one)."""
+
+    def __init__(self, message: str = "", *, association_refused: bool = False):
+        super().__init__(message)
+        self.association_refused = association_refused
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,15 @@ def c_store_outcome(status) -> Outcome:
     code = getattr(status, "Status", None)
     if code is None:
         return Outcome(False, "no response (association aborted or timed out)")
-    return status_outcome(int(code))
+    out = status_outcome(int(code))
+    comment = peer_comment(getattr(status, "ErrorComment", None)) if not out.ok else ""
+    return Outcome(out.ok, f"{out.error}: {comment}", out.permanent) if comment else out
+
+
+def peer_comment(value) -> str:
+    """The peer's Error Comment (LO, 64 characters) fit for a log line and the dead letter, or ""."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value or "").strip())
+    return text[:64]
 
 
 def status_outcome(code: int) -> Outcome:

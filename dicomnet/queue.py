@@ -353,6 +353,10 @@ class Queue:
         return self._con().execute("DELETE FROM jobs WHERE state IN ('done','quarantined') AND updated<?",
                                    (time.time() - older_than_s,)).rowcount
 
+    def files(self) -> set[str]:
+        """Every file (spool path, or the plugin's Orthanc instance ID) some row names, whatever its state."""
+        return {r[0] for r in self._con().execute("SELECT DISTINCT file FROM jobs")}
+
     def pending_in_study(self, destination: str, study_uid: str) -> int:
         return self._con().execute(
             "SELECT COUNT(*) FROM jobs WHERE destination=? AND study_uid=? AND state='pending'",

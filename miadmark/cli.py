@@ -15,6 +15,7 @@ from pathlib import Path
 COMMANDS = {
     "keys": "miadmark.commands.keys", "protect": "miadmark.commands.protect",
     "strip": "miadmark.commands.strip", "inspect": "miadmark.commands.inspect",
+    "verify": "miadmark.commands.verify",
     "train": "miadmark.commands.train", "train_prior": "miadmark.commands.train_prior",
     "train_generator": "miadmark.commands.train_generator", "evaluate": "miadmark.commands.evaluate",
     "rules": "miadmark.commands.rules",
@@ -71,7 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     for module in registered_commands().values():
         import_module(module).register(sub)
+    describe_subcommands(parser)
     return parser
+
+
+def describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """`miadmark X --help` opens with the one line `miadmark --help` lists for X (argparse shows a
+    subcommand's help only in its parent's list), at every level (`queue status`, `keys new`...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            lines = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None and lines.get(name):
+                    sub.description = lines[name][0].upper() + lines[name][1:] + "."
+                describe_subcommands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,6 +119,12 @@ class GatewayConfig(_Model):
     metrics_port: ListenPort | None = None  # GET /metrics, /health, / (status page); None = off
     metrics_bind: str = "127.0.0.1"  # loopback unless told otherwise
 
+    @property
+    def metrics_dir(self) -> Path:
+        """The site's shared metrics files (the gateway's processes and a release with this configuration
+        count there; the gateway's /metrics sums them)."""
+        return self.spool / "metrics"
+
     @model_validator(mode="after")
     def _defaults(self):
         if self.quarantine is None:

@@ -2,17 +2,25 @@
 
 The profile's table (PS3.15 Table E.1-1, the 2026c edition as shipped by KitwareMedical's
 `dicom-anonymizer`) decides what each attribute gets: X removed, Z emptied, D dummy value,
-U new UID, and private attributes removed. Applied here at every nesting level with the
-library's actions (the library's own loop applies its table to the top level only). Two things are ours, on purpose:
+U new UID, and private attributes removed. The actions are ours, applied at every nesting level,
+so that the result validates (dciodvfy) whatever the IOD makes of each attribute:
+* X removes; Z and X/Z keep the element with a zero-length value (a Type 2 attribute stays present;
+  a sequence keeps no item), except an X/Z sequence that is Type 3 wherever defined: removed.
+  Overlay Data (X) goes with its whole overlay group (an Overlay Plane needs its data).
+* D, Z/D, X/D and X/Z/D give a dummy that is valid for the VR (a date 19000101, a time 000000, a
+  name ANONYMIZED...): valid for Type 1 as for Type 2 and 3. An element that was already empty stays
+  empty (it holds nothing to hide). A D sequence keeps its items with every value in them replaced.
 * X/Z/U* sequences (Referenced Image, Source Image...) are kept with their UIDs replaced, the
-  profile's "U" choice, not emptied as the library does: a SEG still points at its images.
+  profile's "U" choice: a SEG still points at its images.
 * UIDs (U, and D / X/Z/U* on a UI) are keyed derivations (miadmark.uids) of the original UID,
   the site secret and the destination: consistent within a study, across runs and gateway
   restarts (a resend is the same object), unlinkable across destinations and by outsiders.
 * dates="shift" (the profile's Retain Longitudinal Temporal Information with Modified Dates
   Option): every DA / DT the table lists is moved back by a keyed per-patient number of days
-  (1..3650) instead of being replaced; Patient's Birth Date is still removed. dates="remove" (the
-  default) keeps the table's actions (dates emptied or set to a dummy).
+  (1..3650) instead of being replaced; Patient's Birth Date is still emptied. dates="remove" (the
+  default) keeps the table's actions (dates emptied or set to the dummy).
+The object records what was applied: Patient Identity Removed YES, De-identification Method, and
+the De-identification Method Code Sequence (PS3.16 CID 7050 codes, scheme DCM).
 
 Not covered: text burned into the pixels. An object that declares BurnedInAnnotation YES is
 refused (BurnedInAnnotationError; the gateway quarantines it); one that does not declare it is
@@ -27,10 +35,11 @@ import datetime as dt
 from collections.abc import Sequence
 
 from cryptography import x509
-from dicomanonymizer.simpledicomanonymizer import (delete_or_empty_or_replace,
-                                                    delete_or_empty_or_replace_UID, delete_or_replace,
-                                                    empty_or_replace, initialize_actions, replace, replace_UID)
+from dicomanonymizer.simpledicomanonymizer import (delete, delete_or_empty, delete_or_empty_or_replace,
+                                                    delete_or_empty_or_replace_UID, delete_or_replace, empty,
+                                                    empty_or_replace, initialize_actions, keep, replace, replace_UID)
 from pydicom.dataset import Dataset
+from pydicom.valuerep import STR_VR
 
 from .dicomio import forget_source
 from .errors import BurnedInAnnotationError, MiadmarkError
@@ -40,13 +49,25 @@ from .uids import DEIDENTIFIED, UidMaker, scope_of, site_secret
 PROFILES = ("basic",)
 DATE_OPTIONS = ("remove", "shift")
 TABLE = "dicomfields_2026c"  # PS3.15 Table E.1-1 edition
-# actions that give a UI a (new) value: those get a keyed UID instead of the library's random one
-UID_ACTIONS = {replace_UID, delete_or_empty_or_replace_UID, replace, empty_or_replace, delete_or_replace,
-               delete_or_empty_or_replace}
+# the library's table names each action by a function; the profile's letters say what it asks
+ACTION_CODES = {delete: "X", empty: "Z", replace: "D", replace_UID: "U", empty_or_replace: "Z/D",
+                delete_or_empty: "X/Z", delete_or_replace: "X/D", delete_or_empty_or_replace: "X/Z/D",
+                delete_or_empty_or_replace_UID: "X/Z/U*", keep: "K"}
+DUMMY_CODES = {"D", "Z/D", "X/D", "X/Z/D"}  # a dummy is valid whatever the attribute's Type
+UID_CODES = DUMMY_CODES | {"U", "X/Z/U*"}  # a UI gets a keyed UID
+# X/Z sequences that are Type 2 where defined: emptied (no item); the others are Type 3 (Referenced Study
+# Sequence): removed, as a Type 3 sequence that is present needs an item
+TYPE_2_SEQUENCES = {0x00400555}  # Acquisition Context Sequence
+# dummies consistent with the VR (PS3.15 E.1-1 action D) that a validator accepts
+DUMMY_TEXT = "ANONYMIZED"
+DUMMIES = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y", "DS": "0", "IS": "0",
+           "UR": "http://anonymized.invalid"}
+# PS3.16 CID 7050 De-identification Method
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 MODIFIED_DATES_CODE = ("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option")
 SHIFT_DAYS = 3650
-BIRTH_DATE = (0x0010, 0x0030)
+OVERLAY_DATA = 0x3000  # (60xx,3000)
+BIRTH_DATE = 0x00100030
 
 
 def deidentify(ds: Dataset, *, signer: Identity, recipients: Sequence[x509.Certificate],
@@ -63,6 +84,26 @@ def profile_rules() -> dict:
     return initialize_actions(TABLE)
 
 
+def profile_codes() -> dict:
+    """The table: (group, element[, group mask, element mask]) -> the profile's action letters ("X", "Z/D"...)."""
+    return {tag: ACTION_CODES[action] for tag, action in profile_rules().items()}
+
+
+def dummy_value(vr: str):
+    """A non-empty value valid for vr (PS3.15 action D)."""
+    if vr in DUMMIES:
+        return DUMMIES[vr]
+    if vr in STR_VR:  # AE CS LO LT PN SH ST UC UT
+        return DUMMY_TEXT
+    if vr in ("US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"):
+        return 0
+    return bytes(8)  # OB OW OF OD OL OV UN: a length every one of them allows
+
+
+def _is_empty(value) -> bool:
+    return value is None or (not isinstance(value, (int, float)) and len(value) == 0)
+
+
 class Deidentifier:
     """One de-identification setting for a run (keyed by the run's UidMaker: site secret + destination)."""
 
@@ -73,9 +114,9 @@ class Deidentifier:
             raise MiadmarkError(f"unknown date option {dates!r} (known: {', '.join(DATE_OPTIONS)})")
         self.profile, self.uids, self.dates = profile, uids, dates
         self._shift_days = 0
-        rules = {tag: self._wrap(action, tag) for tag, action in profile_rules().items()}
-        self._rules = {tag: action for tag, action in rules.items() if len(tag) == 2}
-        self._repeating = [(tag, action) for tag, action in rules.items() if len(tag) == 4]  # e.g. (50xx,xxxx)
+        codes = profile_codes()
+        self._codes = {tag: code for tag, code in codes.items() if len(tag) == 2}
+        self._repeating = [(tag, code) for tag, code in codes.items() if len(tag) == 4]  # e.g. (50xx,xxxx)
 
     def apply(self, ds: Dataset) -> Dataset:
         """A de-identified copy of ds (ds is not modified). Pixel Data is left as it is."""
@@ -100,40 +141,70 @@ class Deidentifier:
         tree for its repeating groups: 20 s on a 64-frame enhanced MR; this is one pass over the elements.)
         """
         for tag in list(ds.keys()):
+            if tag not in ds:
+                continue  # removed with its overlay
             key = (tag.group, tag.element)
-            action = self._rules.get(key) or self._repeating_rule(key)
-            if action is not None:
-                action(ds, key)
+            code = self._codes.get(key) or self._repeating_code(key)
+            if code is not None:
+                self._act(ds, ds[tag], code)
             elem = ds.get(tag)
             if elem is not None and elem.VR == "SQ" and elem.value is not None:
                 for item in elem.value:
                     self._apply(item)
 
-    def _repeating_rule(self, key: tuple[int, int]):
+    def _repeating_code(self, key: tuple[int, int]) -> str | None:
         group, element = key
-        for (rule_group, rule_element, group_mask, element_mask), action in self._repeating:
+        for (rule_group, rule_element, group_mask, element_mask), code in self._repeating:
             if group & group_mask == rule_group & group_mask and element & element_mask == rule_element & element_mask:
-                return action
+                return code
         return None
 
-    def _wrap(self, action, tag):
-        def run(dataset: Dataset, where) -> None:
-            elem = dataset.get(where)
-            if elem is None or elem.value is None or elem.value == "":
-                action(dataset, where)
-            elif elem.VR == "SQ" and action is delete_or_empty_or_replace_UID:
-                pass  # X/Z/U*: keep the references, their UIDs replaced (the table applies inside, see _apply)
-            elif elem.VR == "UI" and action in UID_ACTIONS:
-                values = elem.value if elem.VM > 1 else [elem.value]
-                new = [self.uids.derive(DEIDENTIFIED, str(v)) for v in values]
-                elem.value = new if elem.VM > 1 else new[0]
-            elif self.dates == "shift" and elem.VR in ("DA", "DT") and tuple(tag[:2]) != BIRTH_DATE:
-                elem.value = _shifted(elem.value, self._shift_days)
-            else:
-                action(dataset, where)
-        return run
+    def _act(self, ds: Dataset, elem, code: str) -> None:
+        """One element's action. The conditional actions take the choice that conforms whatever the
+        attribute's Type in the IOD: X/Z empties (Type 2 stays present), */D gives a dummy (Type 1)."""
+        empty = _is_empty(elem.value)
+        if code == "K":
+            return
+        if self.dates == "shift" and elem.VR in ("DA", "DT") and not empty and elem.tag != BIRTH_DATE:
+            elem.value = _shifted(elem.value, self._shift_days)
+        elif elem.tag.element == OVERLAY_DATA and 0x6000 <= elem.tag.group <= 0x601E and code == "X":
+            for tag in [t for t in ds.keys() if t.group == elem.tag.group]:
+                del ds[tag]  # the whole overlay: an Overlay Plane without its (Type 1) data is invalid
+        elif code == "X" or code == "X/Z" and elem.VR == "SQ" and elem.tag not in TYPE_2_SEQUENCES:
+            del ds[elem.tag]
+        elif elem.VR == "UI" and code in UID_CODES:
+            self._new_uids(elem)  # an empty one too: a Type 1 UID gets a value the file can be written with
+        elif empty:
+            return  # a zero-length value hides nothing and stays as valid as it was
+        elif code == "X/Z/U*" and elem.VR == "SQ":
+            return  # the references are kept, their UIDs replaced (the table applies inside, see _apply)
+        elif code in DUMMY_CODES:
+            self._dummy(elem)
+        else:  # Z, X/Z, U or X/Z/U* on a VR that holds no UID
+            elem.value = [] if elem.VR == "SQ" else "" if elem.VR in STR_VR else None
+
+    def _new_uids(self, elem) -> None:
+        # an empty UID is derived from its tag: an empty Study and SOP Instance UID stay distinct
+        values = elem.value if elem.VM > 1 else [elem.value or f"empty {elem.tag}"]
+        new = [self.uids.derive(DEIDENTIFIED, str(v)) for v in values]
+        elem.value = new if elem.VM > 1 else new[0]
+
+    def _dummy(self, elem) -> None:
+        """D: a dummy for the VR; a sequence keeps its items with every value in them replaced."""
+        if elem.VR != "SQ":
+            elem.value = dummy_value(elem.VR)
+            return
+        for item in elem.value:
+            for inner in item:
+                if _is_empty(inner.value):
+                    continue
+                if inner.VR == "UI":
+                    self._new_uids(inner)
+                else:
+                    self._dummy(inner)
 
     def _mark(self, ds: Dataset) -> None:
+        """PS3.15 E.1.1: Patient Identity Removed YES, and the method with the options applied (CID 7050)."""
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = f"PS3.15 Basic Profile, Table E.1-1 {TABLE[-5:]}; dates {self.dates}"  # LO: 64
         codes = [BASIC_PROFILE_CODE] + ([MODIFIED_DATES_CODE] if self.dates == "shift" else [])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .errors import InvalidInputError, MiadmarkError, safe_reason
 from .limits import parse_untrusted
@@ -40,7 +41,10 @@ def read_dicom(path: str | os.PathLike) -> Dataset:
         else:
             with open(path, "rb") as fh:
                 data = fh.read()
-        ds = parse_untrusted(pydicom.dcmread(io.BytesIO(data)))  # parse now: a truncated file fails here, not later
+        raw = pydicom.dcmread(io.BytesIO(data))
+        if cut := truncation(raw, len(data)):
+            raise InvalidInputError(cut)
+        ds = parse_untrusted(raw)  # parse now: a truncated file fails here, not later
     except InvalidDicomError:
         raise InvalidInputError("not a DICOM file (no DICM preamble or valid header)") from None
     except MiadmarkError:
@@ -52,6 +56,25 @@ def read_dicom(path: str | os.PathLike) -> Dataset:
     if "PixelData" in ds and len(ds.PixelData or b"") == 0:
         raise InvalidInputError("truncated file: Pixel Data is empty")
     return remember_source(ds, data)
+
+
+def truncation(ds: Dataset, size: int) -> str | None:
+    """Why a freshly read dataset of a `size`-byte file is cut short, or None. pydicom stops without a word at
+    an element header cut by the end of the file and keeps a value shorter than its declared length."""
+    meta = getattr(ds, "file_meta", None)
+    if not ds.keys() or (meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian):
+        return None  # a deflated body's offsets are not the file's
+    tag = max(ds.keys())
+    last = ds.get_item(tag)  # the element as read (offset and declared length), not converted
+    tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+    if tell is None or length is None or length == 0xFFFFFFFF:  # undefined length: its delimiters tell
+        return None
+    name = f"({tag.group:04X},{tag.element:04X})"
+    if tell + length > size:
+        return f"truncated file: element {name} declares {length} bytes, {size - tell} are present"
+    if 0 < size - (tell + length) < 8:  # less than an element header left after the last element
+        return f"truncated file: it ends inside the element header after {name}"
+    return None
 
 
 def dataset_from_bytes(data: bytes) -> Dataset:

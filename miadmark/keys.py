@@ -42,6 +42,12 @@ def subject_name(cert: x509.Certificate) -> str:
     return str(cns[0].value) if cns else cert.subject.rfc4514_string()
 
 
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the certificate as `openssl x509 -noout -fingerprint -sha256` prints it: two certificates
+    with the same CN are told apart by this (docs/two-sites.md compares it over a second channel)."""
+    return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
+
+
 def describe(cert: x509.Certificate) -> str:
     return f"{cert.issuer.rfc4514_string()} serial {cert.serial_number:x}"
 

@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import threading
 import time
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -30,6 +31,33 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
+
+
+class OneLineNetworkErrors(logging.Filter):
+    """pynetdicom logs an aborted association (a peer that resets or closes mid-PDU) or a failing handler as an
+    error line followed by the exception with its traceback: one line says it, `Message (Type: reason)`. With
+    debug logging (-v) the traceback stays."""
+
+    PAIRED = ("Connection closed before the entire PDU was received", "Exception in the handler bound to",
+              "Received an invalid DIMSE message", "pydicom.write_dataset() failed")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held = threading.local()  # the error line waiting for its exception, per association thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("pynetdicom") or logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        if not record.exc_info and str(record.msg).startswith(self.PAIRED):
+            self._held.line = record.getMessage()
+            return False  # said with the exception that follows it
+        if record.exc_info:
+            from .errors import safe_reason  # `Type: first line`, quoted values masked
+
+            held, self._held.line = getattr(self._held, "line", None), None
+            record.msg, record.args = f"{held or 'association error'} ({safe_reason(record.exc_info[1])})", ()
+            record.exc_info = record.exc_text = None
+        return True
 
 
 class SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
@@ -99,6 +127,7 @@ def _install(handler: logging.Handler, level: int, json_lines: bool) -> None:
     """Replace the handler installed by an earlier call; like logging.basicConfig, a stderr handler
     is not added where someone else (a test harness) already handles the root logger."""
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(OneLineNetworkErrors())
     handler.miadmark = True
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "miadmark", False)]:

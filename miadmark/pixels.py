@@ -11,6 +11,7 @@ BitsStored (overlays, padding) survive; everything else goes through pydicom's d
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .errors import InvalidInputError, UnsupportedImageError, safe_reason
 from .limits import check_pixel_header
+
+# pydicom logs every failing decoder's traceback before it raises; decoded_array's refusal names the reason once
+logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
 
 NATIVE_LITTLE_ENDIAN = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
 SUPPORTED_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR",
@@ -104,7 +108,16 @@ def decoded_array(ds: Dataset, transfer_syntax) -> np.ndarray:
             raise
         except BaseException as exc:  # noqa: BLE001 - a Rust panic is a BaseException; all are refusals
             first_error = first_error or exc
-    raise UnsupportedImageError(f"pixel data does not decode ({safe_reason(first_error)})") from None
+    raise UnsupportedImageError(f"pixel data does not decode ({_decoder_reason(first_error)})") from None
+
+
+def _decoder_reason(exc: BaseException) -> str:
+    """pydicom's "exceptions were raised by all available plugins:" opens a list, one plugin a line: the first
+    plugin's line is the reason."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return safe_reason(RuntimeError(lines[1]))
+    return safe_reason(exc)
 
 
 def _raw_words(ds: Dataset, frames: int, rows: int, cols: int, spp: int, bits_allocated: int) -> np.ndarray:

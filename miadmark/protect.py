@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import lzma
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,13 +35,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from . import __version__
 from .deid import Deidentifier
+from .derived import mark_derived
 from .dicomio import canonical_bytes, dataset_from_bytes, forget_source, original_file_bytes
 from .engine import DEFAULT_PROFILE, ImageContext, Profile, get_engine
 from .errors import (AlreadyProtectedError, IntegrityError, InvalidInputError, MiadmarkError, NotProtectedError,
                      RecordCorruptError, UntrustedSignerError, unexpected_input)
-from .keys import Identity, subject_name
+from .keys import Identity, fingerprint, subject_name
 from .limits import check_protectable
-from .pixel_payload import apply_changed_words, encode_changed_words, word_dtype
+from .pixel_payload import ORIGINAL_KINDS, apply_original, apply_payload, encode_original, encode_pixels, word_dtype
 from .original_file import cut, join, pixel_value_span
 from .pixels import Pixels, decode, from_model, native_pixel_bytes, to_model
 from .record import (RECORD_CREATOR, Record, decode_file_meta, decrypt, encode_file_meta, encrypt,
@@ -82,10 +84,13 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
                  profile: str | Profile = DEFAULT_PROFILE, device: str = "auto",
                  lesion_masks: Sequence[np.ndarray | None] | None = None,
                  engine: Engine | None = None, destination: str | None = None, deidentify: str | None = None,
-                 restore_identity: bool = False, deidentify_dates: str = "remove") -> list[Dataset | MiadmarkError]:
+                 restore_identity: bool = False, deidentify_dates: str = "remove",
+                 batch_frames: int | None = None) -> list[Dataset | MiadmarkError]:
     """Protect several datasets through one engine; each result is a Dataset or the error for that input.
 
-    Frames of the same size go through the engine together (a series is one batch).
+    Frames of the same size go through the engine together, up to `batch_frames` at a time (None: 64 on a GPU,
+    16 on a CPU, where larger batches gain nothing), while the next inputs are decoded and the previous ones get
+    their records in other threads (protect_iter): the slowest stage sets the pace.
     destination: the destination's name; with the signer's key it makes the protected UIDs (miadmark.uids):
     the same original for the same destination (or, when None, the same recipient set) gets the same UIDs.
     deidentify: None, or "basic" (PS3.15 Basic Application Level Confidentiality Profile, miadmark.deid)
@@ -93,28 +98,99 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
     (True) or the de-identified object (False); deidentify_dates: "remove" (the profile's dummy dates)
     or "shift" (a keyed per-patient shift).
     """
+    results: list[Dataset | MiadmarkError | None] = [None] * len(datasets)
+    for i, result in protect_iter(datasets, recipients=recipients, signer=signer, profile=profile, device=device,
+                                  lesion_masks=lesion_masks, engine=engine, destination=destination,
+                                  deidentify=deidentify, restore_identity=restore_identity,
+                                  deidentify_dates=deidentify_dates, batch_frames=batch_frames):
+        results[i] = result
+    return results  # type: ignore[return-value]
+
+
+def protect_iter(datasets: Iterable[Dataset], *, recipients: Sequence[x509.Certificate], signer: Identity,
+                 profile: str | Profile = DEFAULT_PROFILE, device: str = "auto",
+                 lesion_masks: Sequence[np.ndarray | None] | None = None, engine: Engine | None = None,
+                 destination: str | None = None, deidentify: str | None = None, restore_identity: bool = False,
+                 deidentify_dates: str = "remove", batch_frames: int | None = None,
+                 encode: Callable[[Dataset], object] | None = None) -> Iterator[tuple[int, object]]:
+    """protect_many as a pipeline: (index, result) pairs as each input completes, not in input order.
+
+    Three stages overlap: one thread decodes the next inputs (a bounded window ahead), the calling thread runs
+    the engine on batches of up to `batch_frames` frames of one size, one thread builds each watermarked image's
+    record and, given `encode` (e.g. miadmark.dicomio.dataset_to_bytes), encodes it. torch, numpy, zstd and
+    OpenSSL release the GIL for their work, so on two cores the engine and the record run side by side.
+    A result is the protected Dataset (or encode's value) or the MiadmarkError for that input: one bad input
+    fails alone, an engine failure on a batch is retried input by input.
+    """
     if not recipients:
         raise ValueError("protect needs at least one recipient certificate")
     engine = engine or get_engine(profile, device)
+    if batch_frames is None:
+        batch_frames = 64 if getattr(engine.device, "type", "cpu") == "cuda" else 16
     secret = site_secret(signer.key)
     uid_maker = UidMaker(secret, scope_of(destination, recipients))
-    deid = None
-    if deidentify is not None:
-        deid = Deidentifier(deidentify, uid_maker, dates=deidentify_dates)
-    results: list[Dataset | MiadmarkError | None] = [None] * len(datasets)
-    prepared = []
-    for i, ds in enumerate(datasets):
+    deid = None if deidentify is None else Deidentifier(deidentify, uid_maker, dates=deidentify_dates)
+
+    def prepare(i: int, ds: Dataset):
         try:
             prep = _prepare(ds, None if lesion_masks is None else lesion_masks[i], deid, restore_identity)
             prep["contexts"] = keyed_contexts(prep["contexts"], secret)
-            prepared.append((i, prep))
+            return i, prep
         except Exception as exc:  # noqa: BLE001 - one bad input fails alone (see unexpected_input)
-            results[i] = unexpected_input(exc, "reading the image")
-    # group by frame geometry so that a series of equal slices is one engine batch
-    groups: dict[tuple, list] = {}
-    for i, prep in prepared:
-        groups.setdefault(prep["x"].shape[1:], []).append((i, prep))
-    batches = list(groups.values())
+            return i, unexpected_input(exc, "reading the image")
+
+    def finish(i: int, prep: dict, x_new: np.ndarray, params: list[dict]):
+        try:
+            prot = _finish(prep, x_new, params, recipients, signer, engine, uid_maker)
+            return i, prot if encode is None else encode(prot)
+        except Exception as exc:  # noqa: BLE001 - one bad input fails alone
+            return i, unexpected_input(exc, "building the protected object")
+
+    decoder = ThreadPoolExecutor(1, thread_name_prefix="protect-decode")
+    recorder = ThreadPoolExecutor(1, thread_name_prefix="protect-record")
+    inputs = enumerate(datasets)
+    decoding: deque = deque()  # futures of prepare, in input order
+    recording: deque = deque()  # futures of finish, in engine order
+    groups: dict[tuple, list] = {}  # frame geometry -> [(index, prep)] waiting for the engine
+
+    def refill() -> None:  # about two engine batches decoded or decoding ahead, no more (memory)
+        while len(decoding) < 2 * batch_frames:
+            item = next(inputs, None)
+            if item is None:
+                return
+            decoding.append(decoder.submit(prepare, *item))
+
+    def recorded() -> Iterator[tuple[int, object]]:
+        while recording and recording[0].done():
+            yield recording.popleft().result()
+
+    try:
+        refill()
+        while decoding:
+            i, prep = decoding.popleft().result()
+            refill()
+            if isinstance(prep, MiadmarkError):
+                yield i, prep
+                continue
+            key = prep["x"].shape[1:]
+            group = groups.setdefault(key, [])
+            group.append((i, prep))
+            if sum(p["x"].shape[0] for _, p in group) >= batch_frames:
+                yield from _watermark(engine, groups.pop(key), recording, recorder, finish)
+            yield from recorded()
+        for key in list(groups):
+            yield from _watermark(engine, groups.pop(key), recording, recorder, finish)
+        while recording:
+            yield recording.popleft().result()
+    finally:
+        decoder.shutdown(wait=True, cancel_futures=True)
+        recorder.shutdown(wait=True, cancel_futures=True)
+
+
+def _watermark(engine: Engine, items: list, recording: deque, recorder: ThreadPoolExecutor, finish
+               ) -> Iterator[tuple[int, MiadmarkError]]:
+    """Run the engine on one batch and hand each image to the record stage; the errors of inputs that fail."""
+    batches = [items]
     while batches:
         items = batches.pop(0)
         x = np.concatenate([p["x"] for _, p in items])
@@ -126,19 +202,13 @@ def protect_many(datasets: Sequence[Dataset], *, recipients: Sequence[x509.Certi
             if len(items) > 1:  # one input may be the cause: each alone, so that only it fails
                 batches += [[item] for item in items]
                 continue
-            for i, _ in items:
-                results[i] = MiadmarkError(f"watermark engine failed ({type(exc).__name__}: {exc})")
+            yield items[0][0], MiadmarkError(f"watermark engine failed ({type(exc).__name__}: {exc})")
             continue
         offset = 0
         for i, prep in items:
             n = prep["x"].shape[0]
-            try:
-                results[i] = _finish(prep, x_new[offset:offset + n], params[offset:offset + n],
-                                     recipients, signer, engine, uid_maker)
-            except Exception as exc:  # noqa: BLE001 - one bad input fails alone
-                results[i] = unexpected_input(exc, "building the protected object")
+            recording.append(recorder.submit(finish, i, prep, x_new[offset:offset + n], params[offset:offset + n]))
             offset += n
-    return results  # type: ignore[return-value]
 
 
 def keyed_contexts(contexts: list[ImageContext], secret: bytes) -> list[ImageContext]:
@@ -212,12 +282,14 @@ def _finish(prep: dict, x_new: np.ndarray, params: list[dict], recipients, signe
     new_bytes = native_pixel_bytes(ds, px, new_stored)
     if px.native:
         dtype = word_dtype(px.bits_allocated, len(new_bytes))
-        payload_kind, word_type = "CHANGED_WORDS", dtype.str
-        payload = encode_changed_words(bytes(original_pixels.value), new_bytes, dtype)
+        spp = px.stored.shape[-1]
+        stride = spp if px.planar == 0 and dtype.itemsize * 8 == px.bits_allocated else 1  # one channel's samples
+        payload_kind, payload = encode_pixels(bytes(original_pixels.value), new_bytes, dtype, stride)
+        word_type = dtype.str
         prot[PIXEL_DATA].value = new_bytes
     else:
-        payload_kind, word_type = "ORIGINAL", ""
-        payload = lzma.compress(bytes(original_pixels.value), preset=6)
+        word_type = ""
+        payload_kind, payload = encode_original(bytes(original_pixels.value))
         vr = "OB" if px.bits_allocated <= 8 else "OW"
         prot[PIXEL_DATA] = DataElement(PIXEL_DATA, vr, new_bytes)
         for tag in NATIVE_ONLY_DROP:
@@ -235,9 +307,7 @@ def _finish(prep: dict, x_new: np.ndarray, params: list[dict], recipients, signe
         prot.SeriesInstanceUID = uid_maker.derive(SERIES, str(ds.SeriesInstanceUID))
     _set_pixel_value_range(prot, px, new_stored)
     prot.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    image_type = list(ds.get("ImageType", [])) or ["DERIVED", "SECONDARY"]
-    image_type[0] = "DERIVED"
-    prot.ImageType = image_type
+    mark_derived(prot, ds)
     profile_name = engine.profile.name
     prot.DerivationDescription = (f"MIAD-MARK visible adversarial watermark, profile {profile_name}; "
                                   "the original is recoverable only with an authorized key")[:1024]
@@ -354,7 +424,8 @@ def strip(ds: Dataset, *, keyring: Sequence[Identity], trust: Sequence[x509.Cert
 def _trusted_record(ds: Dataset, keyring: Sequence[Identity], trust: Sequence[x509.Certificate] | None) -> Record:
     record = open_record(ds, keyring)
     if trust is not None and not any(_same_cert(record.signer, t) for t in trust):
-        raise UntrustedSignerError(f"signer {subject_name(record.signer)!r} is not in the trust list")
+        raise UntrustedSignerError(f"signer {subject_name(record.signer)!r} (SHA-256 {fingerprint(record.signer)}) "
+                                   "is not in the trust list")
     return record
 
 
@@ -372,16 +443,17 @@ def _original_file(ds: Dataset, record: Record) -> bytes:
 
 
 def _original_pixel_value(ds: Dataset, record: Record) -> bytes:
-    if record.payload_kind == "CHANGED_WORDS":
-        if "PixelData" not in ds:
-            raise IntegrityError("protected object has no Pixel Data")
-        return apply_changed_words(bytes(ds.PixelData), record.payload, np.dtype(record.word_type))
-    if record.payload_kind == "ORIGINAL":
-        try:
-            return lzma.LZMADecompressor().decompress(record.payload)  # stops at the stream's end
-        except lzma.LZMAError:
-            raise RecordCorruptError("pixel payload does not decompress") from None
-    raise RecordCorruptError(f"unknown pixel payload kind {record.payload_kind!r}")
+    if record.payload_kind in ORIGINAL_KINDS:
+        return apply_original(record.payload_kind, record.payload)
+    if "PixelData" not in ds:
+        raise IntegrityError("protected object has no Pixel Data")
+    try:
+        dtype = np.dtype(record.word_type)
+    except TypeError:
+        raise RecordCorruptError("record does not apply: its word type is not a numpy type") from None
+    if dtype.str not in ("|u1", "<u2", "<u4"):
+        raise RecordCorruptError("record word type is not <u1, <u2 or <u4")
+    return apply_payload(record.payload_kind, bytes(ds.PixelData), record.payload, dtype)
 
 
 def _rebuild_checked(ds: Dataset, record: Record) -> Dataset:
@@ -407,7 +479,7 @@ def _rebuild(ds: Dataset, record: Record) -> Dataset:
             del out[tag]
     for elem in record.modified:
         out[elem.tag] = copy.deepcopy(elem)
-    encapsulated = record.payload_kind == "ORIGINAL" and file_meta.TransferSyntaxUID.is_encapsulated
+    encapsulated = record.payload_kind in ORIGINAL_KINDS and file_meta.TransferSyntaxUID.is_encapsulated
     out[PIXEL_DATA] = DataElement(PIXEL_DATA, record.pixel_vr, _original_pixel_value(ds, record),
                                   is_undefined_length=encapsulated)
     out.file_meta = file_meta
@@ -442,5 +514,5 @@ def inspect_record(ds: Dataset, keyring: Sequence[Identity] | None = None) -> di
         info["restores_attributes"] = [elem.keyword or str(elem.tag) for elem in record.modified]
     return info
 
-__all__ = ["protect", "protect_many", "strip", "strip_bytes", "is_protected", "open_record", "inspect_record",
-           "RECORD_CREATOR"]
+__all__ = ["protect", "protect_many", "protect_iter", "strip", "strip_bytes", "is_protected", "open_record",
+           "inspect_record", "RECORD_CREATOR"]

@@ -50,6 +50,15 @@ class Outcome:
     stripped: bool = False  # a protected instance opened with our keys
     reason: str = ""  # QUARANTINE only; local, never sent to the peer
     conflict: bool = False  # QUARANTINE because different content already holds these UIDs
+    category: str = "refused"  # QUARANTINE only: the value-free reason the peer is told (peer_reason)
+
+    @property
+    def peer_reason(self) -> str:
+        """What the sender may be told (a C-STORE Error Comment): a category, never a value or a UID, and
+        one category for every protected instance that does not open (no padding or signature oracle)."""
+        if self.action != QUARANTINE:
+            return ""
+        return "conflict" if self.conflict else self.category
 
     @property
     def event(self) -> str:
@@ -92,26 +101,31 @@ class ReceivePolicy:
         try:
             header = dcmread(io.BytesIO(data), stop_before_pixels=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable header
-            return Outcome(QUARANTINE, "?", reason=f"unreadable DICOM ({type(exc).__name__})")
+            return Outcome(QUARANTINE, "?", reason=f"unreadable DICOM ({type(exc).__name__})",
+                           category="unreadable")
         received = safe_uid(header.get("SOPInstanceUID")) or "?"
         if "EncryptedAttributesSequence" in header:
             if self.keys_error is not None:
-                return Outcome(QUARANTINE, received, reason=f"receiver keys not loaded: {self.keys_error}")
+                return Outcome(QUARANTINE, received, reason=f"receiver keys not loaded: {self.keys_error}",
+                               category="not opened")
             from .protect import strip_bytes
             try:  # the original file byte for byte, as the protecting site read it
                 out, stripped = strip_bytes(dataset_from_bytes(data), keyring=self.keyring, trust=self.trust), True
                 original = dcmread(io.BytesIO(out), stop_before_pixels=True)
             except MiadmarkError as exc:
-                return Outcome(QUARANTINE, received, reason=f"{type(exc).__name__}: {exc}")
+                return Outcome(QUARANTINE, received, reason=f"{type(exc).__name__}: {exc}",
+                               category="not opened")
         elif self.plain != "store":
             return Outcome(QUARANTINE, received, reason="plain (unprotected) instance refused: receiver.plain "
-                                                       "is 'refuse' (or unset with no allow_calling)")
+                                                       "is 'refuse' (or unset with no allow_calling)",
+                           category="plain refused")
         else:
             original, out, stripped = header, data, False
         uids = tuple(safe_uid(original.get(k)) for k in UID_KEYWORDS)
         if not all(uids):
             bad = [k for k, u in zip(UID_KEYWORDS, uids) if not u]
-            return Outcome(QUARANTINE, received, reason=f"missing or malformed {', '.join(bad)}")
+            return Outcome(QUARANTINE, received, reason=f"missing or malformed {', '.join(bad)}",
+                           category="malformed UIDs")
         outcome = Outcome(STORE, received, uids, out, stripped)
         return self.settle(outcome, stored(uids)) if stored is not None else outcome
 

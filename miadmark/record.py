@@ -13,10 +13,12 @@ The decrypted content is a DICOM dataset, Explicit VR Little Endian:
               attribute protect changed or removed (UIDs, ImageType, Photometric...)
   private block "MIADMARK RECORD 1.0" in group 0011:
     (0011,xx01) UT  JSON: engine version, profile, per-frame watermark parameters
-    (0011,xx02) CS  pixel payload kind: CHANGED_WORDS (mask of the words the watermark changed and
-                    their original values, see miadmark.pixel_payload) or ORIGINAL (the original
-                    Pixel Data bytes: an encapsulated bitstream, big-endian data)
-    (0011,xx03) OB  pixel payload, LZMA-compressed (padded to even length)
+    (0011,xx02) CS  pixel payload kind (miadmark.pixel_payload), the payload's format version: for a native
+                    original RESIDUAL_ZSTD (original minus protected words, predicted, zstd; or ORIGINAL_ZSTD where
+                    smaller) or CHANGED_WORDS (mask of the changed words and their original values,
+                    LZMA); for an encapsulated original ORIGINAL_ZSTD or ORIGINAL (its Pixel Data bytes, zstd
+                    or LZMA). Every kind stays readable: strip decodes records of any of them.
+    (0011,xx03) OB  pixel payload (padded to even length; each codec stops at its stream's end)
     (0011,xx04) AT  tags protect added (removed again by strip)
     (0011,xx05) OB  original File Meta Information, Explicit VR LE encoding
     (0011,xx06) LO  SHA-256 (hex) of the original file's bytes (records without xx0A: of the
@@ -74,8 +76,8 @@ class Record:
 
     modified: Dataset  # original values of changed/removed top-level attributes
     params: dict[str, Any]
-    payload_kind: str  # "CHANGED_WORDS" or "ORIGINAL"
-    payload: bytes  # LZMA-compressed
+    payload_kind: str  # one of miadmark.pixel_payload's kinds
+    payload: bytes
     added_tags: list[int]
     file_meta: bytes
     original_sha256: str
@@ -116,7 +118,7 @@ def _record_dataset(rec: Record) -> Dataset:
     block = ds.private_block(RECORD_GROUP, RECORD_CREATOR, create=True)
     block.add_new(0x01, "UT", json.dumps(rec.params, sort_keys=True))
     block.add_new(0x02, "CS", rec.payload_kind)
-    block.add_new(0x03, "OB", _even(rec.payload))  # LZMA ignores the pad byte
+    block.add_new(0x03, "OB", _even(rec.payload))  # every payload codec ignores the pad byte
     block.add_new(0x04, "AT", list(rec.added_tags))
     block.add_new(0x05, "OB", rec.file_meta)
     block.add_new(0x06, "LO", rec.original_sha256)

@@ -47,8 +47,9 @@ GEOMETRY = "ImagePositionPatient / ImageOrientationPatient / PixelSpacing"
 
 
 def is_rtstruct(ds: Dataset) -> bool:
-    return (str(ds.get("SOPClassUID", "")) == RTSTRUCT_SOP_CLASS
-            or str(ds.get("Modality", "")) == "RTSTRUCT")
+    """An RT Structure Set lesion source, decided by miadmark.lesion.lesion_kind (the one place)."""
+    from .lesion import RTSTRUCT, lesion_kind  # lesion imports this module
+    return lesion_kind(ds) == RTSTRUCT
 
 
 @dataclass(frozen=True, eq=False)

@@ -2,12 +2,14 @@
 
 Each row is decided again with the rules in force when it is sent (a rule changed or an Orthanc
 restart in between applies; now blocked -> never sent). Then:
-  pass / unchanged lesion source -> Orthanc's own route, as an Orthanc job that is polled
-  protect -> protect_many in batches, then one C-STORE / POST per instance (senders.py); each
-             delivery is committed as done before the next one is sent. The protected object is
-             kept on disk from its protection until that commit: a kill -9 or a failed attempt sends
-             the same object again (same protected UID: the destination keeps one). Protection that
-             fails quarantines the row: never sent raw.
+  pass    -> Orthanc's own route, as an Orthanc job that is polled
+  protect -> the core's export step (miadmark.export) in batches: a protected image, or a lesion
+             source (SEG / RTSTRUCT) forwarded unchanged (Orthanc's own route) or de-identified with
+             its study's mapping; then one C-STORE / POST per object (senders.py), lesion sources
+             first. Each delivery is committed as done before the next one is sent. What goes out is
+             kept on disk from its making until that commit: a kill -9 or a failed attempt sends the
+             same object again (same protected UID: the destination keeps one). What the step refuses
+             is quarantined with its reason (retried when transient): never sent raw.
 Each answer is a dicomnet Outcome, read as the gateway reads it: a failed delivery counts an attempt
 and waits under the one retry policy (dicomnet.outcome.RetryPolicy, the `retry` option); after
 retry.max_attempts the row is dead (a dead letter with its reason), and a permanent refusal (0x0110,
@@ -22,13 +24,18 @@ import io
 import queue
 import threading
 import time
+from pathlib import Path
 
 import pydicom
 
 from dicomnet.outcome import RetryPolicy
+from miadmark.audit import (DEAD_LETTER, PROTECT_DEFERRED, QUARANTINED, SEND_FAILED, SENT, AuditLog, export_fields,
+                            outcome_fields, recipient_names)
 from miadmark.config import RetryConfig
+from miadmark.engine import resolve_profile
 from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes
-from miadmark.lesion import mask_for, masks_of_sources
+from miadmark.export import FORWARDED_UNCHANGED, Forwarded, Refused, export_many
+from miadmark.lesion import StudyLesions
 from miadmark.rules import BLOCK, PASS, PROTECT, decide
 
 from .exports import Target
@@ -49,6 +56,8 @@ class Down(Exception):
 class Delivery:
     def __init__(self, outbox: Outbox, settings, log):
         self.outbox, self.settings, self.log = outbox, settings, log
+        self._audit: AuditLog | None = None
+        self._decided: dict = {}  # row id -> its decision in this step (for its audit lines)
         self._wake = threading.Event()
         self._started = threading.Event()
         self.thread = start_thread("delivery", self._loop)
@@ -98,84 +107,91 @@ class Delivery:
     def deliver(self, cfg, job: ExportJob, rows: list[Row]) -> None:
         target = Target(job.target_kind, job.target_name)
         retry = self.retry(job)
+        self._decided = {}
         plain, protect = [], []
         for row in rows:
             try:
                 header = pydicom.dcmread(io.BytesIO(orthanc.GetDicomForInstance(row.file)), stop_before_pixels=True)
             except Exception as exc:  # noqa: BLE001
                 if _exists(row.file):
-                    self._fail([row], f"instance {row.file} not readable: {type(exc).__name__}: {exc}", retry)
+                    self._fail([row], f"instance {row.file} not readable: {type(exc).__name__}", retry)
                 else:  # deleted from Orthanc since it was queued
-                    self.outbox.mark_quarantined(row.id, f"instance {row.file} is no longer in Orthanc: not sent")
+                    self._quarantine(row, f"instance {row.file} is no longer in Orthanc: not sent")
                 continue
             decision = decide(cfg, header, destination=job.destination, called_ae=row.called_ae or None,
                               calling_ae=row.calling_ae)
             if decision.action == BLOCK:
-                self.outbox.mark_quarantined(row.id, f"blocked by the rules now in force: {decision.reason}")
-            elif row.action == "unchanged" and decision.deidentify:
-                # a SEG / RTSTRUCT sent unchanged would carry the identity a de-identified route removes
-                self.outbox.mark_quarantined(row.id, "lesion source not forwarded: the route de-identifies and "
-                                                     "a lesion source is only ever forwarded unchanged")
-            elif decision.action == PASS or (row.action == "unchanged" and decision.action == PROTECT):
+                self._quarantine(row, f"blocked by the rules now in force: {decision.reason}", decision)
+            elif decision.action == PASS:
                 plain.append(row)
-            else:
+                self._decided[row.id] = decision
+            else:  # images and lesion sources alike: the export step tells which
                 protect.append((row, decision))
+                self._decided[row.id] = decision
         try:
-            if plain:  # lesion sources and clean originals first: a receiver has the masks before the images
+            if plain:  # clean originals first
                 self._send_plain(target, plain, job, retry)
             if protect:
                 self._send_protected(target, protect, job, retry)
         except Down as exc:
             self.log(f"job {job.id}: {target.label} not reachable ({exc}); retried with backoff")
 
-    def _fail(self, rows: list[Row], error: str, retry: dict, permanent: bool = False) -> None:
+    def _fail(self, rows: list[Row], error: str, retry: dict, permanent: bool = False,
+              event: str = SEND_FAILED) -> None:
         for row in rows:
             state = self.outbox.mark_failed(row, error, **retry, permanent=permanent)
+            self._audited(event, row, **({"reason": error} if event == PROTECT_DEFERRED else {"error": error}),
+                          state=state)
             if state == "dead":
+                self._audited(DEAD_LETTER, row, error=error)
                 self.log(f"{row.sop_uid} to {row.destination}: dead letter after {row.attempts + 1} attempt(s): "
                          f"{error}")
 
-    def _send_plain(self, target: Target, rows: list[Row], job: ExportJob, retry: dict) -> None:
+    def _send_plain(self, target: Target, rows: list[Row], job: ExportJob, retry: dict,
+                    lesion_sources: bool = False) -> None:
         """The originals through Orthanc's own route, as an Orthanc job that is polled (a synchronous
-        SDK call would hold the Python lock for the whole transfer)."""
+        SDK call would hold the Python lock for the whole transfer); lesion_sources: they are SEG /
+        RTSTRUCT the export step forwards unchanged."""
         for start in range(0, len(rows), 64):
             chunk = rows[start:start + 64]
             try:
-                send_plain(target, [r.file for r in chunk], job.options)
-            except Exception as exc:  # noqa: BLE001
+                outcomes = send_plain(target, [r.file for r in chunk], job.options)
+            except Exception as exc:  # noqa: BLE001 - Unreachable, or Orthanc's job failed as a whole
                 self._fail(chunk, f"not delivered to {target.label}: {exc}", retry)
                 raise Down(str(exc)) from None
-            for row in chunk:
-                self.outbox.mark_done(row.id, row.sop_uid)
-            unchanged = [r.sop_uid for r in chunk if r.action == "unchanged"]
+            for row, outcome in zip(chunk, outcomes):
+                if outcome.ok:
+                    self._done(row, row.sop_uid, **({"note": FORWARDED_UNCHANGED} if lesion_sources else {}))
+                else:
+                    self._fail([row], f"not delivered to {target.label}: {outcome.error}", retry,
+                               permanent=outcome.permanent)
+            unchanged = [r.sop_uid for r, o in zip(chunk, outcomes) if o.ok] if lesion_sources else []
             for uid in unchanged:
                 self.log(f"{uid} to {target.label}: lesion source, forwarded unchanged")
             if unchanged:
                 self.outbox.note(job.id, union={"LesionSourcesForwardedUnchanged": unchanged})
 
     def _send_protected(self, target: Target, items: list, job: ExportJob, retry: dict) -> None:
-        """Protect batch n+1 while batch n is sent (one sender thread, 2 batches queued)."""
-        from miadmark import loaded
-        from miadmark.engine import DEFAULT_PROFILE  # heavy (torch): imported on first use
-        from miadmark.protect import protect_many
-
+        """The export step over the rows of a protect route (lesion sources first, so a receiver has the
+        masks before the images); batch n+1 is made while batch n is sent (one sender thread, 2 batches
+        queued)."""
         signer = self.settings.identity
         device = str(self.settings.option("device", "auto"))
         batch = int(self.settings.option("batch_size", 8))
         saved, fresh = [], []
-        for row, decision in items:  # protected before a crash or a failed attempt: the same object again
+        for row, decision in items:  # made before a crash or a failed attempt: the same object again
             copy = self._inflight(row)
             if copy is None:
                 fresh.append((row, decision))
             else:
                 saved.append((row, copy))
+        fresh.sort(key=lambda item: item[0].action != "unchanged")  # lesion sources (as planned) first
         sources, unreadable = lesion_sources_of({row.study_uid for row, _ in fresh}) if fresh else ([], [])
-        for iid, reason in unreadable:
-            self.log(f"lesion source {iid} (Orthanc ID) unreadable ({reason}); its study is protected without it")
+        lesions = StudyLesions(sources, [(f"{iid} (Orthanc ID)", reason) for iid, reason in unreadable])
         if sources:
             self.outbox.note(job.id, union={"LesionSourcesUsed": [str(ds.get("SOPInstanceUID", "")) for ds in sources]})
-        reported: set[str] = set()
         down: list[str] = []
+        made: dict[int, dict] = {}  # row id -> what its `sent` audit line adds (miadmark.audit.outcome_fields)
         outbox: queue.Queue = queue.Queue(maxsize=2)
 
         def send(ready: list, state: dict) -> None:
@@ -193,7 +209,7 @@ class Delivery:
                     self._fail([r for r, _ in ready[index:]], down[0], retry)
                     return
                 if outcome.ok:
-                    self.outbox.mark_done(row.id, str(ds.SOPInstanceUID))
+                    self._done(row, str(ds.SOPInstanceUID), **made.get(row.id, {}))
                 elif outcome.unreachable:
                     down.append(outcome.error)
                     self._fail([r for r, _ in ready[index:]], outcome.error, retry)
@@ -220,47 +236,71 @@ class Delivery:
         try:
             for start in range(0, len(saved), batch):
                 outbox.put(saved[start:start + batch])
-            groups: dict[tuple, list] = {}
-            for row, decision in fresh:
-                deid = (decision.deidentify, decision.restore_identity, decision.deidentify_dates)
-                groups.setdefault((decision.recipients, decision.profile, deid), []).append(row)
-            for (recipients, profile, (deidentify, restore_identity, deidentify_dates)), rows in groups.items():
-                try:
-                    certs = loaded.certificates(recipients)
-                    name = profile or DEFAULT_PROFILE
-                    engine = loaded.engine(name, device)
-                except Exception as exc:  # noqa: BLE001 - e.g. a certificate file gone: counted, then dead
-                    self._fail(rows, f"cannot protect: {type(exc).__name__}: {exc}", retry)
+            for start in range(0, len(fresh), batch):
+                chunk = fresh[start:start + batch]
+                if down:  # no protect work for a target that does not answer
+                    self._fail([row for row, _ in chunk], down[0], retry)
                     continue
-                for start in range(0, len(rows), batch):
-                    chunk = rows[start:start + batch]
-                    if down:  # no protect work for a target that does not answer
-                        self._fail(chunk, down[0], retry)
-                        continue
-                    originals = [dataset_from_bytes(orthanc.GetDicomForInstance(r.file)) for r in chunk]
-                    masks = self._lesion_masks(sources, originals, reported)
-                    if any(m is not None for m in masks):
-                        self.outbox.note(job.id, add={"LesionMasked": sum(m is not None for m in masks)})
-                    # destination: the protected UIDs are derived from it (miadmark.uids), so a resend after a
-                    # crash is the same instance at the destination even if the in-flight copy was lost
-                    results = protect_many(originals, recipients=certs, signer=signer, profile=name,
-                                           device=device, lesion_masks=masks, engine=engine,
-                                           destination=job.destination, deidentify=deidentify,
-                                           restore_identity=restore_identity, deidentify_dates=deidentify_dates)
-                    ready = []
-                    for row, result in zip(chunk, results):
-                        if isinstance(result, Exception):
-                            self.outbox.mark_quarantined(row.id, f"not protected, not sent ({type(result).__name__}:"
-                                                                 f" {result})")
+                originals = [orthanc.GetDicomForInstance(row.file) for row, _ in chunk]
+                results = export_many(originals, [decision for _, decision in chunk], destination=job.destination,
+                                      signer=signer, lesions=lesions, device=device)
+                ready, unchanged = [], []
+                for (row, _), result in zip(chunk, results):
+                    if isinstance(result, Refused):
+                        if result.transient:
+                            self._fail([row], result.reason, retry, event=PROTECT_DEFERRED)
                         else:
-                            self.outbox.keep_inflight(row.id, dataset_to_bytes(result))
-                            ready.append((row, result))
-                    outbox.put(ready)
+                            self._quarantine(row, f"not sent: {result.reason}")
+                    elif isinstance(result, Forwarded) and result.unchanged:
+                        unchanged.append(row)  # the original as stored: Orthanc's own route
+                    else:
+                        self.outbox.keep_inflight(row.id, dataset_to_bytes(result.dataset))
+                        ready.append((row, result.dataset))
+                        made[row.id] = outcome_fields(result)
+                masked = sum(bool(getattr(r, "lesion_masked", False)) for r in results)
+                if masked:
+                    self.outbox.note(job.id, add={"LesionMasked": masked})
+                if unchanged:
+                    self._send_plain(target, unchanged, job, retry, lesion_sources=True)
+                outbox.put(ready)
         finally:
             outbox.put(None)
             thread.join()
+        for uid, reason in lesions.unusable:
+            self.log(f"lesion source {uid}: no mask ({reason}); images of its study are protected without it")
         if down:
             raise Down(down[0])
+
+    # ------------------------------------------------------------------------------ state + audit line
+    def _done(self, row: Row, sent_uid: str, **extra) -> None:
+        self.outbox.mark_done(row.id, sent_uid)
+        self._audited(SENT, row, sent_sop_instance_uid=sent_uid, **extra)
+
+    def _quarantine(self, row: Row, reason: str, decision=None) -> None:
+        self.outbox.mark_quarantined(row.id, reason)
+        self._audited(QUARANTINED, row, decision, reason=reason)
+
+    def _audited(self, event: str, row: Row, decision=None, **extra) -> None:
+        """One line in the configuration's audit log (gateway.audit), as the gateway writes it."""
+        cfg = self.settings.config
+        decision = decision or self._decided.get(row.id)
+        if cfg is None:
+            return
+        try:
+            if self._audit is None or self._audit.path != Path(cfg.gateway.audit):
+                self._audit = AuditLog(cfg.gateway.audit)
+            action = decision.action if decision is not None else ("protect" if row.action == "unchanged"
+                                                                   else row.action)
+            recipients = decision.recipients if decision is not None else row.recipients
+            self._audit.write(event, **export_fields(
+                sop_instance_uid=row.sop_uid, study_instance_uid=row.study_uid, destination=row.destination,
+                action=action, rule=decision.rule_label if decision is not None else row.rule, way="orthanc",
+                calling_ae=row.calling_ae, called_ae=row.called_ae, recipients=recipient_names(recipients),
+                profile=resolve_profile(decision.profile if decision is not None else row.profile,
+                                        str(self.settings.option("device", "auto"))) if action == PROTECT else None,
+                deidentify=decision.deidentify if decision is not None else None), **extra)
+        except OSError as exc:  # the delivery stands; the trail's gap is said
+            self.log(f"audit log not writable ({exc.strerror or type(exc).__name__}): {event} {row.sop_uid}")
 
     def _inflight(self, row: Row):
         data = self.outbox.inflight(row.id)
@@ -271,19 +311,6 @@ class Delivery:
         except Exception:  # noqa: BLE001 - written whole or not at all: damaged on disk, protect again
             self.outbox.drop_inflight(row.id)
             return None
-
-    def _lesion_masks(self, sources: list, images: list, reported: set[str]) -> list:
-        """One mask (or None) per image from the study's SEG / RTSTRUCT; a source that gives none is
-        logged (once): its lesions may be under the watermark, as with `miadmark protect`."""
-        if not sources:
-            return [None] * len(images)
-        masks, unusable = masks_of_sources(sources, images)
-        for source, reason in unusable:
-            uid = str(source.get("SOPInstanceUID", ""))
-            if uid not in reported:
-                reported.add(uid)
-                self.log(f"lesion source {uid}: no mask ({reason}); images of its study are protected without it")
-        return [mask_for(ds, masks) for ds in images]
 
 
 def _exists(instance: str) -> bool:

@@ -3,9 +3,10 @@
 A target is an Orthanc modality, peer or DICOMweb server. The destination that names it in
 miadmark.yaml decides, instance by instance, with miadmark.rules.decide:
   pass    -> the original, through Orthanc's own route (delivery.py)
-  protect -> protected by delivery.py and sent straight to the target; never stored here, the raw
-             instance never leaves. A SEG / RTSTRUCT on a protect route carries no image and goes
-             unchanged, before the images, whose watermark keeps off its lesions (lesions.py).
+  protect -> the core's export step in delivery.py, sent straight to the target; never stored here,
+             the raw image never leaves. A SEG / RTSTRUCT on a protect route (miadmark.lesion decides,
+             from its SOP class and content) goes before the images, unchanged or de-identified as the
+             route says; their watermark keeps off its lesions (lesions.py).
   block   -> the whole export is refused before anything is queued (auto-export: left out).
 The plan's items go into the durable outbox (outbox.py); nothing is sent from here.
 Runs on a Worker thread (big stack), never on an Orthanc callback thread.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 import pydicom
 
 from miadmark.config import Config
-from miadmark.lesion import is_lesion_source
+from miadmark.lesion import guarded_value, lesion_kind
 from miadmark.rules import BLOCK, PASS, PROTECT, decide, rule_matches
 
 from .kinds import handlers
@@ -197,15 +198,32 @@ def plan_export(cfg: Config | None, target: Target, resources: list[str] | tuple
                     continue
                 raise Blocked(f"export to {destination} ({target.label}) blocked: {decision.reason}")
             meta = getattr(header, "file_meta", None)
-            lesion = decision.action == PROTECT and is_lesion_source(header)
             plan.items.append(Item(
-                instance=iid, received=received, sop_uid=str(header.get("SOPInstanceUID", iid)),
-                sop_class=str(header.get("SOPClassUID", "")),
+                instance=iid, received=received, sop_uid=_text(header, "SOPInstanceUID") or iid,
+                sop_class=_text(header, "SOPClassUID"),
                 transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "") if meta is not None else ""),
-                study_uid=str(header.get("StudyInstanceUID", "")), series_uid=str(header.get("SeriesInstanceUID", "")),
+                study_uid=_text(header, "StudyInstanceUID"), series_uid=_text(header, "SeriesInstanceUID"),
                 action=decision.action, rule=decision.reason[:200],
                 recipients=tuple(str(p) for p in decision.recipients), profile=decision.profile,
-                lesion_source=lesion))
+                lesion_source=decision.action == PROTECT and _lesion_source(header)))
     if not plan.items and not plan.skipped and not auto:
         raise NotFound("no instances to send")
     return plan
+
+
+def _text(header, keyword: str) -> str:
+    """A header value for the plan ('' when it does not read: that instance then fails alone, named, at
+    delivery, instead of the whole export here)."""
+    try:
+        value = guarded_value(header, keyword, "")
+    except Exception:  # noqa: BLE001 - see above
+        return ""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _lesion_source(header) -> bool:
+    """Only orders the plan (lesion sources first); delivery's export step decides again on the content."""
+    try:
+        return lesion_kind(header) is not None
+    except Exception:  # noqa: BLE001 - refused at delivery, with its reason
+        return False

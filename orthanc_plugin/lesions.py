@@ -2,7 +2,8 @@
 
 An export that protects images of a study reads them through the REST API, whether or not they
 are part of the export, and keeps the watermark off their lesions (miadmark.lesion). A lesion
-source that is part of a protect export is not watermarked: it goes out unchanged (exports.py).
+source that is part of a protect export is not watermarked: the export step sends it unchanged, or
+de-identified on a de-identifying route (delivery.py).
 
 Ordering limit: an export uses the lesion sources Orthanc holds when it runs. Auto-export waits
 for the study to be stable (Orthanc's StableAge), so a SEG / RTSTRUCT stored before then is used.
@@ -18,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from miadmark.dicomio import dataset_from_bytes
 from miadmark.errors import MiadmarkError
-from miadmark.lesion import is_lesion_source
+from miadmark.lesion import lesion_kind
 
 from .sdk import orthanc
 
@@ -44,6 +45,9 @@ def lesion_sources_of(study_uids: set[str]) -> tuple[list[Dataset], list[tuple[s
                 except MiadmarkError as exc:
                     unreadable.append((iid, str(exc)))
                     continue
-                if is_lesion_source(ds):
-                    sources.append(ds)
+                try:
+                    if lesion_kind(ds) is not None:
+                        sources.append(ds)
+                except MiadmarkError as exc:
+                    unreadable.append((iid, str(exc)))
     return sources, unreadable

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from dicomnet.queue import Job as Row
 from dicomnet.queue import Queue
+from miadmark.private import write_private
 
 JOB_PREFIX = "miadmark-"
 
@@ -128,11 +129,9 @@ class Outbox:
         return self.path.parent / "inflight" / f"{row_id}.dcm"
 
     def keep_inflight(self, row_id: int, data: bytes) -> None:
-        path = self.inflight_path(row_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)  # whole or absent, even after kill -9
+        """Whole or absent even after kill -9 or power loss (fsynced), 0600 in a 0700 folder: the gateway's
+        at-rest rule for what may hold patient data."""
+        write_private(data, self.inflight_path(row_id))
 
     def inflight(self, row_id: int) -> bytes | None:
         try:

@@ -1,6 +1,6 @@
 """The plugin's settings: the YAML named by Orthanc's "MiadMark": {"Config": ...}, reloaded when it changes.
 
-Plugin-only options live under `orthanc:` in that file (see README, "Orthanc"): device, batch_size,
+Plugin-only options live under `orthanc:` in that file (see docs/orthanc.md, "Plugin settings"): device, batch_size,
 retry {max_attempts, base_s, max_s}, outbox (the queue database), catch_up_days, raw_downloads.
 """
 

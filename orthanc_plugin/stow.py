@@ -14,6 +14,7 @@ from typing import Any
 import requests
 from pydicom import dcmread
 
+from dicomnet.outcome import Outcome
 from dicomnet.stow import StowTarget, multipart, post_instances
 
 __all__ = ["StowServer", "multipart", "stow"]
@@ -58,17 +59,12 @@ def sop_instance_uid(data: bytes) -> str:
         return "?"
 
 
-def stow(server: StowServer, instances: list[bytes], session: requests.Session | None = None) -> None:
-    """POST instances; RuntimeError naming the failed instances unless every one was stored
-    (a 202 partial success fails only for those it names)."""
+def stow(server: StowServer, instances: list[bytes], session: requests.Session | None = None) -> list[Outcome]:
+    """POST instances: one dicomnet Outcome per instance (a 202 partial success fails only those it
+    names); dicomnet's Unreachable when the server does not answer."""
     if not instances:
-        return
+        return []
     uids = [sop_instance_uid(data) for data in instances]
-    try:
-        outcomes = post_instances(server.target(), list(zip(uids, instances)), session=session)
-    except Exception as exc:  # noqa: BLE001 - Unreachable
-        raise RuntimeError(str(exc)) from None
-    failed = [f"{uid}: {o.error}" for uid, o in zip(uids, outcomes) if not o.ok]
-    if failed:
-        raise RuntimeError(f"STOW-RS to {server.name}: {len(failed)} of {len(instances)} not stored ("
-                           + "; ".join(failed[:5]) + ")")
+    outcomes = post_instances(server.target(), list(zip(uids, instances)), session=session)
+    return [o if o.ok else Outcome(False, f"{uid}: STOW-RS to {server.name}: {o.error}", o.permanent, o.unreachable)
+            for uid, o in zip(uids, outcomes)]

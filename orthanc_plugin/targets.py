@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import time
 
+from dicomnet.outcome import DELIVERED, Outcome
+
 from .exports import NotFound, Target, local_ae, target_ae
 from .sdk import orthanc
 from .stow import StowServer, stow
@@ -14,12 +16,16 @@ from .stow import StowServer, stow
 CORE_ROUTES = {"modality": "/modalities/{}/store", "peer": "/peers/{}/store"}
 
 
-def send_plain(target: Target, ids: list[str], options: dict) -> None:
+def send_plain(target: Target, ids: list[str], options: dict) -> list[Outcome]:
+    """The originals as they are: one dicomnet Outcome per instance for a DICOMweb server (its answer
+    is read per instance); through Orthanc's own job otherwise, which succeeds or fails as a whole
+    (RuntimeError, like dicomnet's Unreachable: the whole chunk waits)."""
     if target.kind == "dicomweb":
         server = stow_server(target.name)
+        outcomes = []
         for start in range(0, len(ids), 16):
-            stow(server, [orthanc.GetDicomForInstance(iid) for iid in ids[start:start + 16]])
-        return
+            outcomes += stow(server, [orthanc.GetDicomForInstance(iid) for iid in ids[start:start + 16]])
+        return outcomes
     body = {k: v for k, v in options.items() if k not in ("Synchronous", "Asynchronous")}
     body["Resources"] = ids
     body["Asynchronous"] = True
@@ -27,7 +33,7 @@ def send_plain(target: Target, ids: list[str], options: dict) -> None:
     while True:
         state = json.loads(orthanc.RestApiGet(f"/jobs/{job['ID']}"))
         if state["State"] == "Success":
-            return
+            return [DELIVERED] * len(ids)
         if state["State"] == "Failure":
             raise RuntimeError(f"Orthanc job {job['ID']} to {target.label} failed: {state.get('ErrorDescription')}")
         time.sleep(0.1)

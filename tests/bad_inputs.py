@@ -58,3 +58,18 @@ def short_pixel_data(dst: Path) -> Path:
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3 * 2]
     ds.save_as(dst)
     return dst
+
+
+def bad_vr_sop_class(dst: Path, source: Path | None = None, vr: bytes = b"ZZ") -> Path:
+    """A real CT slice written Explicit VR Little Endian whose SOP Class UID (0008,0016) element carries a
+    corrupted VR (issue 22, item 5): pydicom raises NotImplementedError when the element is read."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(source or CT[0])
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(dst, enforce_file_format=True)
+    data = dst.read_bytes()
+    element = b"\x08\x00\x16\x00UI"  # group, element (little endian), then the VR
+    at = data.index(element, 132 + 12)  # after the preamble and past File Meta's own SOP class (0002,0002)
+    dst.write_bytes(data[:at + 4] + vr + data[at + 6:])
+    return dst

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,47 @@ def test_undecodable_non_dicom_and_truncated_files_are_refused(tmp_path, keys, c
     assert written == ["MR_small.dcm"]  # nothing for the failures, no temporary leftovers
 
 
+def test_untrusted_signer_is_told_apart_from_a_namesake_by_its_fingerprint(tmp_path, keys, protected_file, capsys):
+    """Two certificates named `hospital`: the refusal's fingerprint is the signer's, as openssl prints it."""
+    namesake = new_identity("hospital", tmp_path / "namesake")[1]  # same CN, another key
+    rc = main(["strip", str(protected_file), "--out", str(tmp_path / "out"), "--key", str(keys["research"][0]),
+               "--cert", str(keys["research"][1]), "--trust", str(namesake)])
+    errors, _ = _errors(capsys)
+
+    def openssl_fingerprint(cert: Path) -> str:
+        res = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-fingerprint", "-sha256"],
+                             capture_output=True, text=True, check=True)
+        return res.stdout.strip().split("=", 1)[1]
+    assert rc != 0 and len(errors) == 1 and "signer 'hospital'" in errors[0]
+    assert openssl_fingerprint(keys["hospital"][1]) in errors[0], errors[0]
+    assert openssl_fingerprint(namesake) not in errors[0]
+
+
+def test_a_folder_names_every_file_it_skips(tmp_path, keys, capsys):
+    folder = tmp_path / "in"
+    (folder / "docs").mkdir(parents=True)
+    shutil.copy(GOOD, folder)
+    (folder / "docs" / "notes.txt").write_text("not an image")
+    (folder / "README").write_text("neither")
+    rc = _protect(keys, [folder], tmp_path / "out")
+    errors, out = _errors(capsys)
+    assert rc == 0 and errors == []
+    lines = out.strip().splitlines()
+    assert f"skipped {folder / 'README'}: not DICOM (no DICM marker)" in lines
+    assert f"skipped {folder / 'docs' / 'notes.txt'}: not DICOM (no DICM marker)" in lines
+    assert lines[-1] == "1 protected, 0 failed, 2 skipped (not DICOM)"
+
+
+def test_a_file_cut_at_1000_bytes_says_truncated(tmp_path, keys, capsys):
+    ct = sorted((DICOM_DATA / "ct_chest_lidc0314" / "data").glob("*.dcm"))[0]
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(ct.read_bytes()[:1000])
+    rc = _protect(keys, [cut], tmp_path / "out")
+    errors, _ = _errors(capsys)
+    assert rc != 0 and len(errors) == 1
+    assert errors[0].startswith(f"{cut}: truncated file") and "Pixel Data to watermark" not in errors[0], errors
+
+
 def test_already_protected_is_refused(tmp_path, keys, capsys):
     assert _protect(keys, [GOOD], tmp_path / "p1") == 0
     capsys.readouterr()
@@ -87,7 +129,7 @@ def protected_file(tmp_path_factory, keys):
 
 @pytest.mark.parametrize("case,expected", [
     ("key_of_no_recipient", r"none of the 1 key\(s\) held is a recipient"),
-    ("untrusted_signer", "is not in the trust list"),
+    ("untrusted_signer", r"signer 'hospital' \(SHA-256 ([0-9A-F]{2}:){31}[0-9A-F]{2}\) is not in the trust list"),
     ("flipped_record_byte", "record (does not decrypt|signature does not verify|does not parse)|not a CMS"),
     ("changed_pixel", "does not match the record's hash"),
     ("not_protected", "not protected"),
@@ -198,3 +240,21 @@ def test_folder_with_hostile_files_fails_only_those(tmp_path, keys):
         assert reason in next(line for line in errors if line.startswith(f"{path}:"))
     assert bad_inputs.SECRET.decode() not in proc.stderr + proc.stdout
     assert "100%" in proc.stderr  # --progress: the bar, on stderr, even though stderr is not a terminal
+
+
+def test_corrupted_sop_class_vr_fails_alone_beside_good_slices(tmp_path, keys, capsys):
+    """Issue 22 item 5: the header read that decides SEG / RTSTRUCT is guarded like the pixel path."""
+    from bad_inputs import CT, bad_vr_sop_class
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for slice_ in CT[1:3]:
+        shutil.copy(slice_, folder / slice_.name)
+    bad_vr_sop_class(folder / "bad-vr.dcm")
+    rc = _protect(keys, [folder], tmp_path / "out")
+    errors, _ = _errors(capsys)
+    assert rc != 0
+    failed = [line for line in errors if "bad-vr.dcm" in line]
+    assert len(failed) == 1 and "SOPClassUID (0008,0016)" in failed[0], errors
+    written = sorted(p.name for p in (tmp_path / "out").rglob("*.dcm"))
+    assert written == sorted(s.name for s in CT[1:3])

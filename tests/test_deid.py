@@ -4,6 +4,7 @@ de-identified object or the identified original exactly as configured, burned-in
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ MUST_CHANGE = ["PatientName", "PatientID", "PatientBirthDate", "InstitutionName"
                "ReferringPhysicianName", "AccessionNumber", "StudyID", "OperatorsName", "PerformingPhysicianName",
                "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "StudyDate",
                "SeriesDate", "AcquisitionDate", "ContentDate", "StationName", "DeviceSerialNumber"]
-REMOVED_OR_DUMMY = ("", None, "00010101", "00010101010101.000000+0000", "000000.00", "0", 0, b"", "ANONYMIZED")
+REMOVED_OR_DUMMY = ("", None, [], "19000101", "19000101000000", "000000", "0", 0, b"", "ANONYMIZED")
 
 
 def _maker(scope: str = "destination:research") -> UidMaker:
@@ -55,7 +56,7 @@ def test_the_profile_table_is_applied_at_every_level(path: Path, shared_data):
         kind = rules.get((elem.tag.group, elem.tag.element))
         if kind is None or elem.tag in (0x00120062, 0x00120063, 0x00120064):
             continue
-        assert kind != "delete" or elem.VR == "DA" and elem.value == "00010101", f"{elem.keyword} kept"
+        assert kind != "delete", f"{elem.keyword} kept"
         if kind == "empty" and elem.VR not in ("SQ", "UI"):
             assert elem.value in REMOVED_OR_DUMMY, f"{elem.keyword} = {elem.value!r}"
     for keyword in MUST_CHANGE:
@@ -95,7 +96,7 @@ def test_dates_shifted_per_patient_birth_date_removed():
     assert sa.LongitudinalTemporalInformationModified == "MODIFIED"
     assert sa.DeidentificationMethodCodeSequence[1].CodeValue == "113107"
     mr = read_dicom(MR[0])
-    assert mr.PatientBirthDate and shift.apply(mr).PatientBirthDate in ("", "00010101")
+    assert mr.PatientBirthDate and shift.apply(mr).PatientBirthDate == ""  # Z: present, empty (Type 2)
 
 
 def test_burned_in_annotation_is_refused():
@@ -190,3 +191,32 @@ def test_a_lesion_source_sent_unprotected_is_deidentified_with_the_same_mapping(
     assert stripped_uid in references and not references & referenced
     assert out.StudyInstanceUID == protected.StudyInstanceUID != seg.StudyInstanceUID
     assert str(seg.PatientID) not in str(out.get("PatientID", ""))
+
+
+@pytest.mark.parametrize("dates", ["remove", "shift"])
+def test_actions_keep_type_2_present_and_give_values_valid_for_their_vr(dates):
+    """Z keeps an empty element (Type 2 stays present), X removes, D gives a dummy valid for the VR, and the
+    method code sequence names the options applied (PS3.15 E.1.1, PS3.16 CID 7050)."""
+    original = read_dicom(CT[0])
+    original.PatientBirthDate, original.AdmittingDate, original.StationName = "19580214", "20010101", "CT-ROOM-3"
+    original.AcquisitionDateTime, original.SeriesTime = "20010101101010.5", "101010"
+    out = Deidentifier("basic", _maker(), dates=dates).apply(original)
+    emptied = ("PatientName", "PatientBirthDate", "PatientSex", "StudyTime", "AccessionNumber", "StudyID",
+               "ReferringPhysicianName") + (("StudyDate",) if dates == "remove" else ())
+    for keyword in emptied:  # Z: Type 2, present and empty
+        assert keyword in out and str(out[keyword].value or "") == "", keyword
+    assert out.StationName == out.PatientID == "ANONYMIZED"  # X/Z/D, Z/D: a dummy that is a valid SH, LO
+    if dates == "remove":
+        assert "AdmittingDate" not in out  # X: removed, not set to a dummy
+        assert (out.SeriesDate, out.AcquisitionDateTime, out.SeriesTime) == ("19000101", "19000101000000", "000000")
+        assert [i.CodeValue for i in out.DeidentificationMethodCodeSequence] == ["113100"]
+        assert out.LongitudinalTemporalInformationModified == "REMOVED"
+    else:
+        shifted = out.AdmittingDate  # a date kept by the option, moved back with the others
+        days = (dt.date(2001, 1, 1) - dt.datetime.strptime(shifted, "%Y%m%d").date()).days
+        assert 1 <= days <= 3650 and out.AcquisitionDateTime == shifted + "101010.5"
+        codes = [(i.CodeValue, i.CodingSchemeDesignator, i.CodeMeaning) for i in out.DeidentificationMethodCodeSequence]
+        assert codes == [("113100", "DCM", "Basic Application Confidentiality Profile"),
+                ("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option")]
+        assert out.LongitudinalTemporalInformationModified == "MODIFIED"
+    assert out.PatientIdentityRemoved == "YES" and dates in out.DeidentificationMethod

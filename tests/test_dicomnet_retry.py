@@ -166,3 +166,33 @@ def test_release_takes_the_retry_block_of_its_config(tmp_path):
     job = ReleaseJob(source="x", dest="y", dest_name="z", sign_key="k", sign_cert="c",
                      retry={"max_attempts": 3, "base_s": 0.5, "max_s": 4.0})
     assert job.sink_options()["retry"] == RetryPolicy(3, 0.5, 4.0)
+
+
+@pytest.mark.slow  # a gateway with its forwarder
+@pytest.mark.parametrize("status", [409, 400])
+def test_gateway_dead_letters_a_stow_refusal_after_one_attempt(tmp_path, stow_server, status):
+    from dicom_node.gateway import Gateway
+    from dicom_node.storescu import send_files
+    from miadmark.config import load_config
+
+    from waiting import wait_for
+
+    url, script, seen = stow_server
+    script[:] = [(status, [], 0)]
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text(f"""\
+gateway: {{ae_title: GW, bind: 127.0.0.1, port: 0, spool: spool/, retry: {json.dumps(FAST.limits())}}}
+destinations:
+  cloud: {{stow_url: "{url}/studies"}}
+rules:
+  - {{when: {{called_ae: CLOUD}}, send_to: [cloud], action: pass}}
+""")
+    gw = Gateway(load_config(cfg)).start(watch=False)
+    try:
+        assert send_files("127.0.0.1", gw.port, CT[:2], called_ae="CLOUD", calling_ae="PACS") == [0, 0]
+        assert wait_for(lambda: gw.queue.counts().get("cloud", {}).get("dead") == 2, 30)
+        time.sleep(FAST.max_s * 5)  # a retry, if any, would come within this
+        assert sum(seen) == 2 and all(e["last_error"] for e in gw.queue.status())
+        assert f"HTTP {status}" in gw.queue.status()[0]["last_error"]
+    finally:
+        gw.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from miadmark.engine import DEFAULT_PROFILE, Profile, get_engine
+from miadmark.engine import GPU_PROFILE, Profile, get_engine
 from miadmark.engine import constraints as C
 from miadmark.surrogates import surrogate_paths
 
@@ -92,8 +92,8 @@ needs_weights = pytest.mark.skipif(not surrogate_paths(), reason="no surrogate w
 
 
 @needs_weights
-def test_default_profile_is_cloak_and_its_discreet_level_keeps_the_box_constraints():
-    assert DEFAULT_PROFILE == "cloak"
+def test_gpu_default_is_cloak_and_its_discreet_level_keeps_the_box_constraints():
+    assert GPU_PROFILE == "cloak"
     x = head(2, 1, 96)
     lesion = disk(2, 96, 40, 50, 12)
     prof = Profile(name="cloak", options=FAST, strength=BOX)

@@ -37,7 +37,7 @@ def test_each_family_has_its_committed_generator():
 def test_fast_keeps_the_constraints_and_the_lesion():
     x = head(2, 1, 96)
     lesion = disk(2, 96, 40, 50, 12)
-    res = get_engine(Profile(name="fast"), "cpu").watermark(x, lesion, [])
+    res = get_engine(Profile(name="fast", strength="discreet"), "cpu").watermark(x, lesion, [])
     assert res.images.shape == x.shape and res.images.dtype == torch.float32 and res.images.device.type == "cpu"
     assert torch.equal(res.images[:, 0][lesion], x[:, 0][lesion])
     boxes = [p["box"] for p in res.params]
@@ -55,12 +55,12 @@ def test_fast_keeps_the_constraints_and_the_lesion():
 
 def test_fast_is_deterministic_and_runs_rgb_on_cpu():
     x = head(2, 1, 80)
-    a = get_engine(Profile(name="fast"), "cpu").watermark(x, None, [])
-    b = get_engine(Profile(name="fast"), "cpu").watermark(x, None, [])
+    a = get_engine(Profile(name="fast", strength="discreet"), "cpu").watermark(x, None, [])
+    b = get_engine(Profile(name="fast", strength="discreet"), "cpu").watermark(x, None, [])
     assert a.images.numpy().tobytes() == b.images.numpy().tobytes()
     assert [p["box"] for p in a.params] == [p["box"] for p in b.params]
     rgb = head(1, 3, 72)
-    eng = get_engine(Profile(name="fast", options={"surrogates": SKIN_SURROGATES}), "cpu")
+    eng = get_engine(Profile(name="fast", strength="discreet", options={"surrogates": SKIN_SURROGATES}), "cpu")
     res = eng.watermark(rgb, None, [])
     assert res.images.shape == rgb.shape
     assert C.violations(rgb, res.images, torch.zeros(1, 72, 72, dtype=torch.bool),
@@ -70,11 +70,13 @@ def test_fast_is_deterministic_and_runs_rgb_on_cpu():
 def test_auto_is_fast_on_cpu_and_the_default_on_a_gpu(monkeypatch):
     assert AUTO in PROFILE_NAMES and "fast" in PROFILE_NAMES
     assert resolve_profile(AUTO, "cpu") == "fast"
-    assert resolve_profile(None, "cpu") == "cloak" and resolve_profile("plain", "cpu") == "plain"
+    assert resolve_profile(None, "cpu") == "fast" and resolve_profile("", "cpu") == "fast"  # the default is auto
+    assert resolve_profile("plain", "cpu") == "plain"
     eng = get_engine(AUTO, "cpu")
     assert eng.name == "fast" and eng.profile.name == "fast"  # what the record names
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_profile(AUTO, "auto") == "cloak" and resolve_profile(AUTO, "cuda") == "cloak"
+    assert resolve_profile(None, "auto") == "cloak"
 
 
 def test_missing_generator_fails_closed_with_a_clear_error(tmp_path, monkeypatch, site_keys):

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes, read_dicom
-from miadmark.engine import DEFAULT_PROFILE, Profile, get_engine
+from miadmark.engine import DEFAULT_PROFILE, GPU_PROFILE, Profile, get_engine
 from miadmark.engine.constraints import DEFAULT_STRENGTH, LEVELS
 from miadmark.protect import protect, strip
 from miadmark.surrogates import CHEST_SURROGATES, DEFAULT_SURROGATES, SKIN_SURROGATES, surrogates_for_modality
@@ -41,7 +41,7 @@ def dermoscopy_dicom(jpg) -> Dataset:
 
 
 def test_family_routing():
-    assert DEFAULT_PROFILE == "cloak"
+    assert DEFAULT_PROFILE == "auto" and GPU_PROFILE == "cloak"
     assert surrogates_for_modality("MR") == DEFAULT_SURROGATES
     assert surrogates_for_modality("CT") == DEFAULT_SURROGATES  # no CT model: the brain-MRI ensemble
     assert surrogates_for_modality("PT") == DEFAULT_SURROGATES
@@ -60,7 +60,7 @@ def test_protect_three_modalities_with_the_default_engine(site_keys, shared_data
         "CR": (read_dicom(get_testdata_file("RG1_UNCR.dcm")), surrogates_for_modality("CR")),
         "XC": (dermoscopy_dicom(jpg), surrogates_for_modality("XC", "RGB")),
     }
-    engine = get_engine(Profile(name=DEFAULT_PROFILE, options={"iterations": 2, "candidates": 2}), "cpu")
+    engine = get_engine(Profile(name=GPU_PROFILE, options={"iterations": 2, "candidates": 2}), "cpu")
     seen = []
     real = engine.watermark
 

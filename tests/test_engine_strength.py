@@ -5,6 +5,8 @@ and protect -> strip bit for bit on a real CT slice and an RGB file at standard 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pydicom
 import pytest
 import torch
@@ -127,11 +129,23 @@ def test_profile_specs_carry_the_strength_through_the_ways_out():
     assert profile_spec("auto", "strong") == "auto:strong" and profile_spec(None, None) is None
     assert split_spec(":discreet") == (None, "discreet") and split_spec("cloak") == ("cloak", None)
     assert resolve_profile("auto:strong", "cpu") == "fast:strong"
-    assert resolve_profile(":strong", "cpu") == "cloak:strong"
+    assert resolve_profile(":strong", "cpu") == "fast:strong"  # the default profile is auto
     eng = get_engine("cloak:strong", "cpu")
     assert (eng.name, eng.profile.strength) == ("cloak", "strong")
     with pytest.raises(ValueError, match="unknown strength"):
         split_spec("cloak:loud")
+
+
+def test_the_ways_out_get_the_rule_strength_through_loaded_engines():
+    from miadmark import loaded
+
+    loaded.forget()
+    eng = loaded.engine(":strong", "cpu")  # a rule with strength and no profile (the gateway, plugin, release)
+    assert (eng.name, eng.profile.strength) == ("fast", "strong")  # the default, auto, on a CPU
+    assert loaded.engine("cloak:strong", "cpu").profile.strength == "strong"
+    assert loaded.engine("auto:discreet", "cpu").profile.strength == "discreet"
+    assert loaded.engine(None, "cpu").profile.strength is None  # the default level
+    loaded.forget()
 
 
 def test_strength_in_the_rules(tmp_path):
@@ -162,11 +176,37 @@ def test_random_mark_of_each_level_for_careful_training():
             assert bool(((out >= k * x - C.LEVELS[strength].cloak_linf / 255 - 1e-6)).all())
 
 
-def test_fast_serves_spread_levels_with_the_box_design_and_says_so():
+def test_fast_serves_the_committed_spread_generator_else_the_box_design_and_says_so():
+    from miadmark.surrogates import CHEST_SURROGATES
+
     x = head(1, 1, 96)
-    res = get_engine(Profile(name="fast", strength="strong"), "cpu").watermark(x, None, [])
-    p = res.params[0]
+    brain = get_engine(Profile(name="fast"), "cpu").watermark(x, None, contexts(1)).params[0]  # `auto` on a CPU
+    assert (brain["design"], brain["strength"], brain["fallback"]) == ("spread", "standard", None)
+    assert brain["generator"].startswith("generator_brain_mri_spread@")
+    eng = get_engine(Profile(name="fast", strength="strong", options={"surrogates": list(CHEST_SURROGATES)}), "cpu")
+    p = eng.watermark(x, None, []).params[0]  # no spread generator for the chest surrogates
     assert (p["design"], p["strength"], p["strength_asked"]) == ("box", "discreet", "strong") and p["fallback"]
+
+
+def test_fast_serves_a_spread_level_with_a_spread_generator_within_its_budget(tmp_path):
+    from miadmark.engine.generator import WatermarkGenerator, save_generator
+    from miadmark.surrogates import DEFAULT_SURROGATES
+
+    torch.manual_seed(0)
+    net = WatermarkGenerator(1, 1, 8, 64)
+    torch.nn.init.normal_(net.out.weight, std=0.5)  # an untrained net that still paints something
+    path = tmp_path / "generator_spread.pt"
+    save_generator(net, {"name": "generator_test_spread", "design": "spread", "in_size": 64,
+                         "surrogates": list(DEFAULT_SURROGATES)}, path)
+    x, lesion, ctx = head(2, 1, 96), disk(2, 96, 40, 50, 12), contexts(2)
+    eng = get_engine(Profile(name="fast", strength="strong", options={"generator": str(path)}), "cpu")
+    res = eng.watermark(x, lesion, ctx)
+    p = res.params[0]
+    assert (p["design"], p["strength"], p["fallback"]) == ("spread", "strong", None)
+    budget = C.level_budget("strong", {}, 1 / 9)
+    mark = get_engine(Profile(name="cloak", strength="strong"), "cpu").marks(x, lesion, ctx).support  # same lattice
+    assert C.violations_mark(x, res.images, lesion, mark, budget, tol=1e-6) == []
+    assert int((res.images != x)[:, 0][lesion].sum()) == 0 and bool((res.images != x).any())
 
 
 @pytest.mark.parametrize("strength", SPREAD)
@@ -197,3 +237,46 @@ def test_cli_protect_takes_strength(tmp_path, site_keys):
     assert rc == 0
     out = read_dicom(next((tmp_path / "out").rglob("*.dcm")))
     assert open_record(out, [site_keys["research"]]).params["strength"] == "discreet"
+
+
+def test_spread_generator_training_steps_keep_the_level_budget():
+    from miadmark.engine.ensemble import Ensemble
+    from miadmark.engine.options import SpreadOptions
+    from miadmark.engine.train_spread import generated, mark_bank, train_spread
+    from miadmark.surrogates import DEFAULT_SURROGATES
+
+    ens = Ensemble.get(list(DEFAULT_SURROGATES), torch.device("cpu"))
+    xs = head(8, 1, ens.size)
+    ys = torch.arange(8) % len(ens.classes)
+    net, run, (budget, opts) = train_spread(ens, xs, ys, "strong", steps=2, batch=4, bank=8, progress=False)
+    assert run["steps_done"] == 2 and budget.alpha_cap == C.LEVELS["strong"].alpha_cap and opts == SpreadOptions()
+    strokes, support = mark_bank(4, ens.size, budget, opts, seed=3)
+    with torch.no_grad():
+        out = generated(net, xs[:4], strokes, support, budget, opts)
+    none = torch.zeros(4, ens.size, ens.size, dtype=torch.bool)
+    # at S the mark's pixels are max-pooled from 224 px (wider); coverage is checked at full resolution
+    at_s = replace(budget, max_area_fraction=1.0)
+    assert C.violations_mark(xs[:4], out, none, support[:, 0] > 0, at_s, tol=1e-6) == []
+    with pytest.raises(ValueError, match="not a spread level"):
+        from miadmark.engine.train_spread import make_spread_generator
+        make_spread_generator("../shared/data/brain_mri", None, "/nonexistent.pt", "discreet")
+
+
+def test_a_rule_strength_reaches_the_record_through_the_one_export_step(tmp_path, site_keys):
+    """The gateway, the Orthanc plugin and the release all protect through miadmark.export with the rule's
+    Decision: the rule's strength is what the record says was used."""
+    from miadmark.export import Protected, export_one
+
+    key, cert = site_keys["hospital_paths"]
+    text = (f"identity: {{key: {key}, cert: {cert}}}\n"
+            "destinations:\n  research: {ae_title: R, host: localhost, port: 104}\nrules:\n"
+            f"  - {{action: protect, send_to: [research], recipients: [{site_keys['research_paths'][1]}], "
+            "strength: strong}\n")
+    decision = decide(parse_config(text, base=tmp_path), None, destination="research")
+    out = export_one(read_dicom(get_testdata_file("MR_small.dcm")), decision, destination="research",
+                     signer=site_keys["hospital"], device="cpu")
+    assert isinstance(out, Protected)
+    params = open_record(out.dataset, [site_keys["research"]]).params
+    assert params["strength"] == "strong" and params["profile"] == "fast"  # auto on a CPU
+    frame = params["frames"][0]
+    assert frame["design"] == "spread" and frame["alpha_cap"] == C.LEVELS["strong"].alpha_cap

@@ -31,3 +31,17 @@ def test_quick_fuzz_has_only_named_refusals(tmp_path):
     refused = sum(v for k, v in result["outcomes"].items() if k.startswith("refused:"))
     assert refused > result["mutants"] // 2
     assert result["peak_rss_mb"]["rss_mb"] < result["parent_rss_mb"] + 2048
+
+
+def test_inline_replay_runs_the_target_and_names_each_outcome(tmp_path):
+    """The documented replay (`--only N --inline`) runs the same public target as a worker child: each mutant
+    gets its outcome in the summary and its traceback on stderr, never a TypeError from the tool itself."""
+    summary = tmp_path / "replay.json"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "fuzz.py"), "--only", "3", "--only", "7", "--inline",
+                           "--json", str(summary)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(summary.read_text())
+    assert result["mutants"] == 2
+    assert all(k.startswith(("ok", "refused:")) for k in result["outcomes"]), result
+    assert "TypeError" not in proc.stderr, proc.stderr[-3000:]
+    assert "fuzz.py" in proc.stderr and "Traceback" in proc.stderr  # a refusal is shown with where it came from

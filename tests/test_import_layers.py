@@ -50,3 +50,17 @@ def test_the_walk_sees_every_kind_of_import(tmp_path):
                       "def f():\n    from orthanc_plugin import outbox\n    from . import sibling\n"
                       "    import importlib\n    importlib.import_module('cohort_release.sink')\n")
     assert imported_packages(module, "miadmark") == {"dicom_node", "orthanc_plugin", "cohort_release", "miadmark"}
+
+
+def test_the_shared_queue_is_used_through_its_methods_only():
+    """No module but dicomnet/queue.py reaches for the queue's connection (Queue._con): the gateway and the
+    plugin use its public methods."""
+    reaching = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == ROOT / "dicomnet" / "queue.py":
+                continue
+            tree = ast.parse(path.read_text(), filename=str(path))
+            if any(isinstance(n, ast.Attribute) and n.attr == "_con" for n in ast.walk(tree)):
+                reaching.append(str(path.relative_to(ROOT)))
+    assert reaching == []

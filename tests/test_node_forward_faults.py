@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -181,7 +183,36 @@ def test_a_permanent_refusal_is_not_retried(site, tmp_path):
     time.sleep(1.0)  # retries, if any, would come every 0.05-0.2 s
     failed = [r for r in read_audit(cfg.gateway.audit) if r["event"] == "send_failed"]
     assert len(failed) == 1 and "0x0110" in failed[0]["error"]
+    assert failed[0]["error"].endswith(": malformed UIDs")  # the receiving node's Error Comment, no value
     assert len(list(Path(rx.rx.quarantine).glob("*.dcm"))) == 1
+
+
+def test_the_receiving_nodes_reason_reaches_dead_letter_status_page_and_queue_status(site, tmp_path):
+    """The research node quarantines a resend with other content as a conflict: its Error Comment says
+    so (no value), and the hospital sees `conflict` with the dead letter, on the status page and in
+    `miadmark queue status`."""
+    from dicom_node.monitoring.statuspage import render
+    start, rx, cfg = site
+    gw = start()
+    assert send_files("127.0.0.1", gw.port, [CT[0]], called_ae="ARCHIVE", calling_ae="PACS") == [0]
+    assert wait_for(lambda: job_states(gw).get("done", 0) == 1, 30)
+    forged = pydicom.dcmread(CT[0])
+    forged.StudyDescription = "FORGED"
+    forged_path = tmp_path / "forged.dcm"
+    forged.save_as(forged_path)
+    assert send_files("127.0.0.1", gw.port, [forged_path], called_ae="ARCHIVE", calling_ae="PACS") == [0]
+    assert wait_for(lambda: job_states(gw).get("dead", 0) == 1, 30)
+    dead = [r for r in read_audit(cfg.gateway.audit) if r["event"] == "dead_letter"]
+    assert len(dead) == 1 and dead[0]["error"] == "status 0x0110 (refused: not retried): conflict"
+    assert [r["last_error"] for r in gw.queue.status()] == [dead[0]["error"]]
+    page = render(title="gateway", ready=True, checks={}, queue_path=gw.queue.path, audit_path=cfg.gateway.audit)
+    # the queue's last error, and the send_failed and dead_letter rows of the failures table
+    assert page.count("refused: not retried): conflict") == 3
+    out = subprocess.run([sys.executable, "-m", "miadmark.cli", "queue", "status", "--config", str(cfg.path)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("research"))
+    assert out.returncode == 0 and line.endswith("status 0x0110 (refused: not retried): conflict"), out.stdout
+    assert "FORGED" not in cfg.gateway.audit.read_text() + out.stdout + page
 
 
 # ------------------------------------------------------------ STOW-RS 202: the same answer in both adapters

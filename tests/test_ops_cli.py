@@ -29,6 +29,18 @@ def test_version(capsys):
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"miadmark {__version__}"
 
 
+def test_every_command_help_opens_with_its_one_line_description(capsys):
+    parser = build_parser()
+    listed = [(where, sub) for where, sub in subparsers(parser) if where != "miadmark"]
+    assert any(where == "miadmark gateway" for where, _ in listed)
+    for where, sub in listed:
+        assert sub.description, f"{where} --help has no description"
+    with pytest.raises(SystemExit):
+        main(["gateway", "--help"])
+    text = capsys.readouterr().out
+    assert "Run the protecting DICOM gateway" in text.split("options:")[0], text
+
+
 def test_every_option_has_help_and_lists_its_choices():
     missing, unlisted = [], []
     for where, parser in subparsers(build_parser()):

@@ -52,8 +52,9 @@ def value(samples: dict, name: str, **labels) -> float:
 
 
 def site_yaml(tmp: Path, site_keys: dict, *, gw_port: int, rx_port: int, gw_metrics: int, rx_metrics: int,
-              rx_keys: bool = True) -> Path:
+              rx_keys: bool = True, profile: str | None = "plain") -> Path:
     path = tmp / "site.yaml"
+    profile_line = f"    profile: {profile}\n" if profile else ""
     keys = site_keys["hospital_paths"][0].parent  # conftest's session keys: hospital.*, research.*
     rx_key_line = f"  keys: [{{key: {keys}/research.key.pem, cert: {keys}/research.cert.pem}}]\n" if rx_keys else ""
     path.write_text(f"""\
@@ -73,8 +74,7 @@ rules:
     send_to: [research]
     action: protect
     recipients: [{keys}/research.cert.pem]
-    profile: plain
-  - when: {{called_ae: ARCHIVE}}
+{profile_line}  - when: {{called_ae: ARCHIVE}}
     send_to: [research]
     action: pass
   - action: block
@@ -103,6 +103,10 @@ def test_in_process_counts_health_and_status_page(tmp_path, site_keys):
         assert send_files("127.0.0.1", gw.port, CT[:3], called_ae="ARCHIVE", calling_ae="PACS") == [0] * 3
         assert send_files("127.0.0.1", gw.port, CT[3:4], called_ae="NOWHERE", calling_ae="PACS") == [0x0124]
         assert wait_for(lambda: gw.queue.counts().get("research", {}).get("done") == 3)
+        # a job is marked done just before its `sent` line (and count) is written
+        sent = {"destination": "research", "profile": "", "action": "pass"}
+        assert wait_for(lambda: value(scrape(gw.monitor.port), "miadmark_instances_sent_total", **sent)
+                        - value(before_gw, "miadmark_instances_sent_total", **sent) == 3)
         after = scrape(gw.monitor.port)
 
         def delta(name, **labels):
@@ -145,6 +149,26 @@ def test_health_503_names_the_failing_check(tmp_path, site_keys):
         assert status == 503 and not health["ready"]
         assert health["checks"]["keys_loaded"]["ok"] is False and health["checks"]["listening"]["ok"] is True
     finally:
+        rx.stop()
+
+
+def test_default_profile_is_labelled_with_the_engine_it_resolves_to(tmp_path, site_keys):
+    """A rule with no `profile:` runs the default, `auto`: the metrics and the audit name the engine used
+    (`fast` on this CPU-only gateway), never an empty label."""
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0, profile=None)
+    rx = Receiver(load_config(cfg_path)).start()
+    gw = Gateway(load_config(cfg_path)).start()
+    try:
+        assert send_files("127.0.0.1", gw.port, CT[:1], called_ae="RESEARCH", calling_ae="PACS") == [0]
+        assert wait_for(lambda: gw.queue.counts().get("research", {}).get("done") == 1, timeout=120)
+        m = scrape(gw.monitor.port)
+        assert value(m, "miadmark_instances_protected_total", destination="research", profile="fast") == 1
+        assert value(m, "miadmark_protect_seconds_count", profile="fast") == 1
+        assert not any(k[0].startswith("miadmark_protect_seconds") and ("profile", "") in k for k in m)
+        sent = [r for r in read_audit(gw.config.gateway.audit) if r["event"] == "sent"]
+        assert [r["profile"] for r in sent] == ["fast"]
+    finally:
+        gw.stop()
         rx.stop()
 
 
@@ -194,4 +218,38 @@ def test_two_process_gateway_counts_both_processes(tmp_path, site_keys):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        rx.stop()
+
+
+def test_rejected_association_is_logged_audited_and_counted(tmp_path, site_keys, caplog):
+    """dcmtk echoscu with a calling AE title the node does not allow: one log line naming it, the peer and
+    the reason (no traceback), an audit record, and miadmark_associations_rejected_total counts it."""
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=free_port(), gw_metrics=0, rx_metrics=0)
+    cfg_path.write_text(cfg_path.read_text().replace("  spool: spool/\n", "  spool: spool/\n  allow_calling: [PACS]\n"))
+    rx = Receiver(load_config(cfg_path)).start()
+    gw = Gateway(load_config(cfg_path)).start()
+    caplog.set_level("INFO")
+    try:
+        before_gw, before_rx = scrape(gw.monitor.port), scrape(rx.monitor.port)
+        for port, called in ((gw.port, "GW"), (rx.port, "RESEARCH")):
+            echo = subprocess.run(["echoscu", "-aet", "PACS2", "-aec", called, "127.0.0.1", str(port)],
+                                  capture_output=True, text=True, timeout=60)
+            assert echo.returncode != 0 and "Calling AE Title Not Recognized" in echo.stdout + echo.stderr
+        ok = subprocess.run(["echoscu", "-aet", "PACS", "-aec", "GW", "127.0.0.1", str(gw.port)],
+                            capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert wait_for(lambda: sum("PACS2" in r.getMessage() for r in caplog.records) == 2, timeout=10)
+        lines = [r for r in caplog.records if "PACS2" in r.getMessage()]
+        assert all("rejected: calling ae title not recognised" in r.getMessage() and "127.0.0.1:" in r.getMessage()
+                   and r.exc_info is None for r in lines)
+        for node, monitor, before, audit in (("gateway", gw.monitor, before_gw, gw.config.gateway.audit),
+                                             ("receiver", rx.monitor, before_rx, rx.rx.audit)):
+            after = scrape(monitor.port)
+            assert (value(after, "miadmark_associations_rejected_total", node=node)
+                    - value(before, "miadmark_associations_rejected_total", node=node)) == 1
+            records = [r for r in read_audit(audit) if r["event"] == "association_rejected"]
+            assert [(r["calling_ae"], r["reason"]) for r in records] == [("PACS2", "calling ae title not recognised")]
+            assert records[0]["peer"].startswith("127.0.0.1:")
+    finally:
+        gw.stop()
         rx.stop()

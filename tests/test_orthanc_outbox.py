@@ -97,3 +97,18 @@ def test_an_outbox_made_with_export_items_keeps_its_jobs_after_the_upgrade(tmp_p
     assert due_job == job and len(rows) == 2
     assert outbox.queued("orthanc-0", "partner", "20261130T100000")
     assert outbox.progress(job)["pending"] == 2
+
+
+def test_a_copy_in_flight_is_private_and_whole(tmp_path):
+    """Protected objects waiting for delivery are kept as the gateway keeps its spool: 0600 files in a
+    0700 folder, written durably (temp, fsync, rename)."""
+    import stat
+
+    outbox = Outbox(tmp_path / "exports.sqlite")
+    outbox.keep_inflight(7, b"protected bytes")
+    path = outbox.inflight_path(7)
+    assert outbox.inflight(7) == b"protected bytes"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert [p.name for p in path.parent.iterdir()] == ["7.dcm"]  # no temp file left behind
+    outbox.drop_inflight(7)
+    assert outbox.inflight(7) is None

@@ -118,15 +118,16 @@ class Settings:
         return self.config.orthanc.get(name, default)
 
 
-def _site(tmp_path, site_keys, dest_yaml: str):
+def _site(tmp_path, site_keys, dest_yaml: str, action: str = "protect"):
     from miadmark import loaded
 
     key, cert = site_keys["hospital_paths"]
+    rule = (f"{{send_to: [partner], action: protect, profile: plain, recipients: ['{site_keys['research_paths'][1]}']}}"
+            if action == "protect" else "{send_to: [partner], action: pass}")
     cfg = parse_config(
         f"identity: {{key: '{key}', cert: '{cert}'}}\n"
         f"destinations:\n  partner: {dest_yaml}\n"
-        f"rules:\n  - {{send_to: [partner], action: protect, profile: plain,"
-        f" recipients: ['{site_keys['research_paths'][1]}']}}\n"
+        f"rules:\n  - {rule}\n"
         f"orthanc: {{retry: {json.dumps(RETRY.limits())}, device: cpu, batch_size: 4}}\n", base=tmp_path)
     return Settings(cfg, loaded.identity(key, cert))
 
@@ -177,6 +178,17 @@ def test_a_stow_refusal_is_a_dead_letter_after_one_attempt(tmp_path, site_keys, 
     assert all(f"HTTP {status}" in d["Reason"] and "refused: not retried" in d["Reason"]
                for d in outbox.dead_letters())
     assert len(received) == len(CT)  # each sent once, never again
+
+
+def test_a_plain_export_refused_by_stow_is_a_dead_letter_after_one_attempt(tmp_path, site_keys, stow, fake_sdk):
+    url, script, received = stow
+    script[:] = [409]
+    fake_sdk({"DicomWeb": {"Servers": {"web": {"Url": url}}}})
+    settings = _site(tmp_path, site_keys, "{orthanc_dicomweb: web}", action="pass")
+    delivery, outbox, job_id = _export(tmp_path, settings, ("dicomweb", "web"))
+    _deliver_due(delivery, outbox, job_id)
+    assert outbox.progress(job_id)["dead"] == len(CT) and len(received) == 1  # one request for the chunk
+    assert all("HTTP 409" in d["Reason"] and d["Attempts"] == 1 for d in outbox.dead_letters())
 
 
 def test_a_dimse_0x0110_is_a_dead_letter_after_one_attempt(tmp_path, site_keys, refusing_scp, fake_sdk):

@@ -213,3 +213,9 @@ def test_rules_and_a_worker_killed_mid_release(archive, site_keys, tmp_path):
     with sqlite3.connect(state / "manifest.sqlite") as db:
         skipped = db.execute("SELECT reason FROM instances WHERE state='skipped'").fetchall()
     assert len(skipped) == 4 and all("rule 1" in reason for (reason,) in skipped)  # the Siemens MR series
+    # the gateway's audit lines, beside the manifest (the config names no gateway trail)
+    from miadmark.audit import read_audit
+    lines = read_audit(state / "audit.jsonl")
+    assert {line["way"] for line in lines} == {"release"}
+    assert {line["sop_instance_uid"] for line in lines if line["event"] == "sent"} == set(arrived)
+    assert len({line["sop_instance_uid"] for line in lines if line["event"] == "blocked"}) == 4

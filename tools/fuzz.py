@@ -295,18 +295,24 @@ def make_mutant(index: int, seed: int, seeds: list[Path], protected: list[bytes]
 
 # ---- one mutant in a child ---------------------------------------------------------------------
 
-def run_target(verb: str, data: bytes, ctx: dict) -> dict:
+def attack(verb: str, data: bytes, ctx: dict) -> None:
+    """The target itself, as the CLI runs it: read, protect (or strip), encode. Raises what escapes."""
     from miadmark.dicomio import dataset_to_bytes, read_dicom
-    from miadmark.errors import MiadmarkError
     from miadmark.protect import protect, strip
 
+    ds = read_dicom(io.BytesIO(data))
+    if verb == "protect":
+        out = protect(ds, recipients=[ctx["identity"].cert], signer=ctx["identity"], engine=ctx["engine"])
+    else:
+        out = strip(ds, keyring=[ctx["identity"]], trust=[ctx["identity"].cert])
+    dataset_to_bytes(out)
+
+
+def run_target(verb: str, data: bytes, ctx: dict) -> dict:
+    from miadmark.errors import MiadmarkError
+
     try:
-        ds = read_dicom(io.BytesIO(data))
-        if verb == "protect":
-            out = protect(ds, recipients=[ctx["identity"].cert], signer=ctx["identity"], engine=ctx["engine"])
-        else:
-            out = strip(ds, keyring=[ctx["identity"]], trust=[ctx["identity"].cert])
-        dataset_to_bytes(out)
+        attack(verb, data, ctx)
     except MiadmarkError as exc:
         return {"outcome": f"refused:{type(exc).__name__}", "reason": str(exc)[:300]}
     except BaseException as exc:  # noqa: BLE001 - what the fuzzer is looking for
@@ -317,21 +323,16 @@ def run_target(verb: str, data: bytes, ctx: dict) -> dict:
     return {"outcome": "ok"}
 
 
-def replay_inline(verb: str, data: bytes, ctx: dict) -> None:
-    """Debugging: the target in this process, the full traceback of whatever escapes or is refused."""
-    from miadmark import protect as core
-    from miadmark.dicomio import read_dicom
-
-    try:
-        ds = read_dicom(io.BytesIO(data))
-        if verb == "strip":
-            core.strip(ds, keyring=[ctx["identity"]], trust=[ctx["identity"].cert])
-            return
-        prep = core._prepare(ds, None)
-        x_new, params = core._run_engine(ctx["engine"], prep["x"], prep["lesion"], prep["contexts"])
-        core._finish(ds, prep, x_new, params, [ctx["identity"].cert], ctx["identity"], ctx["engine"])
-    except BaseException:  # noqa: BLE001 - shown, not handled
-        traceback.print_exc()
+def replay_inline(verb: str, data: bytes, ctx: dict) -> dict:
+    """Debugging: the same target in this process (public entry points only, so a replay runs what a
+    worker child runs), with the full traceback of whatever escapes or is refused; returns the outcome."""
+    result = run_target(verb, data, ctx)
+    if result["outcome"] != "ok":
+        try:
+            attack(verb, data, ctx)
+        except BaseException:  # noqa: BLE001 - shown, not handled
+            traceback.print_exc()
+    return result
 
 
 def vm_size_bytes() -> int:
@@ -532,9 +533,9 @@ def main(argv: list[str] | None = None) -> int:
         verb, label, data = make_mutant(index, args.seed, seeds, protected, ctx, args.protected_share)
         if args.inline:
             print(index, label, file=sys.stderr)
-            replay_inline(verb, data, ctx)
-            continue
-        result = worker.run(verb, data, args.timeout)
+            result = {**replay_inline(verb, data, ctx), "rss_mb": peak_rss_mb()}
+        else:
+            result = worker.run(verb, data, args.timeout)
         outcome = result["outcome"]
         outcomes[outcome] += 1
         by_op[label.rsplit(":", 1)[1]][outcome] += 1

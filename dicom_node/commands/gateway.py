@@ -42,6 +42,8 @@ def quiet_pynetdicom(args) -> None:
 
 
 def run(args) -> int:
+    from dicomnet import metrics
+
     from ..gateway import Gateway
     quiet_pynetdicom(args)
     try:
@@ -56,6 +58,8 @@ def run(args) -> int:
             return 2
         for name, why in sorted(unserved.items()):
             log.warning("destination %s: not sent by this gateway: %s", name, why)
+        if cfg.gateway.metrics_port is not None:  # a service: count in the site's files whatever --forward
+            metrics.use_multiprocess(cfg.gateway.metrics_dir)  # says, so a release with this config counts in
         gateway = Gateway(cfg, bind=args.bind, port=args.port, forward=args.forward).start()
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -26,6 +26,7 @@ class _Scrape:
     def collect(self):
         if metrics.multiprocess():
             from prometheus_client.multiprocess import MultiProcessCollector
+            metrics.forget_dead_processes()  # e.g. a finished release's workers
             yield from MultiProcessCollector(None).collect()
         else:
             yield from metrics.get().registry.collect()
@@ -94,12 +95,14 @@ class MonitoringServer:
 
 
 def monitor_gateway(gateway) -> MonitoringServer | None:
-    """The gateway's server, if gateway.metrics_port is set; counts in shared files when the
-    forwarding runs in a child process (call before the child starts)."""
+    """The gateway's server, if gateway.metrics_port is set; counts in shared files (gateway.metrics_dir)
+    when the forwarding runs in a child process (call before the child starts) or when `miadmark gateway`
+    chose them already; a release run with this configuration counts there too."""
     cfg = gateway.config.gateway
     if cfg.metrics_port is None:
         return None
-    if gateway.forward == "process" and not metrics.use_multiprocess(gateway.spool.root / "metrics"):
+    if gateway.forward == "process" and not metrics.counting_in(cfg.metrics_dir) \
+            and not metrics.use_multiprocess(cfg.metrics_dir):
         log.warning("metrics: this process counted before multiprocess mode was set; the forwarding "
                     "process's counts are not served")
     return MonitoringServer(title=f"MIAD-MARK gateway {cfg.ae_title}", bind=cfg.metrics_bind, port=cfg.metrics_port,

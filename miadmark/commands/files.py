@@ -96,6 +96,8 @@ class Tally:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        for path in self.skipped:  # every file gets its line
+            print(f"skipped {path}: not DICOM (no DICM marker)")
         line = f"{self.done} {self.verb}, {self.failed} failed"
         if self.skipped:
             line += f", {len(self.skipped)} skipped (not DICOM)"

@@ -10,14 +10,10 @@ from ..engine import DEFAULT_PROFILE, PROFILE_HELP, PROFILE_NAMES, STRENGTH_HELP
 from ..errors import MiadmarkError, safe_reason, unexpected_input
 from ..keys import load_certificates, load_identity, read_passphrase
 from ..protect import protect_many
-from ..lesion import is_lesion_source, mask_for, masks_of_sources
+from ..lesion import HEADER_TAGS, lesion_kind, mask_for, masks_of_sources
 from .files import Tally, add_progress_option, iter_inputs, output_path
 
 BATCH = 16  # files read and watermarked together (one engine batch per frame geometry)
-# what SEG / RTSTRUCT detection and RTSTRUCT contour placement need of each input's header
-HEADER_TAGS = ["SOPClassUID", "Modality", "SOPInstanceUID", "Rows", "Columns", "NumberOfFrames",
-               "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-               "SpacingBetweenSlices"]
 
 
 def register(sub) -> None:
@@ -64,7 +60,7 @@ def run(args) -> int:
         print(f"miadmark protect: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.out)
-    lesions, sources = _lesion_masks(args.inputs, tally)
+    lesions, sources, refused = _lesion_masks(args.inputs, tally)
     inputs = list(iter_inputs(args.inputs, tally.skipped))
     tally.start_progress(len(inputs), args.progress)
     for start in range(0, len(inputs), BATCH):
@@ -72,6 +68,8 @@ def run(args) -> int:
         for item in inputs[start:start + BATCH]:
             if item.path in sources:  # a SEG / RTSTRUCT gave masks; it is not an image to watermark
                 tally.note(f"lesion mask source {item.path} (not written)")
+                continue
+            if item.path in refused:  # its header failed already, with the reason
                 continue
             try:
                 ds = read_dicom(item.path)
@@ -98,21 +96,28 @@ def run(args) -> int:
     return tally.summary()
 
 
-def _lesion_masks(inputs: list[str], tally: Tally) -> tuple[dict, set[Path]]:
-    """Lesion masks from every SEG / RTSTRUCT among the inputs, and those sources' paths.
+def _lesion_masks(inputs: list[str], tally: Tally) -> tuple[dict, set[Path], set[Path]]:
+    """Lesion masks from every SEG / RTSTRUCT among the inputs, those sources' paths, and the paths whose
+    header could not tell (failed here, alone, with the element named).
 
     Headers are read first; sources fully. RTSTRUCT contours are placed on the other inputs by
     their headers. A source that gives no mask is a failure of the run: its lesions are unprotected.
     """
     import pydicom
 
-    sources, images = [], []
+    sources, images, refused = [], [], set()
     for item in iter_inputs(inputs, []):
         try:
             head = pydicom.dcmread(item.path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
         except Exception:  # noqa: BLE001 - unreadable files are reported when they are processed
             continue
-        if is_lesion_source(head):
+        try:
+            kind = lesion_kind(head)
+        except MiadmarkError as exc:  # e.g. a SOP Class UID whose VR is corrupted: this file alone
+            tally.fail(item.path, str(exc))
+            refused.add(item.path)
+            continue
+        if kind is not None:
             sources.append(item.path)
         else:
             images.append(head)
@@ -126,4 +131,4 @@ def _lesion_masks(inputs: list[str], tally: Tally) -> tuple[dict, set[Path]]:
     merged, unusable = masks_of_sources(list(read.values()), images)
     for ds, reason in unusable:
         tally.fail(path_of[id(ds)], f"no lesion mask: {reason}")
-    return merged, set(sources)
+    return merged, set(sources), refused

@@ -21,6 +21,10 @@ def register(sub) -> None:
     p.add_argument("--p-eot", type=float, default=1.0,
                    help="share of the steps that apply the third-party transforms (JPEG, resize, blur; default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training run")
+    p.add_argument("--design", choices=["box", "spread"], default="box",
+                   help="the mark it learns: box (the discreet level's logo box, default) or spread (a level's "
+                        "keyed lattice; --strength names the level)")
+    p.add_argument("--strength", default="standard", help="with --design spread: the level (default standard)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     p.set_defaults(func=run)
 
@@ -37,6 +41,20 @@ def run(args) -> int:
              "--seed", str(args.seed), "--threads", str(args.threads)]
     if args.surrogates:
         parts += ["--surrogates", *args.surrogates]
+    if args.design == "spread":
+        from ..engine.train_spread import make_spread_generator
+
+        parts += ["--design", "spread", "--strength", args.strength]
+        meta = make_spread_generator(args.data, args.surrogates, args.out, args.strength, steps=args.steps,
+                                     max_minutes=args.max_minutes, seed=args.seed, width=args.width,
+                                     device=args.device, batch=args.batch, lr=args.lr, p_eot=args.p_eot,
+                                     command=" ".join(shlex.quote(p) for p in parts))
+        acc = meta["surrogate_accuracy_val"]
+        print(f"{args.out}: spread generator ({args.strength}) for {', '.join(meta['surrogates'])}, "
+              f"{meta['steps_done']} steps ({meta['train_seconds']:.0f}s); surrogate accuracy on {acc['n']} "
+              f"validation images: clean {acc['clean']}, generated {acc['generated']}, mark filled "
+              f"{acc['generated_mark_filled']}")
+        return 0
     meta = make_generator(args.data, args.surrogates, args.out, steps=args.steps, max_minutes=args.max_minutes,
                           seed=args.seed, width=args.width, device=args.device,
                           batch=args.batch, lr=args.lr, p_eot=args.p_eot,

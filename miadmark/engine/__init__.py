@@ -20,29 +20,31 @@ ENGINES: dict[str, str] = {
     "cloak": "miadmark.engine.cloak:CloakEngine",
     "fast": "miadmark.engine.fast:FastEngine",
 }
-DEFAULT_PROFILE = "cloak"
 # `auto` is no engine: it names the profile that fits the machine (resolve_profile)
 AUTO = "auto"
+# what `auto` means on a GPU (the iterative engine) and on a CPU (the one-pass generator)
+GPU_PROFILE, CPU_PROFILE = "cloak", "fast"
+# the default of every way out (CLI, gateway, Orthanc plugin, release): an adversarial watermark that keeps up
+DEFAULT_PROFILE = AUTO
 PROFILE_NAMES = sorted([*ENGINES, AUTO])
 STRENGTH_HELP = (f"how strong the mark is: {', '.join(STRENGTHS)} (default {DEFAULT_STRENGTH}; discreet: the logo "
                  "in a box + an imperceptible cloak; standard / strong: a keyed see-through lattice over the image)")
 # the --profile help of every command that takes one
-PROFILE_HELP = (f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAULT_PROFILE}; auto: cloak on a GPU, "
-                "fast on a CPU)")
+PROFILE_HELP = (f"watermark profile: {', '.join(PROFILE_NAMES)} (default {DEFAULT_PROFILE}: {GPU_PROFILE} on a GPU, "
+                f"{CPU_PROFILE} on a CPU)")
 
 
 def resolve_profile(name: str | None, device: str | torch.device = "auto") -> str:
-    """The engine a profile name means on a device: `auto` is the iterative default (`cloak`) on a GPU and the
-    one-pass `fast` on a CPU; None is the default; any other name is itself. A spec with a strength
+    """The engine a profile name means on a device: `auto` is the iterative `cloak` on a GPU and the one-pass
+    `fast` on a CPU; None (or "") is the default, `auto`; any other name is itself. A spec with a strength
     ("auto:strong", profile.split_spec) keeps its strength. The one place `auto` is decided (get_engine, hence
     loaded.engine, protect, the gateway and the Orthanc plugin, go through here)."""
-    base, strength = split_spec(name)
-    if base is None:
-        base = DEFAULT_PROFILE
-    elif base == AUTO:
+    base, strength = split_spec(name or None)
+    base = base or DEFAULT_PROFILE
+    if base == AUTO:
         from .base import resolve_device
 
-        base = DEFAULT_PROFILE if resolve_device(device).type == "cuda" else "fast"
+        base = GPU_PROFILE if resolve_device(device).type == "cuda" else CPU_PROFILE
     return profile_spec(base, strength)
 
 
@@ -73,6 +75,6 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["AUTO", "ENGINES", "DEFAULT_PROFILE", "DEFAULT_STRENGTH", "STRENGTHS", "STRENGTH_HELP", "PROFILE_HELP",
-           "PROFILE_NAMES", "Engine", "ImageContext", "Profile", "WatermarkBatch", "get_engine", "profile_spec",
-           "resolve_device", "resolve_profile", "split_spec"]
+__all__ = ["AUTO", "CPU_PROFILE", "ENGINES", "DEFAULT_PROFILE", "DEFAULT_STRENGTH", "GPU_PROFILE", "STRENGTHS",
+           "STRENGTH_HELP", "PROFILE_HELP", "PROFILE_NAMES", "Engine", "ImageContext", "Profile", "WatermarkBatch",
+           "get_engine", "profile_spec", "resolve_device", "resolve_profile", "split_spec"]

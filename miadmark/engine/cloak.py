@@ -121,7 +121,7 @@ class CloakEngine(TransferEngine):
             lays, _ = self.pick_start(xs, avoid, f_clean, cands, m_low, start, lossf)
             boxes = [[L.y, L.x, L.y + L.bh, L.x + L.bw] for L in lays]
             inside = C.box_mask(n, h, w, boxes, self.device)
-            cmask = C.perceptual_mask(images, les | inside, budget)
+            cmask = C.perceptual_mask(images, les | inside, budget, size=ens.size)
             m_full = self.logo_low(L0.bh, L0.bw, L0.bh, L0.bw)[0]  # the logo's shape at full resolution
             box_low = torch.zeros(n, 1, ens.size, ens.size, device=self.device)
             for i, L in enumerate(lays):

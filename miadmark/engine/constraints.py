@@ -51,8 +51,8 @@ class Level:
 # The levels' numbers, in one table (issue 23: chosen from the measured frontier, docs/evaluation/spread.md).
 LEVELS: dict[str, Level] = {
     "discreet": Level("box", alpha_cap=0.5, coverage_max=1 / 9, psnr_min=40.0),
-    "standard": Level("spread", alpha_cap=0.25, coverage_max=0.45, psnr_min=40.0),
-    "strong": Level("spread", alpha_cap=0.4, coverage_max=0.55, psnr_min=36.0, cloak_linf=12.0),
+    "standard": Level("spread", alpha_cap=0.2, coverage_max=0.45, psnr_min=40.0),
+    "strong": Level("spread", alpha_cap=0.3, coverage_max=0.55, psnr_min=36.0, cloak_linf=12.0),
 }
 assert tuple(LEVELS) == STRENGTHS
 
@@ -160,19 +160,32 @@ def row_quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     return torch.lerp(below, above, (rank - rank.floor()).expand_as(below))
 
 
-def perceptual_mask(images: torch.Tensor, frozen: torch.Tensor, budget: Budget) -> torch.Tensor:
+def perceptual_mask(images: torch.Tensor, frozen: torch.Tensor, budget: Budget, size: int | None = None
+                    ) -> torch.Tensor:
     """(N, 1, H, W) in [0, 1]: where the cloak may go and how strongly. Local contrast (standard deviation
     in a small window, relative to the image's 90th percentile of it) maps flat tissue to `flat_weight`
     and texture to 1 (texture masks a change, a flat region shows it); background gets
-    `background_weight`; `frozen` (N, H, W) bool (lesion, box) gets 0."""
+    `background_weight`; `frozen` (N, H, W) bool (lesion, box) gets 0.
+
+    size: the resolution the watermark is made at (the surrogates' S). Given and below the image's, the
+    contrast is measured on the image at S (area-averaged, the window scaled with it) and upsampled: the
+    cloak carries no detail finer than S, so neither need its mask, and a smooth mask is cheaper to
+    measure and to keep in the record. The background and `frozen` are still decided per full-resolution
+    pixel, so the budget's zeros stay exact."""
+    n, _, h, w = images.shape
     g = images.mean(1, keepdim=True)
-    k = int(budget.texture_window) | 1
+    scale = 1.0 if size is None or size >= max(h, w) else size / max(h, w)
+    if scale < 1.0:
+        low = (max(1, round(h * scale)), max(1, round(w * scale)))
+        g = F.adaptive_avg_pool2d(g, low)
+    k = max(3, round(int(budget.texture_window) * scale)) | 1
     mu = F.avg_pool2d(F.pad(g, (k // 2,) * 4, mode="replicate"), k, 1)
     var = F.avg_pool2d(F.pad(g * g, (k // 2,) * 4, mode="replicate"), k, 1) - mu * mu
     sd = var.clamp_min(0).sqrt()
     ref = row_quantile(sd.flatten(1)[:, ::max(1, sd[0].numel() // 100_000)], 0.9).clamp_min(1e-3)
-    tex = (sd / ref.view(-1, 1, 1, 1)).clamp(0, 1)
-    m = budget.flat_weight + (1 - budget.flat_weight) * tex
+    m = budget.flat_weight + (1 - budget.flat_weight) * (sd / ref.view(-1, 1, 1, 1)).clamp(0, 1)
+    if scale < 1.0:  # upsampled, bilinear: values stay within [flat_weight, 1]
+        m, mu = upsample(torch.cat([m, mu], 1), (h, w)).split(1, 1)
     m = torch.where(mu < budget.background_level, torch.full_like(m, budget.background_weight), m)
     return m * (~frozen[:, None]).float()
 
@@ -212,24 +225,37 @@ def violations(images: torch.Tensor, out: torch.Tensor, lesion: torch.Tensor, bo
     """What `out` breaks of the budget (empty when it keeps it), from the images alone: lesion pixels
     changed, a box over the area bound, a box pixel keeping less than (1 - alpha_cap) of the original
     (out must lie in [(1 - a) x, (1 - a) x + a]), a cloak pixel beyond its L-inf budget, PSNR outside
-    the box below psnr_min. `tol` absorbs rounding to stored values (8 bits and a window)."""
+    the box below psnr_min; and anything it cannot check (a shape, a box per image, a non-finite value) is
+    broken too. `tol` absorbs rounding to stored values (8 bits and a window). Whole-batch tensor operations:
+    one pass over the batch whatever its size; only the messages name images."""
+    if out.shape != images.shape or len(boxes) != images.shape[0] or lesion.shape != images[:, 0].shape:
+        return [f"output {tuple(out.shape)}, {len(boxes)} box(es) and lesion {tuple(lesion.shape)} do not match "
+                f"the images {tuple(images.shape)}"]
     n, c, h, w = images.shape
+    if not bool(torch.isfinite(out).all()):
+        return ["non-finite output values"]
     bad = []
-    if bool((lesion[:, None] & (out != images)).any()):
-        bad.append(f"{int((lesion[:, None] & (out != images)).sum())} lesion pixel values changed")
-    inside = box_mask(n, h, w, boxes, images.device)[:, None].expand_as(images)
-    for i, (y0, x0, y1, x1) in enumerate(boxes):
-        if (y1 - y0) * (x1 - x0) > budget.max_area_fraction * h * w + 1e-6:
-            bad.append(f"image {i}: box {(y1 - y0)}x{(x1 - x0)} over {budget.max_area_fraction:.4f} of the image")
+    diff = out - images
+    lesion_changed = int((lesion[:, None] & (diff != 0)).sum())
+    if lesion_changed:
+        bad.append(f"{lesion_changed} lesion pixel values changed")
+    b = torch.as_tensor(boxes, dtype=torch.long, device=images.device).view(n, 4)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    for i in torch.nonzero(area > budget.max_area_fraction * h * w + 1e-6).flatten().tolist():
+        bad.append(f"image {i}: box {int(b[i, 2] - b[i, 0])}x{int(b[i, 3] - b[i, 1])} over "
+                   f"{budget.max_area_fraction:.4f} of the image")
+    ys, xs = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
+    rows = (ys >= b[:, :1]) & (ys < b[:, 2:3])  # (N, H)
+    cols = (xs >= b[:, 1:2]) & (xs < b[:, 3:4])  # (N, W)
+    inside = (rows[:, :, None] & cols[:, None, :])[:, None]  # (N, 1, H, W), broadcast over channels
     k = 1 - budget.alpha_cap
-    lo, hi = k * images - tol, k * images + budget.alpha_cap + tol
-    if bool((inside & ((out < lo) | (out > hi))).any()):
+    lo = k * images - tol
+    if bool((inside & ((out < lo) | (out > lo + budget.alpha_cap + 2 * tol))).any()):
         bad.append("a box pixel keeps less than (1 - alpha_cap) of the original")
-    d = (out - images).abs()
-    if bool(((~inside) & (d > budget.cloak_linf / 255.0 + tol)).any()):
+    if bool((~inside & (diff.abs() > budget.cloak_linf / 255.0 + tol)).any()):
         bad.append(f"cloak beyond {budget.cloak_linf:g}/255 outside the box")
-    outside = ~inside
-    mse = ((out - images) ** 2 * outside).flatten(1).sum(1) / outside.flatten(1).sum(1).clamp_min(1)
+    outside = (~inside).float()
+    mse = (diff * diff * outside).flatten(1).sum(1) / (outside.flatten(1).sum(1) * c).clamp_min(1)
     worst = float(mse.max()) if len(mse) else 0.0
     if worst > 0 and 10 * torch.log10(torch.tensor(1 / worst)) < budget.psnr_min - 0.05:
         bad.append(f"PSNR outside the box {10 * torch.log10(torch.tensor(1 / worst)):.2f} dB < {budget.psnr_min}")

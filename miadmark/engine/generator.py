@@ -88,6 +88,14 @@ def watermark_maps(net: WatermarkGenerator, xs: torch.Tensor, box_low: torch.Ten
     return alpha, texture, torch.tanh(raw[:, 2:])
 
 
+def spread_maps(net: WatermarkGenerator, xs: torch.Tensor, mark_low: torch.Tensor, budget: C.Budget
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spread design's (alpha <= cap, texture, cloak), each (N, ., S, S), from images xs (N, in_ch, S, S) and
+    the mark's pixels at S, mark_low (N, 1, S, S); spread.mark_layers puts the strokes' floors on them."""
+    raw = net(torch.cat([xs, mark_low], 1))
+    return budget.alpha_cap * torch.sigmoid(raw[:, :1]), torch.sigmoid(raw[:, 1:2]), torch.tanh(raw[:, 2:])
+
+
 def compose_maps(images: torch.Tensor, lesion: torch.Tensor, boxes: list[list[int]], boxes_low: list[list[int]],
                  shape: torch.Tensor, alpha: torch.Tensor, texture: torch.Tensor, cloak: torch.Tensor,
                  cloak_mask: torch.Tensor, budget: C.Budget) -> torch.Tensor:
@@ -111,16 +119,19 @@ def save_generator(net: WatermarkGenerator, meta: dict, out: str | Path) -> None
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def generator_path(surrogates: list[str]) -> Path:
-    """The committed generator trained against exactly these surrogates; GeneratorMissingError if none."""
+def generator_path(surrogates: list[str], design: str = "box") -> Path:
+    """The committed generator of a mark design ("box"; "spread": the strength levels' lattice; a file without
+    `design` is a box one) trained against exactly these surrogates; GeneratorMissingError if none."""
     from ..surrogates import WEIGHTS_DIR
 
     for meta_path in sorted(WEIGHTS_DIR.glob("generator_*.json")):
         meta = json.loads(meta_path.read_text())
-        if sorted(meta.get("surrogates", [])) == sorted(surrogates) and meta_path.with_suffix(".pt").exists():
+        if (sorted(meta.get("surrogates", [])) == sorted(surrogates) and meta.get("design", "box") == design
+                and meta_path.with_suffix(".pt").exists()):
             return meta_path.with_suffix(".pt")
     raise GeneratorMissingError(
-        f"no generator weights for surrogates {', '.join(surrogates)} in {WEIGHTS_DIR} (profile fast needs "
+        f"no {'' if design == 'box' else design + ' '}generator weights for surrogates {', '.join(surrogates)} in "
+        f"{WEIGHTS_DIR} (profile fast needs "
         "one: miadmark train-generator --data DATASET --out weights/generator_DATASET.pt)")
 
 

@@ -118,7 +118,7 @@ def mark_support(strokes: torch.Tensor, lesion: torch.Tensor, widen_px: int, cov
     """(H, W) bool: the strokes widened by up to widen_px, never on the lesion; narrowed (a thinner band, then a
     higher stroke threshold: small images blur the strokes) until the mark covers at most coverage_max of the
     image. ValueError when even the stroke cores cover too much (fail closed)."""
-    for level in (0.05, 0.25, 0.5):
+    for level in (0.05, 0.25, 0.5, 0.75, 0.9):
         on = (strokes > level).float()[None, None]
         for r in range(max(0, widen_px), -1, -1):
             band = (F.max_pool2d(on, 2 * r + 1, 1, r)[0, 0] > 0) & ~lesion

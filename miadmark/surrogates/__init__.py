@@ -17,7 +17,7 @@ DEFAULT_SURROGATES = ["brain_mri_resnet10", "brain_mri_resnet10_logoaug"]
 
 CHEST_SURROGATES = ["chest_xray224_resnet10_logoaug"]  # chest_xray_224, NORMAL / PNEUMONIA
 SKIN_SURROGATES = ["skin_ham10000_resnet10_logoaug"]  # skin_ham10000, 7 dermoscopy classes, RGB
-# Which family of models covers which images (the README's table). Radiographs (CR, DX) go to the chest
+# Which family of models covers which images (the table in docs/engine.md). Radiographs (CR, DX) go to the chest
 # X-ray models; colour photographs (RGB / YBR photometric, or Modality XC / DMS / GM: VL photographic,
 # dermoscopy, general microscopy) to the dermoscopy models; everything else (MR, CT, PT, US, ...) to the
 # brain-MRI ensemble: the nearest grayscale cross-sectional family we have, not a model of that modality.

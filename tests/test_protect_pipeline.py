@@ -1,0 +1,63 @@
+"""protect_many / protect_iter as a pipeline (decode, engine, record and encode in overlapping stages): every input
+gets exactly one result, in its place; a bad input fails alone; the batch size changes nothing in the output;
+every result strips back to its original file."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from miadmark.dicomio import dataset_from_bytes, dataset_to_bytes, read_dicom
+from miadmark.engine import get_engine
+from miadmark.errors import MiadmarkError
+from miadmark.protect import protect_iter, protect_many, strip_bytes
+
+from conftest import DICOM_DATA
+
+CT = sorted((DICOM_DATA / "ct_chest_lidc0314" / "data").glob("*.dcm"))[30:35]
+SMALL = DICOM_DATA / "transfer_syntaxes" / "LittleEndianExplicit" / "CT_small.dcm"
+
+
+@pytest.fixture(scope="module")
+def fast():
+    return get_engine("fast", "cpu")
+
+
+def inputs():
+    """Five CT slices with a 128 px CT and an image without pixels among them (two sizes, one bad input)."""
+    datasets = [read_dicom(p) for p in CT]
+    no_pixels = copy.deepcopy(datasets[0])
+    del no_pixels.PixelData
+    return datasets[:2] + [read_dicom(SMALL), no_pixels] + datasets[2:], CT[:2] + [SMALL, None] + CT[2:]
+
+
+def test_each_input_gets_its_own_result_whatever_the_batch_size(site_keys, fast):
+    datasets, paths = inputs()
+    kw = {"recipients": [site_keys["research"].cert], "signer": site_keys["hospital"], "engine": fast}
+    small_batches = protect_many(datasets, batch_frames=2, **kw)
+    one_batch = protect_many(datasets, batch_frames=64, **kw)
+    assert len(small_batches) == len(one_batch) == len(datasets)
+    for path, a, b in zip(paths, small_batches, one_batch):
+        if path is None:
+            assert isinstance(a, MiadmarkError) and isinstance(b, MiadmarkError)
+            continue
+        assert a.PixelData == b.PixelData and a.SOPInstanceUID == b.SOPInstanceUID
+        assert strip_bytes(a, keyring=[site_keys["research"]], trust=[site_keys["hospital"].cert]) == \
+            path.read_bytes()
+
+
+def test_protect_iter_encodes_and_yields_every_index_once(site_keys, fast):
+    datasets, paths = inputs()
+    seen = {}
+    for i, result in protect_iter(datasets, recipients=[site_keys["research"].cert], signer=site_keys["hospital"],
+                                  engine=fast, batch_frames=3, encode=dataset_to_bytes):
+        assert i not in seen
+        seen[i] = result
+    assert sorted(seen) == list(range(len(datasets)))
+    for i, path in enumerate(paths):
+        if path is None:
+            assert isinstance(seen[i], MiadmarkError) and "Pixel Data" in str(seen[i])
+        else:
+            assert strip_bytes(dataset_from_bytes(seen[i]), keyring=[site_keys["research"]], trust=None) == \
+                path.read_bytes()
