@@ -30,39 +30,17 @@ from .engine.logo import logo_tensors
 from .surrogates import BLACKBOX_DIR, DATASET_MODALITY, WEIGHTS_DIR, surrogates_for_modality
 from .surrogates.data import load_dataset
 from .surrogates.train import load
+from .evaluation import Arena, OwnImages, make_third_parties
+from .evaluation.pictures import write_triptychs
+from .evaluation.readability import readability
+from .evaluation.targets import level_targets
 from .machine import cpu_model
+from .evaluation.inpainted import inpaint
+from .evaluation.readability import ssim_map
 
 log = logging.getLogger(__name__)
 BALANCED = {"skin_ham10000"}  # datasets scored by balanced accuracy (most of the skin data is one class)
 UPSTREAM = {"chest_xray_224", "skin_ham10000"}  # validation split made upstream by patient / lesion
-
-
-def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM map (Gaussian window 11, sigma 1.5) of (N, 1, H, W) images in [0, 1]."""
-    r = torch.arange(11, dtype=a.dtype) - 5
-    g = torch.exp(-(r ** 2) / (2 * 1.5 ** 2))
-    g = (g / g.sum())
-    k = (g[:, None] * g[None, :])[None, None]
-
-    def f(x):
-        return F.conv2d(F.pad(x, (5, 5, 5, 5), mode="reflect"), k)
-
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    ma, mb = f(a), f(b)
-    va, vb, cov = f(a * a) - ma ** 2, f(b * b) - mb ** 2, f(a * b) - ma * mb
-    return ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
-
-
-def inpaint(protected: torch.Tensor, footprint: torch.Tensor, method: int = cv2.INPAINT_TELEA) -> torch.Tensor:
-    """OpenCV inpainting (TELEA or Navier-Stokes) of each image on its footprint (N, H, W) bool."""
-    out = []
-    for img, fp in zip(protected, footprint):
-        u8 = (img.clamp(0, 1) * 255).round().byte().cpu().numpy()
-        u8 = u8[0] if u8.shape[0] == 1 else u8.transpose(1, 2, 0)
-        res = cv2.inpaint(np.ascontiguousarray(u8), fp.cpu().numpy().astype(np.uint8), 3, method)
-        res = res[None] if res.ndim == 2 else res.transpose(2, 0, 1)
-        out.append(torch.from_numpy(res).float() / 255)
-    return torch.stack(out)
 
 
 def plain_control(images: torch.Tensor, boxes: list[list[int]], alpha: float, logo: str | None) -> torch.Tensor:
@@ -183,13 +161,16 @@ def _png(t: torch.Tensor, path: Path) -> None:
 def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: list[str] | None = None,
                    reference_models: list[str] | None = None, limit: int = 200, batch: int = 32,
                    device: str = "cpu", split_seed: int = 0, n_examples: int = 4, progress: bool = True,
-                   command: str | None = None) -> dict:
+                   command: str | None = None, third_parties: list[str] | None = None,
+                   third_party_options: dict | None = None, own: OwnImages | None = None) -> dict:
+    parties = make_third_parties(third_parties, third_party_options)  # bad names or options fail before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(data, seed=split_seed)
     x_u8, y = ds.split(val=True)
     perm = torch.randperm(len(x_u8), generator=torch.Generator().manual_seed(1234))[:limit]
     perm = perm.sort().values
+    eval_index = torch.nonzero(ds.is_val).flatten()[perm]
     images, labels = x_u8[perm].float() / 255, y[perm]
     n, c, h, w = images.shape
     balanced = ds.name in BALANCED
@@ -316,6 +297,14 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
         names["diff"] = p.name
         names["label"] = ds.classes[int(labels[i])]
         examples.append(names)
+    arena = Arena(dataset=ds, profile=profile, context=ctx, eval_index=eval_index, balanced=balanced,
+                  own=own or OwnImages(), device=device, batch=batch, black_box=black if models else None)
+    parties_out = {}
+    for party in parties:
+        log.info("third party %s", party.name)
+        parties_out[party.name] = party.evaluate(arena, images, protected)
+    read = readability(images, protected, lesion, secs / n)
+    examples = write_triptychs(out_dir, images, protected, lesion, ex_idx, examples)
     report = {
         "data": ds.name,
         "split": f"validation ({'upstream, by patient / lesion' if ds.name in UPSTREAM else 'seeded md5-group hash'}, "
@@ -323,13 +312,17 @@ def run_evaluation(data: str, profile: Profile, out_dir: str | Path, *, models: 
         "n_images": n, "image_size": [h, w], "classes": ds.classes,
         "metric": "balanced accuracy" if balanced else "accuracy",
         "profile": {"name": profile.name, "max_area_fraction": profile.max_area_fraction,
-                    "alpha_max": profile.alpha_max, "seed": profile.seed, "options": profile.options},
+                    "alpha_max": profile.alpha_max, "seed": profile.seed, "options": profile.options,
+                    "strength": profile.strength, "design": params[0].get("design", "box") if params else None},
         "white_box_models": {k: v.meta.get("val_accuracy") for k, v in white.items()},
         "black_box_models": _model_meta(black),
         "reference_models": _model_meta(reference),
         "lesion_mask": f"Grad-CAM of the surrogates >= {cam_thr:g}/255, "
                        "passed to the engine",
         "accuracy_summary": summary, "accuracy": acc, "quality": quality,
+        "readability": read, "third_parties": parties_out,
+        "level_targets": level_targets(parties_out, read, balanced),
+        "evaluation_resolution": {k: v.meta.get("in_size") for k, v in black.items()},
         "machine": {"cpu": cpu_model(), "cores": __import__("os").cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": str(engine.device)},
         "command": command or " ".join(sys.argv), "examples": examples,
@@ -394,6 +387,18 @@ def _command(args) -> str:
             parts += [flag, repr(value)]
     if getattr(args, "options", None):
         parts += ["--options", args.options]
+    if getattr(args, "third_parties", None) is not None:
+        parts += ["--third-parties", *args.third_parties]
+    if getattr(args, "third_party_options", None):
+        parts += ["--third-party-options", args.third_party_options]
+    if getattr(args, "own_images", 1000) != 1000:
+        parts += ["--own-images", str(args.own_images)]
+    if getattr(args, "own_profile", ""):
+        parts += ["--own-profile", args.own_profile]
+    if getattr(args, "own_options", None):
+        parts += ["--own-options", args.own_options]
+    if getattr(args, "strength", None):
+        parts += ["--strength", args.strength]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -401,11 +406,18 @@ def main(args) -> int:
     torch.set_num_threads(int(getattr(args, "threads", 2) or 2))
     options = json.loads(args.options) if getattr(args, "options", None) else {}
     profile = Profile(name=resolve_profile(args.profile, args.device), seed=args.seed, options=options,
-                      max_area_fraction=args.max_area_fraction, alpha_max=args.alpha_max)
+                      max_area_fraction=args.max_area_fraction, alpha_max=args.alpha_max,
+                      strength=getattr(args, "strength", None))
+    own_options = json.loads(args.own_options) if getattr(args, "own_options", None) else None
     rep = run_evaluation(args.data, profile, args.out, models=args.models,
                          reference_models=getattr(args, "reference_models", None), limit=args.limit, batch=args.batch,
                          device=args.device, n_examples=getattr(args, "examples", 4),
-                         command=_command(args), progress=getattr(args, "progress", True))
+                         command=_command(args), progress=getattr(args, "progress", True),
+                         third_parties=getattr(args, "third_parties", None),
+                         third_party_options=json.loads(args.third_party_options)
+                         if getattr(args, "third_party_options", None) else None,
+                         own=OwnImages(n=getattr(args, "own_images", 1000), profile=getattr(args, "own_profile", ""),
+                                       options=own_options))
     s = rep["accuracy_summary"]
     for role in s:
         if role == "models":
@@ -416,6 +428,14 @@ def main(args) -> int:
     print(f"lesion pixels changed {q['lesion_pixels_changed']}, pixels changed {q['fraction_pixels_changed']:.4f}, "
           f"SSIM outside {q['ssim_outside_logo']:.4f}, PSNR outside {q['psnr_outside_logo_db']['mean_finite']} dB, "
           f"contrast transmission {q['contrast_transmission_in_box']}, {q['seconds_per_image']:.3f} s/image")
+    for name, tp in rep["third_parties"].items():
+        print(f"third party {name:15s} clean {tp['mean']['clean']}  protected {tp['mean']['protected']}  {tp['cost']}")
+    r = rep["readability"]
+    print(f"over the anatomy: contrast transmission {r['contrast_transmission']}, SSIM {r['ssim_anatomy']}, "
+          f"PSNR {r['psnr_db']} dB")
+    for level, rows in rep["level_targets"].items():
+        for t in rows:
+            print(f"{level:8s} {t['target']:22s} {t['bound']:24s} {t['value']}  {'met' if t['met'] else 'NOT met'}")
     for t in rep["targets"]:
         print(f"target {t['target']:22s} {t['bound']:28s} measured {t['value']}  {'met' if t['met'] else 'NOT met'}")
     return 0

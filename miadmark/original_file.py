@@ -43,9 +43,12 @@ def pixel_value_span(data: bytes, pixel_value: bytes) -> tuple[int, int] | None:
 
 
 def cut(data: bytes, span: tuple[int, int] | None) -> bytes:
-    """LZMA of the file without the Pixel Data value (the whole file when span is None)."""
+    """LZMA of the file without the Pixel Data value (the whole file when span is None).
+
+    Preset 0: on a CT slice's 2 KB of header, preset 6 spends ~10 ms setting up its 8 MiB dictionary for 5 % fewer
+    bytes; every preset decodes the same way."""
     rest = data if span is None else data[:span[0]] + data[span[1]:]
-    return lzma.compress(rest, preset=6)
+    return lzma.compress(rest, preset=0)
 
 
 def join(compressed_rest: bytes, offset: int | None, pixel_value: bytes) -> bytes:

@@ -40,6 +40,7 @@ DEFAULT_KIND = RESIDUAL_ZSTD
 ORIGINAL, ORIGINAL_ZSTD = "ORIGINAL", "ORIGINAL_ZSTD"
 ORIGINAL_KINDS = (ORIGINAL, ORIGINAL_ZSTD)
 DEFAULT_ORIGINAL_KIND = ORIGINAL_ZSTD
+WHOLE_TRIED_BELOW = 256 * 1024
 MAX_ORIGINAL_BYTES = 4 * MAX_PIXEL_VALUES  # an encapsulated original's bitstream: never more than its values
 
 
@@ -47,9 +48,12 @@ def encode_pixels(original: bytes, protected: bytes, dtype: np.dtype, stride: in
                   ) -> tuple[str, bytes]:
     """(kind, payload) restoring `original` from `protected`; stride: words between two samples of one channel
     (samples per pixel for interleaved colour, else 1). kind None: DEFAULT_KIND, or ORIGINAL_ZSTD (the original
-    words themselves, 1-2 ms on a CT slice) where that is smaller."""
+    words themselves) where that is smaller: tried for images up to WHOLE_TRIED_BELOW bytes and wherever the
+    residual compressed poorly (to over a quarter of the words)."""
     if kind is None:
         kind, payload = encode_pixels(original, protected, dtype, stride, DEFAULT_KIND)
+        if len(original) > WHOLE_TRIED_BELOW and len(payload) < len(original) // 4:
+            return kind, payload  # a real image under a watermark: its original never compresses smaller
         whole = encode_original(original, ORIGINAL_ZSTD)
         return whole if len(whole[1]) < len(payload) else (kind, payload)
     if kind == CHANGED_WORDS:
@@ -185,8 +189,10 @@ def apply_residual(protected: bytes, payload: bytes, dtype: np.dtype) -> bytes:
     if not 1 <= stride <= MAX_STRIDE:
         raise RecordCorruptError("residual payload has no valid stride")
     e = _unzigzag(np.frombuffer(data, np.uint8, offset=1).reshape(dtype.itemsize, -1).T.copy().view(dtype).ravel())
-    n = len(e)
-    pad = -n % stride
-    columns = np.concatenate([e, np.zeros(pad, dtype)]).reshape(-1, stride)
-    d = np.cumsum(columns, axis=0, dtype=dtype).ravel()[:n]  # undoes the prediction, wrapping like the words
+    if stride == 1:
+        d = np.cumsum(e, dtype=dtype)  # undoes the prediction, wrapping like the words
+    else:
+        n = len(e)
+        columns = np.concatenate([e, np.zeros(-n % stride, dtype)]).reshape(-1, stride)
+        d = np.cumsum(columns, axis=0, dtype=dtype).ravel()[:n]
     return (np.frombuffer(protected, dtype) + d).tobytes()

@@ -117,8 +117,9 @@ def protect_iter(datasets: Iterable[Dataset], *, recipients: Sequence[x509.Certi
 
     Three stages overlap: one thread decodes the next inputs (a bounded window ahead), the calling thread runs
     the engine on batches of up to `batch_frames` frames of one size, one thread builds each watermarked image's
-    record and, given `encode` (e.g. miadmark.dicomio.dataset_to_bytes), encodes it. torch, numpy, zstd and
-    OpenSSL release the GIL for their work, so on two cores the engine and the record run side by side.
+    record and, given `encode` (e.g. miadmark.dicomio.dataset_to_bytes), encodes it. torch's kernels and much of
+    numpy's and zstd's work run outside the GIL, so with a free core the engine and the record run side by side
+    (on a saturated CPU the pipeline gains nothing: docs/speed.md).
     A result is the protected Dataset (or encode's value) or the MiadmarkError for that input: one bad input
     fails alone, an engine failure on a batch is retried input by input.
     """

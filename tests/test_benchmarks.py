@@ -45,8 +45,8 @@ def test_listener_bounds():
 
 @pytest.mark.slow
 def test_core():
-    out = run("core.py", "--slices", "2", "--batch", "2", "--profile", "plain")
-    assert "original file byte for byte 2/2" in out
+    out = run("core.py", "--slices", "2", "--batch", "2", "--profiles", "plain", "fast")
+    assert out.count("strip exact 2/2") == 2 and "fast end to end / plain" in out
 
 
 @pytest.mark.slow
@@ -77,7 +77,9 @@ def test_orthanc_export():
 @pytest.mark.slow
 @needs_orthanc
 def test_orthanc_crash():
-    run("orthanc_crash.py", "--slices", "6", "--kills", "1")  # kill points are drawn from slices 2..n-3
+    out = run("orthanc_crash.py", "--slices", "6", "--kills", "1")  # kill points are drawn from slices 2..n-3
+    report = json.loads(out[out.index("{"):])
+    assert report["export"]["unprotected"] == 0 and report["auto_export"]["unprotected"] == 0
 
 
 @pytest.mark.slow
@@ -98,3 +100,9 @@ def test_gpu_script_cpu_path(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["card"] and result["engine"] and result["end_to_end"]
+
+
+@pytest.mark.slow
+def test_checks():
+    row = json.loads(run("checks.py", "--tiny").strip().splitlines()[-1])
+    assert row["mask_at_S_ms"] > 0 and row["violations_ms"] > 0 and row["fast_engine_ms"] > 0

@@ -32,8 +32,17 @@ def test_train_then_evaluate(tmp_path, monkeypatch):
     ref.write_bytes(out.read_bytes())
     assert main(["evaluate", "--data", str(NPZ), "--profile", "cloak", "--models", str(out), "--out",
                  str(rep_dir), "--limit", "6", "--batch", "6", "--options", '{"iterations": 2}',
-                 "--threads", "1", "--reference-models", str(ref)]) == 0
+                 "--threads", "1", "--reference-models", str(ref), "--third-parties", "plain", "mark_inpainted",
+                 "removal_unet", "--third-party-options", '{"removal_unet": {"steps": 2, "crop": 16}}',
+                 "--own-images", "8", "--own-profile", "fast"]) == 0
     rep = json.loads((rep_dir / "report.json").read_text())
+    tp = rep["third_parties"]
+    assert list(tp) == ["plain", "mark_inpainted", "removal_unet"]
+    assert list(tp["plain"]["models"]) == ["chest_resnet10"]
+    assert tp["removal_unet"]["cost"]["images_protected"] == 8 and tp["removal_unet"]["cost"]["profile"] == "fast"
+    assert rep["readability"]["lesion_pixels_changed"] == 0 and 0 < rep["readability"]["ssim_anatomy"] <= 1
+    assert {r["target"] for r in rep["level_targets"]["standard"]} >= {"plain", "contrast_transmission"}
+    assert "--own-images 8" in rep["command"] and (rep_dir / "ex0_triptych.png").exists()
     assert rep["accuracy_summary"]["reference_black_box"] == rep["accuracy_summary"]["black_box"]
     assert rep["accuracy_summary"]["models"]["black_box"] == ["chest_resnet10"]  # not among the targets' models
     assert "--reference-models" in rep["command"] and list(rep["reference_models"]) == ["chest_resnet10"]

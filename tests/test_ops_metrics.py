@@ -159,11 +159,15 @@ def test_default_profile_is_labelled_with_the_engine_it_resolves_to(tmp_path, si
     rx = Receiver(load_config(cfg_path)).start()
     gw = Gateway(load_config(cfg_path)).start()
     try:
+        # this process's registry also holds what earlier tests protected: compare before and after
+        before = scrape(gw.monitor.port)
+        protected0 = value(before, "miadmark_instances_protected_total", destination="research", profile="fast")
+        seconds0 = value(before, "miadmark_protect_seconds_count", profile="fast")
         assert send_files("127.0.0.1", gw.port, CT[:1], called_ae="RESEARCH", calling_ae="PACS") == [0]
         assert wait_for(lambda: gw.queue.counts().get("research", {}).get("done") == 1, timeout=120)
         m = scrape(gw.monitor.port)
-        assert value(m, "miadmark_instances_protected_total", destination="research", profile="fast") == 1
-        assert value(m, "miadmark_protect_seconds_count", profile="fast") == 1
+        assert value(m, "miadmark_instances_protected_total", destination="research", profile="fast") == protected0 + 1
+        assert value(m, "miadmark_protect_seconds_count", profile="fast") == seconds0 + 1
         assert not any(k[0].startswith("miadmark_protect_seconds") and ("profile", "") in k for k in m)
         sent = [r for r in read_audit(gw.config.gateway.audit) if r["event"] == "sent"]
         assert [r["profile"] for r in sent] == ["fast"]

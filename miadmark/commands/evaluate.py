@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..engine import PROFILE_HELP, PROFILE_NAMES
+from ..engine.profile import DEFAULT_STRENGTH, STRENGTHS
 
 
 def register(sub) -> None:
@@ -30,6 +31,19 @@ def register(sub) -> None:
     p.add_argument("--alpha-max", type=float, default=0.6, help="largest logo opacity (default 0.6)")
     p.add_argument("--examples", type=int, default=4, help="example images written (PNG)")
     p.add_argument("--options", default=None, help='engine options as JSON, e.g. \'{"iterations": 20}\'')
+    p.add_argument("--third-parties", nargs="*", default=None, metavar="NAME",
+                   help="third parties scored on the protected images (default all: plain careful adaptive "
+                        "removal_unet mark_inpainted jpeg_q75 resize_half)")
+    p.add_argument("--third-party-options", default=None, metavar="JSON",
+                   help='typed options per third party, unknown keys refused, e.g. \'{"adaptive": {"epochs": 1}}\'')
+    p.add_argument("--own-images", type=int, default=1000,
+                   help="training images the adaptive and removal third parties protect with the tool (default 1000)")
+    p.add_argument("--own-profile", default="",
+                   help="the profile they protect them with (default: the evaluated one; on a CPU auto runs fast)")
+    p.add_argument("--own-options", default=None, metavar="JSON",
+                   help="engine options of the profile they protect them with (default: the evaluated ones it knows)")
+    p.add_argument("--strength", default=None, choices=STRENGTHS,
+                   help=f"strength level of the profile (default {DEFAULT_STRENGTH})")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bars on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)

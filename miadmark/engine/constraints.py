@@ -226,36 +226,44 @@ def violations(images: torch.Tensor, out: torch.Tensor, lesion: torch.Tensor, bo
     changed, a box over the area bound, a box pixel keeping less than (1 - alpha_cap) of the original
     (out must lie in [(1 - a) x, (1 - a) x + a]), a cloak pixel beyond its L-inf budget, PSNR outside
     the box below psnr_min; and anything it cannot check (a shape, a box per image, a non-finite value) is
-    broken too. `tol` absorbs rounding to stored values (8 bits and a window). Whole-batch tensor operations:
-    one pass over the batch whatever its size; only the messages name images."""
+    broken too. `tol` absorbs rounding to stored values (8 bits and a window). Whole-batch tensor operations over
+    the images, and each box checked on its own slice: no full-size mask per box."""
     if out.shape != images.shape or len(boxes) != images.shape[0] or lesion.shape != images[:, 0].shape:
         return [f"output {tuple(out.shape)}, {len(boxes)} box(es) and lesion {tuple(lesion.shape)} do not match "
                 f"the images {tuple(images.shape)}"]
     n, c, h, w = images.shape
-    if not bool(torch.isfinite(out).all()):
+    diff = out - images
+    if not bool(torch.isfinite(diff).all()):
         return ["non-finite output values"]
     bad = []
-    diff = out - images
-    lesion_changed = int((lesion[:, None] & (diff != 0)).sum())
+    lesion_changed = int((diff != 0).logical_and_(lesion[:, None]).sum()) if bool(lesion.any()) else 0
     if lesion_changed:
         bad.append(f"{lesion_changed} lesion pixel values changed")
-    b = torch.as_tensor(boxes, dtype=torch.long, device=images.device).view(n, 4)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    for i in torch.nonzero(area > budget.max_area_fraction * h * w + 1e-6).flatten().tolist():
-        bad.append(f"image {i}: box {int(b[i, 2] - b[i, 0])}x{int(b[i, 3] - b[i, 1])} over "
-                   f"{budget.max_area_fraction:.4f} of the image")
-    ys, xs = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
-    rows = (ys >= b[:, :1]) & (ys < b[:, 2:3])  # (N, H)
-    cols = (xs >= b[:, 1:2]) & (xs < b[:, 3:4])  # (N, W)
-    inside = (rows[:, :, None] & cols[:, None, :])[:, None]  # (N, 1, H, W), broadcast over channels
+    # whole images: |d| over the cloak's bound and d^2; each box's share is then taken out on its own slice
+    over_bound = (diff.abs() > budget.cloak_linf / 255.0 + tol).flatten(1).sum(1)
+    squares = diff * diff
+    sq_sum = squares.flatten(1).sum(1)
+    outside_px = torch.full((n,), float(h * w), dtype=sq_sum.dtype, device=sq_sum.device)
     k = 1 - budget.alpha_cap
-    lo = k * images - tol
-    if bool((inside & ((out < lo) | (out > lo + budget.alpha_cap + 2 * tol))).any()):
+    box_broken = False
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        if (y1 - y0) * (x1 - x0) > budget.max_area_fraction * h * w + 1e-6:
+            bad.append(f"image {i}: box {(y1 - y0)}x{(x1 - x0)} over {budget.max_area_fraction:.4f} of the image")
+        ya, yb, xa, xb = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+        if ya >= yb or xa >= xb:
+            continue  # an empty box: every pixel is outside it
+        lo = k * images[i, :, ya:yb, xa:xb] - tol
+        box = out[i, :, ya:yb, xa:xb]
+        box_broken |= bool(((box < lo) | (box > lo + budget.alpha_cap + 2 * tol)).any())
+        inner = diff[i, :, ya:yb, xa:xb]
+        over_bound[i] -= (inner.abs() > budget.cloak_linf / 255.0 + tol).sum()
+        sq_sum[i] -= squares[i, :, ya:yb, xa:xb].sum()
+        outside_px[i] -= (yb - ya) * (xb - xa)
+    if box_broken:
         bad.append("a box pixel keeps less than (1 - alpha_cap) of the original")
-    if bool((~inside & (diff.abs() > budget.cloak_linf / 255.0 + tol)).any()):
+    if bool((over_bound > 0).any()):
         bad.append(f"cloak beyond {budget.cloak_linf:g}/255 outside the box")
-    outside = (~inside).float()
-    mse = (diff * diff * outside).flatten(1).sum(1) / (outside.flatten(1).sum(1) * c).clamp_min(1)
+    mse = sq_sum.clamp_min(0) / (outside_px * c).clamp_min(1)
     worst = float(mse.max()) if len(mse) else 0.0
     if worst > 0 and 10 * torch.log10(torch.tensor(1 / worst)) < budget.psnr_min - 0.05:
         bad.append(f"PSNR outside the box {10 * torch.log10(torch.tensor(1 / worst)):.2f} dB < {budget.psnr_min}")
