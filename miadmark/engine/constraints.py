@@ -48,7 +48,7 @@ class Level:
     cloak_linf: float = 8.0
 
 
-# The levels' numbers, in one table (issue 23: chosen from the measured frontier, docs/evaluation/spread.md).
+# The levels' numbers, in one table, chosen from the measured frontier (docs/evaluation/frontier.md, spread.md).
 LEVELS: dict[str, Level] = {
     "discreet": Level("box", alpha_cap=0.5, coverage_max=1 / 9, psnr_min=40.0),
     "standard": Level("spread", alpha_cap=0.2, coverage_max=0.45, psnr_min=40.0),

@@ -173,7 +173,7 @@ def mark_layers(marks: Marks, alpha_low: torch.Tensor, texture_low: torch.Tensor
 def random_mark(images: torch.Tensor, strength: str, gen: torch.Generator, lesion: torch.Tensor | None = None,
                 tile_range: tuple[float, float] = (0.14, 0.3)) -> torch.Tensor:
     """A random mark of a strength level on images (N, C, H, W) in [0, 1]: what the tool's users publish, for
-    training a careful third party (h23eval's `careful` models). Spread levels: a random lattice (geometry,
+    training a careful third party (`miadmark.evaluation.careful_marks`). Spread levels: a random lattice (geometry,
     period) with random smooth opacity (<= the level's cap, the stroke floor kept), random smooth texture and a
     random cloak at the level's PSNR; `discreet`: the box logo at a random place, opacity and texture."""
     from .options import SpreadOptions
