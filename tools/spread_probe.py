@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import cv2
 import torch
@@ -27,42 +28,15 @@ import torch
 from miadmark.engine import ImageContext, Profile, get_engine
 from miadmark.engine.eot import jpeg_numpy
 from miadmark.engine.ensemble import Ensemble, gradcam_lesion
-from miadmark.evaluate import BALANCED, accuracy, inpaint, ssim_map
+from miadmark.evaluate import BALANCED, accuracy, inpaint
+from miadmark.evaluation.pictures import save_png, triptych
+from miadmark.evaluation.readability import readability
 from miadmark.surrogates import BLACKBOX_DIR, DATASET_MODALITY, surrogates_for_modality
 from miadmark.surrogates.data import load_dataset
 from miadmark.surrogates.train import load
 
-ANATOMY = 0.08
-
-
-def readability(x: torch.Tensor, out: torch.Tensor, lesion: torch.Tensor) -> tuple[float, float]:
-    g, o = x.mean(1, keepdim=True), out.mean(1, keepdim=True)
-    anat = (g[:, 0] > ANATOMY) & ~lesion
-    slopes, ssims = [], []
-    s = ssim_map(g, o)[:, 0]
-    for i in range(len(x)):
-        a, b = g[i, 0][anat[i]], o[i, 0][anat[i]]
-        if a.numel() < 16:
-            continue
-        a0 = a - a.mean()
-        slopes.append(float((a0 * (b - b.mean())).sum() / (a0 * a0).sum().clamp_min(1e-12)))
-        ssims.append(float(s[i][anat[i]].mean()))
-    return sum(slopes) / len(slopes), sum(ssims) / len(ssims)
-
-
 def _slug(opts: str) -> str:
     return "".join(ch for ch in opts if ch.isalnum() or ch in "._") or "default"
-
-
-def save_triptych(x: torch.Tensor, out: torch.Tensor, path: str) -> None:
-    from pathlib import Path
-
-    from PIL import Image
-
-    g, o = x.mean(1), out.mean(1)
-    rows = [torch.cat([g[i], o[i], ((o[i] - g[i]).abs() * 4).clamp(0, 1)], 1) for i in range(len(x))]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((torch.cat(rows, 0).numpy() * 255).round().astype("uint8")).save(path)
 
 
 def main() -> int:
@@ -119,7 +93,8 @@ def main() -> int:
             mark = torch.zeros_like(lesion)
             for i, (y0, x0, y1, x1) in enumerate(pp["box"] for pp in params):
                 mark[i, y0:y1, x0:x1] = True
-        tr, ss = readability(x, out, lesion)
+        seen = readability(x, out, lesion)  # the same measure as `miadmark evaluate`
+        tr, ss = seen["contrast_transmission"], seen["ssim_anatomy"]
         pl, ca, per = score(out)
         inp = score(inpaint(out, mark, cv2.INPAINT_TELEA))
         jp = score(jpeg_numpy(out, 75))
@@ -131,7 +106,9 @@ def main() -> int:
                "per_model": {k: round(v, 4) for k, v in per.items()}}
         rows.append(row)
         if a.pictures:
-            save_triptych(x[:3], out[:3], f"{a.pictures}/{a.profile}_{strength}_{_slug(opts)}.png")
+            Path(a.pictures).mkdir(parents=True, exist_ok=True)
+            save_png(torch.cat([triptych(x[i], out[i], lesion[i]) for i in range(min(3, len(x)))], 1),
+                     Path(a.pictures) / f"{a.profile}_{strength}_{_slug(opts)}.png")
         print(json.dumps({k: v for k, v in row.items() if k != "per_model"}), flush=True)
     if a.json:
         with open(a.json, "w") as fh:
