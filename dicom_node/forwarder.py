@@ -226,6 +226,7 @@ class Forwarder(threading.Thread):
                     self._slot_free.wait(1.0)
             return
         extra = slot > 1 and link_class.lingers
+        pause = False
         try:
             if extra:  # another association is open: should this one wait or be refused, no instance waits with it
                 self._hand_over(mine, [o.job.id for o in outgoing])
@@ -233,7 +234,7 @@ class Forwarder(threading.Thread):
                 link = link_class(dest, cfg.gateway, outgoing)
             except Unreachable as exc:
                 if extra:
-                    self._extra_refused(exc)
+                    pause = not self._extra_refused(exc)
                 else:
                     self._unreachable(outgoing, exc)
                 return
@@ -245,6 +246,8 @@ class Forwarder(threading.Thread):
                 link.close()
         finally:
             self._give_slot()
+            if pause:  # after the slot is free: the next try is a first association, whose failure is counted
+                self.stopping.wait(1.0)
 
     def _send(self, link, outgoing: list[Outgoing], mine: set[int]) -> None:
         """Send on an open link; a DICOM association stays open while jobs that need no protection
@@ -325,10 +328,12 @@ class Forwarder(threading.Thread):
             self._open -= 1
             self._slot_free.notify_all()
 
-    def _extra_refused(self, exc: Unreachable) -> None:
+    def _extra_refused(self, exc: Unreachable) -> bool:
         """An association beside an open one failed. Rejected or never answered (a peer that takes one
         association at a time, like dcmtk storescp): the destination takes only those open now, from now
-        on. Not connected at all: the destination may be going down; the open association will say."""
+        on (True). Not connected at all: the destination may be going down; the open association will say,
+        and this worker pauses with its slot given back (False), so that two workers failing to connect
+        cannot keep each other an extra association for ever and no attempt is ever counted."""
         with self._lock:
             others = self._open - 1
             lowered = exc.association_refused and others >= 1 and (self._limit is None or others < self._limit)
@@ -337,8 +342,7 @@ class Forwarder(threading.Thread):
         if lowered:
             log.warning("%s: a second association was refused while %d was open (%s): sending over %d "
                         "association(s) at a time from now on", self.destination, others, exc, others)
-        else:
-            self.stopping.wait(1.0)
+        return lowered
 
     def _reachable(self) -> None:
         if self._down_since is not None:

@@ -285,3 +285,27 @@ def test_an_image_that_aborts_the_decoder_is_quarantined_and_the_rest_delivered(
     assert len(reasons) == 1
     assert "BitsAllocated 32 is not valid" in reasons[0] or ("crashed 2 times" in reasons[0]
                                                              and "SIGABRT" in reasons[0])
+
+
+def test_a_destination_that_is_down_is_retried_by_every_association_worker(tmp_path, site_keys):
+    """Two association workers (the default) to a destination that refuses connections: each try is counted
+    against every waiting instance and retried, and once the destination is up they all arrive. (Two workers
+    failing to connect must not keep each other the 'extra' association, where a failure counts nothing.)"""
+    from test_ops_metrics import CT, site_yaml
+    from waiting import free_port
+
+    rx_port = free_port()
+    cfg_path = site_yaml(tmp_path, site_keys, gw_port=0, rx_port=rx_port, gw_metrics=0, rx_metrics=0)
+    assert "associations" not in cfg_path.read_text()  # the default: 2
+    gw = Gateway(load_config(cfg_path)).start()
+    rx = None
+    try:
+        assert send_files("127.0.0.1", gw.port, CT[:3], called_ae="ARCHIVE", calling_ae="PACS") == [0] * 3
+        assert wait_for(lambda: gw.queue.retries().get("research", (0, 0))[0] == 3, timeout=60), gw.queue.retries()
+        assert wait_for(lambda: gw.queue.retries()["research"][1] >= 6, timeout=60), gw.queue.retries()  # retried
+        rx = Receiver(load_config(cfg_path)).start()
+        assert wait_for(lambda: gw.queue.counts()["research"]["done"] == 3, timeout=60), gw.queue.counts()
+    finally:
+        gw.stop()
+        if rx is not None:
+            rx.stop()
