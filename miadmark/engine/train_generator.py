@@ -72,6 +72,23 @@ def accuracy_under(net, ens, xs, ys, cy, cx, top, hs, ws, shape, budget, fill: b
     return correct / max(1, len(xs))
 
 
+def adversarial_step(opt, ens, out: torch.Tensor, fill_region, avoid: torch.Tensor, f_clean: list, *,
+                     p_fill: float, p_eot: float, gen: torch.Generator, feature_weight: float, cap: float) -> float:
+    """One generator update with cloak's capped loss, in expectation over the mark filled from its surroundings
+    (`fill_region`: cloak.fill_box's region, with probability p_fill) and the third party's transforms
+    (p_eot). Returns the loss (higher: the surrogates misread more)."""
+    xa = out
+    if float(torch.rand(1, generator=gen)) < p_fill:
+        xa = fill_box(xa, fill_region)
+    if float(torch.rand(1, generator=gen)) < p_eot:
+        xa = random_transform(xa.clamp(0, 1), gen)
+    loss = -_loss(ens, xa, avoid, f_clean, feature_weight).clamp(max=cap).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(-loss.detach())
+
+
 def train_generator(ens, xs: torch.Tensor, ys: torch.Tensor, *, steps: int = 3000, max_minutes: float = 0,
                     batch: int = 32, lr: float = 2e-3, width: int = 16, seed: int = 0, p_fill: float = 0.5,
                     p_eot: float = 1.0, feature_weight: float = 0.5, cap: float = 6.0, max_area_fraction: float = 1 / 9,
@@ -105,17 +122,10 @@ def train_generator(ens, xs: torch.Tensor, ys: torch.Tensor, *, steps: int = 300
             avoid = avoid_mask(ens.predict(xb)) | F.one_hot(ys[idx.to(ys.device)], len(ens.classes)).bool()
             f_clean = [f.detach() for f in ens.outputs(xb)[1]]
         out, box_low = generated(net, ens, xb, boxes, shape, budget)
-        xa = out
-        if float(torch.rand(1, generator=gen)) < p_fill:
-            xa = fill_box(xa, box_low)
-        if float(torch.rand(1, generator=gen)) < p_eot:
-            xa = random_transform(xa.clamp(0, 1), gen)
-        loss = -_loss(ens, xa, avoid, f_clean, feature_weight).clamp(max=cap).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        value = adversarial_step(opt, ens, out, box_low, avoid, f_clean, p_fill=p_fill, p_eot=p_eot, gen=gen,
+                                 feature_weight=feature_weight, cap=cap)
         done += 1
-        running = 0.95 * running + 0.05 * float(-loss.detach()) if step else float(-loss.detach())
+        running = 0.95 * running + 0.05 * value if step else value
         if progress and (step % 50 == 0 or step == steps - 1):
             print(f"generator step {step + 1}/{steps} loss {running:.3f} ({time.time() - t0:.0f}s)",
                   file=sys.stderr, flush=True)

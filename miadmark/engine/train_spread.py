@@ -21,11 +21,11 @@ import torch.nn.functional as F
 
 from . import constraints as C
 from .cloak import fill_box
-from .eot import random_transform
 from .generator import WatermarkGenerator, save_generator, spread_maps
 from .options import SpreadOptions
 from .spread import Marks, draw_marks, mark_layers
-from .transfer import _loss, avoid_mask
+from .train_generator import adversarial_step
+from .transfer import avoid_mask
 
 RENDER = 224  # the marks of the bank are drawn at this size, as on a typical image, then brought to S
 
@@ -76,17 +76,10 @@ def train_spread(ens, xs: torch.Tensor, ys: torch.Tensor, strength: str, *, step
             avoid = avoid_mask(ens.predict(xb)) | F.one_hot(ys[idx.to(ys.device)], len(ens.classes)).bool()
             f_clean = [f.detach() for f in ens.outputs(xb)[1]]
         out = generated(net, xb, strokes[mk], support[mk], budget, opts)
-        xa = out
-        if float(torch.rand(1, generator=gen)) < p_fill:
-            xa = fill_box(xa, support[mk])
-        if float(torch.rand(1, generator=gen)) < p_eot:
-            xa = random_transform(xa.clamp(0, 1), gen)
-        loss = -_loss(ens, xa, avoid, f_clean, feature_weight).clamp(max=cap).mean()
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
+        value = adversarial_step(optim, ens, out, support[mk], avoid, f_clean, p_fill=p_fill, p_eot=p_eot,
+                                 gen=gen, feature_weight=feature_weight, cap=cap)
         done += 1
-        running = 0.95 * running + 0.05 * float(-loss.detach()) if step else float(-loss.detach())
+        running = 0.95 * running + 0.05 * value if step else value
         if progress and step % 50 == 0:
             print(f"spread generator step {step + 1}/{steps} loss {running:.3f} ({time.time() - t0:.0f}s)",
                   file=sys.stderr, flush=True)

@@ -1,4 +1,4 @@
-"""Issue 23's targets per strength level, on our own evaluation models: each with its measured value and
+"""The protection targets per strength level, on our own evaluation models: each with its measured value and
 whether it is met."""
 
 from __future__ import annotations
