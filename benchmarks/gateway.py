@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dicom_node.storescu import send_files  # noqa: E402
+from dicomnet.ports import free_port  # noqa: E402
 from miadmark.machine import describe  # noqa: E402
 
 DEFAULT_FILES = REPO.parent / "shared" / "data" / "dicom" / "ct_chest_lidc0314" / "data"
@@ -38,12 +39,6 @@ def machine() -> str:
     import pynetdicom
 
     return f"{describe()}, pynetdicom {pynetdicom.__version__}, pydicom {pydicom.__version__}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:

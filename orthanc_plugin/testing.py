@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from dicomnet.ports import free_port
 
 ORTHANC = shutil.which("Orthanc")
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
@@ -34,12 +35,6 @@ def missing() -> str | None:
     if not PYTHON_PLUGIN.exists():
         return f"{PYTHON_PLUGIN} is missing (apt-get install orthanc-python)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OrthancProcess:

@@ -133,13 +133,14 @@ def test_container_build_steps_and_compose_services_as_processes(tmp_path):
     services = ["research", "gateway"] + (["orthanc"] if shutil.which("Orthanc") else [])
     procs = {}
     try:
-        for name in services:
+        health = {"research": ports[9101], "gateway": ports[9100]}
+        for name in services:  # in compose's depends_on order, each up before the next starts
             argv = [localize(a, prefix, keys, state, ports) for a in compose["services"][name]["command"]]
             log = open(tmp_path / f"{name}.log", "wb")
             procs[name] = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=log)
-        for name, port in (("research", ports[9101]), ("gateway", ports[9100])):
-            assert wait_for(lambda: procs[name].poll() is None and _ok(f"http://127.0.0.1:{port}/health"),
-                            timeout=90), (tmp_path / f"{name}.log").read_text()
+            if name in health:
+                assert wait_for(lambda: procs[name].poll() is None and _ok(f"http://127.0.0.1:{health[name]}/health"),
+                                timeout=90), (tmp_path / f"{name}.log").read_text()
         assert send_files("127.0.0.1", ports[11112], CT[:2], called_ae="RESEARCH", calling_ae="CT1") == [0, 0]
         stored = state / "research" / "received"
         assert wait_for(lambda: len(list(stored.rglob("*.dcm"))) == 2, timeout=120), \

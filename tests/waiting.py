@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dicomnet.ports import free_port  # noqa: F401 - the one home; tests import it from here
 
 
 def wait_for(predicate, timeout: float = 60.0, step: float = 0.05) -> bool:

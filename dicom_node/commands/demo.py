@@ -14,13 +14,13 @@ MARKER in it) is never emptied.
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from dicomnet.ports import free_port
 from miadmark.engine import DEFAULT_PROFILE, PROFILE_HELP, PROFILE_NAMES
 
 MARKER = ".miadmark-demo"  # in a folder the demo made: its run folders may be emptied
@@ -84,12 +84,6 @@ def clean_output(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(args) -> int:
     from dicom_node.gateway import Gateway
     from dicom_node.receiver import Receiver
@@ -114,7 +108,7 @@ def run(args) -> int:
             new_identity(name, out / "keys")
     profile = args.profile or DEFAULT_PROFILE
     config_path = out / "miadmark.yaml"
-    config_path.write_text(CONFIG.format(gateway_port=_free_port(), receiver_port=_free_port(), profile=profile))
+    config_path.write_text(CONFIG.format(gateway_port=free_port(), receiver_port=free_port(), profile=profile))
     config = load_config(config_path)
     print(f"config    {config_path}\nkeys      {out / 'keys'}")
 
