@@ -73,7 +73,7 @@ class FastEngine(AdversarialEngine):
             mark_low = F.adaptive_max_pool2d(marks.support[:, None].float(), (ens.size, ens.size))
             alpha, texture, cloak = spread_maps(net, ens.prep(images), mark_low, budget)
             a, t = mark_layers(marks, alpha, texture, (h, w), budget, o.stroke_floor, o.stroke_min)
-            cmask = C.perceptual_mask(images, les | marks.support, budget)
+            cmask = C.perceptual_mask(images, les | marks.support, budget, size=ens.size)
             out = C.compose_mark(images, les, marks.support, a, t, C.upsample(cloak, (h, w)), cmask, budget)
         bad = C.violations_mark(images, out, les, marks.support, budget, tol=1e-5)
         if bad:  # fail closed: an output that breaks its level's budget never leaves the engine

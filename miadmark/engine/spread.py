@@ -117,13 +117,23 @@ def render_strokes(g: Geometry, h: int, w: int, tile: float, mark_scale: float, 
 def mark_support(strokes: torch.Tensor, lesion: torch.Tensor, widen_px: int, coverage_max: float) -> torch.Tensor:
     """(H, W) bool: the strokes widened by up to widen_px, never on the lesion; narrowed (a thinner band, then a
     higher stroke threshold: small images blur the strokes) until the mark covers at most coverage_max of the
-    image. ValueError when even the stroke cores cover too much (fail closed)."""
+    image. ValueError when even the stroke cores cover too much (fail closed).
+
+    The widest band that fits, grown one pixel at a time: r 3x3 dilations make the (2r+1)-square one exactly,
+    at 9 reads a pixel each instead of (2r+1)^2."""
+    free = ~lesion
     for level in (0.05, 0.25, 0.5, 0.75, 0.9):
-        on = (strokes > level).float()[None, None]
-        for r in range(max(0, widen_px), -1, -1):
-            band = (F.max_pool2d(on, 2 * r + 1, 1, r)[0, 0] > 0) & ~lesion
-            if float(band.float().mean()) <= coverage_max:
-                return band
+        grown = (strokes > level).float()[None, None]
+        fits = None
+        for r in range(max(0, widen_px) + 1):
+            if r:
+                grown = F.max_pool2d(grown, 3, 1, 1)
+            band = (grown[0, 0] > 0) & free
+            if float(band.float().mean()) > coverage_max:
+                break
+            fits = band
+        if fits is not None:
+            return fits
     raise ValueError(f"the mark's strokes alone cover {float(band.float().mean()):.3f} of the image, over "
                      f"{coverage_max:.3f}")
 
@@ -226,7 +236,7 @@ def spread_watermark(engine, images: torch.Tensor, lesion: torch.Tensor | None, 
         xs = ens.prep(images)
         avoid = engine.avoid_classes(xs)
         f_clean = [f.detach() for f in ens.outputs(xs)[1]]
-        cmask = C.perceptual_mask(images, les | marks.support, budget)
+        cmask = C.perceptual_mask(images, les | marks.support, budget, size=S)
         mark_low = F.adaptive_max_pool2d(marks.support[:, None].float(), (S, S))
     cu = c if ens.in_ch == 3 else 1
     hp = max(2, round(S * o.param_scale))
