@@ -2,7 +2,8 @@
 node before any association (no AE title check has happened yet).
 
 Measures the peak Python allocation (tracemalloc) in the node's process and how soon the node closes
-the connection. Baseline: the same node before issue 14 (run this file with PYTHONPATH at that tree).
+the connection. Baseline: an earlier tree of the node (run this file with PYTHONPATH at that tree), e.g. one
+without the bounded PDU reader.
 Run: .venv/bin/python benchmarks/listener_bounds.py [--declared-mib 1024]
 """
 

@@ -1,5 +1,5 @@
 """Recovery after kill -9 of `miadmark gateway`: time to deliver all and forwarding CPU, against a
-no-kill baseline measured in the same run (issue 14, finding 7).
+no-kill baseline measured in the same run.
 
     .venv/bin/python benchmarks/restart.py [--count 30] [--kill-after 8]
 

@@ -1,4 +1,4 @@
-"""Quick measurement to choose the spread levels' caps (issue 23): the `cloak` engine at a strength level (and
+"""Quick measurement to choose the spread levels' caps: the `cloak` engine at a strength level (and
 option overrides) on held-out brain MRI, judged by the committed 128 px black-box models only (never a
 gradient, never a tuning loop over them), with readability over the anatomy. Any dataset with black-box models
 (brain MRI, chest X-ray, dermoscopy: scored by balanced accuracy as `evaluate` does).
