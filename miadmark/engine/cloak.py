@@ -32,31 +32,9 @@ import torch.nn.functional as F
 
 from . import constraints as C
 from .base import ImageContext, WatermarkBatch
-from .eot import gaussian_blur, random_transform
+from .ascent import ascend
 from .spread import engine_marks, spread_watermark
 from .transfer import TransferEngine, _loss
-
-
-def fill_box(xs: torch.Tensor, box_low: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
-    """xs with the box (N, 1, S, S) replaced by a smooth fill from its surroundings (normalized
-    convolution): what inpainting the visible logo leaves."""
-    k = int(4 * sigma) | 1
-    r = torch.arange(k, dtype=xs.dtype, device=xs.device) - k // 2
-    g = torch.exp(-(r ** 2) / (2 * sigma ** 2))
-    g = (g / g.sum())
-
-    def blur(t):
-        c = t.shape[1]
-        t = F.conv2d(F.pad(t, (k // 2, k // 2, 0, 0), mode="replicate"), g.view(1, 1, 1, k).expand(c, 1, 1, k),
-                     groups=c)
-        return F.conv2d(F.pad(t, (0, 0, k // 2, k // 2), mode="replicate"), g.view(1, 1, k, 1).expand(c, 1, k, 1),
-                        groups=c)
-
-    keep = 1 - box_low
-    fill = blur(xs * keep) / blur(keep).clamp_min(1e-3)
-    for _ in range(2):  # wide boxes: a second pass reaches the centre
-        fill = torch.where(blur(keep) > 1e-3, fill, blur(fill))
-    return xs * keep + fill * box_low
 
 
 class CloakEngine(TransferEngine):
@@ -85,23 +63,13 @@ class CloakEngine(TransferEngine):
         images = images.to(self.device, torch.float32)
         ens = self.ensemble
         gen = torch.Generator().manual_seed(int(self.profile.seed))
-        iters = int(self.opt("iterations", 30))
+        o = self.options
         cap = budget.alpha_cap
         a_min = min(cap, float(self.opt("alpha_min", C.ALPHA_MIN)))
         s_min = float(self.opt("stroke_min", C.STROKE_MIN))
-        st_a, st_t = float(self.opt("step_alpha", 0.04)), float(self.opt("step_texture", 0.1))
-        st_c = float(self.opt("step_cloak", 0.15))
-        mu, fw = float(self.opt("momentum", 1.0)), float(self.opt("feature_weight", 0.5))
-        p_fill = float(self.opt("p_fill", 0.5))
-        use_eot = bool(self.opt("transforms", True))
-        keep_best = bool(self.opt("keep_best", True))
-
-        kind, kappa = str(self.opt("loss", "ce")), float(self.opt("kappa", 5.0))
-        l2_cloak = str(self.opt("cloak_step", "sign")) == "l2"
-        ti_sigma = float(self.opt("ti_sigma", 0.0))
 
         def lossf(x_, avoid_, f_):
-            return _loss(ens, x_, avoid_, f_, fw, kind, kappa)
+            return _loss(ens, x_, avoid_, f_, o.feature_weight, o.loss, o.kappa)
 
         with torch.no_grad():
             les, les_src = self.lesion_mask(images, lesion)
@@ -133,49 +101,14 @@ class CloakEngine(TransferEngine):
             return C.compose(images, les, boxes, *C.logo_layers(m_full, a1, t1, (L0.bh, L0.bw)),
                              C.upsample(u, (h, w)), cmask, budget)
 
-        params = [a1, t1, u]
-        steps = [st_a, st_t, st_c]
-        mom = [torch.zeros_like(p) for p in params]
-        for p in params:
-            p.requires_grad_(True)
-        best_loss = torch.full((n,), -float("inf"), device=self.device)
-        best = [p.detach().clone() for p in params]
+        def clamp():
+            a1.clamp_(a_min, cap)
+            t1.clamp_(s_min, 1)
+            u.clamp_(-1, 1)
 
-        def remember(lv):
-            better = lv > best_loss
-            best_loss[better] = lv[better]
-            for b, p in zip(best, params):
-                b[better] = p.detach()[better]
-
-        for _ in range(iters):
-            xc = ens.prep(composite())
-            xa = xc
-            if use_eot:
-                if float(torch.rand(1, generator=gen)) < p_fill:
-                    xa = fill_box(xa, box_low)
-                xa = random_transform(xa.clamp(0, 1), gen)
-            grads = torch.autograd.grad(lossf(xa, avoid, f_clean).sum(), params)
-            with torch.no_grad():
-                if keep_best:
-                    remember(lossf(xc.detach(), avoid, f_clean))
-                for j, (p, gr) in enumerate(zip(params, grads)):
-                    if j == 2 and ti_sigma > 0:  # a gradient smoothed over shifts transfers to other models
-                        gr = gaussian_blur(gr, ti_sigma)
-                    gr = gr / gr.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (gr.dim() - 1))
-                    mom[j] = mu * mom[j] + gr
-                    if j == 2 and l2_cloak:  # L2 steps: the energy goes where the gradient is (PSNR-bound)
-                        nrm = mom[j].flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                        p.add_(steps[j] * mom[j] / nrm * mom[j][0].numel() ** 0.5)
-                    else:
-                        p.add_(steps[j] * mom[j].sign())
-                a1.clamp_(a_min, cap)
-                t1.clamp_(s_min, 1)
-                u.clamp_(-1, 1)
+        ascend([a1, t1, u], [o.step_alpha, o.step_texture, o.step_cloak], clamp, composite, ens.prep,
+               lambda x: lossf(x, avoid, f_clean), box_low, gen, o, cloak=2)
         with torch.no_grad():
-            if keep_best:
-                remember(lossf(ens.prep(composite()), avoid, f_clean))
-                for b, p in zip(best, params):
-                    p.copy_(b)
             out = composite()
         bad = C.violations(images, out, les, boxes, budget, tol=1e-5)
         if bad:  # fail closed: an output that breaks the budget never leaves the engine
@@ -184,7 +117,7 @@ class CloakEngine(TransferEngine):
         params_out = [{
             "engine": self.name, "design": "box", "strength": strength, "logo": logo_id, "box": b,
             "alpha_cap": cap, "alpha_min": a_min,
-            "cloak_linf": budget.cloak_linf, "psnr_min": budget.psnr_min, "iterations": iters,
+            "cloak_linf": budget.cloak_linf, "psnr_min": budget.psnr_min, "iterations": o.iterations,
             "lesion": les_src, "seed": int(self.profile.seed), "surrogates": ens.names,
             "seconds": round(secs / n, 4),
         } for b in boxes]

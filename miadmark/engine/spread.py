@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import constraints as C
+from .ascent import ascend
 from .base import ImageContext, WatermarkBatch
 from .logo import load_logo_rgba
 from .spread_key import geometry_seed, mark_key  # noqa: F401 - the keys live torch-free; re-exported here
@@ -217,7 +218,6 @@ def spread_watermark(engine, images: torch.Tensor, lesion: torch.Tensor | None, 
     """The iterative spread mark for `cloak` (engine: a CloakEngine, for its surrogates, lesion mask, options):
     MI-FGSM on the mark's opacity, texture and the cloak, with EOT over a third party's transforms and, in a
     share of the steps (`p_fill`), the mark filled from its surroundings (a stand-in for inpainting)."""
-    from .cloak import fill_box
     from .transfer import _loss
 
     t0 = time.perf_counter()
@@ -252,44 +252,15 @@ def spread_watermark(engine, images: torch.Tensor, lesion: torch.Tensor | None, 
         return C.compose_mark(images, les, marks.support, a, t, C.upsample(u, (h, w)) if use_cloak else None,
                               cmask, budget)
 
-    params = [alpha, texture] + ([u] if use_cloak else [])
-    steps = [o.step_alpha, o.step_texture, o.step_cloak]
-    mom = [torch.zeros_like(p) for p in params]
-    for p in params:
-        p.requires_grad_(True)
-    best_loss = torch.full((n,), -float("inf"), device=engine.device)
-    best = [p.detach().clone() for p in params]
+    def clamp():
+        alpha.clamp_(0, cap)
+        texture.clamp_(0, 1)
+        u.clamp_(-1, 1)
 
-    def remember(lv):
-        better = lv > best_loss
-        best_loss[better] = lv[better]
-        for b, p in zip(best, params):
-            b[better] = p.detach()[better]
-
-    from .eot import random_transform
-    for _ in range(o.iterations):
-        xc = ens.prep(composite())
-        xa = xc
-        if o.transforms:
-            if float(torch.rand(1, generator=gen)) < o.p_fill:
-                xa = fill_box(xa, mark_low)
-            xa = random_transform(xa.clamp(0, 1), gen)
-        grads = torch.autograd.grad(lossf(xa, avoid, f_clean).sum(), params)
-        with torch.no_grad():
-            if o.keep_best:
-                remember(lossf(xc.detach(), avoid, f_clean))
-            for j, (p, gr) in enumerate(zip(params, grads)):
-                gr = gr / gr.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (gr.dim() - 1))
-                mom[j] = o.momentum * mom[j] + gr
-                p.add_(steps[j] * mom[j].sign())
-            alpha.clamp_(0, cap)
-            texture.clamp_(0, 1)
-            u.clamp_(-1, 1)
+    ascend([alpha, texture] + ([u] if use_cloak else []), [o.step_alpha, o.step_texture, o.step_cloak], clamp,
+           composite, ens.prep, lambda x: lossf(x, avoid, f_clean), mark_low, gen, o,
+           cloak=2 if use_cloak else None)
     with torch.no_grad():
-        if o.keep_best:
-            remember(lossf(ens.prep(composite()), avoid, f_clean))
-            for b, p in zip(best, params):
-                p.copy_(b)
         out = composite()
     bad = C.violations_mark(images, out, les, marks.support, budget, tol=1e-5)
     if bad:  # fail closed: an output that breaks its level's budget never leaves the engine

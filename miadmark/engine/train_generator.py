@@ -6,7 +6,7 @@ engine would choose (the grid positions most covered by anatomy), composes throu
 `constraints.compose` (same Budget, same perceptual mask) and maximizes cloak's loss (`transfer._loss`: off
 the ensemble's prediction, every plausible class and, known here, the true class; pooled features off the
 clean ones), capped per image so that fooled images stop dominating, in expectation over what a third party
-does: the box painted over from its surroundings (`cloak.fill_box`, half of the steps), then JPEG q50-95,
+does: the box painted over from its surroundings (`ascent.fill_box`, half of the steps), then JPEG q50-95,
 resizing, blur, input diversity and 8-bit rounding (`eot.random_transform`).
 
 The committed generators were made on this 2-core CPU, one thread, niced (each .json holds the command):
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import constraints as C
-from .cloak import fill_box
+from .ascent import fill_box
 from .eot import random_transform
 from .generator import WatermarkGenerator, compose_maps, save_generator, watermark_maps
 from .logo import box_size, logo_downsampled
@@ -75,7 +75,7 @@ def accuracy_under(net, ens, xs, ys, cy, cx, top, hs, ws, shape, budget, fill: b
 def adversarial_step(opt, ens, out: torch.Tensor, fill_region, avoid: torch.Tensor, f_clean: list, *,
                      p_fill: float, p_eot: float, gen: torch.Generator, feature_weight: float, cap: float) -> float:
     """One generator update with cloak's capped loss, in expectation over the mark filled from its surroundings
-    (`fill_region`: cloak.fill_box's region, with probability p_fill) and the third party's transforms
+    (`fill_region`: ascent.fill_box's region, with probability p_fill) and the third party's transforms
     (p_eot). Returns the loss (higher: the surrogates misread more)."""
     xa = out
     if float(torch.rand(1, generator=gen)) < p_fill:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import constraints as C
-from .cloak import fill_box
+from .ascent import fill_box
 from .generator import WatermarkGenerator, save_generator, spread_maps
 from .options import SpreadOptions
 from .spread import Marks, draw_marks, mark_layers

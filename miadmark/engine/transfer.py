@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .adversarial import AdversarialEngine, contexts_ok
+from .ascent import KeepBest, momentum_step
 from .base import ImageContext, WatermarkBatch
 from .eot import random_transform
 from .prior import A_MIN, CONTRAST, P_MAX, S_MIN, clamp_maps, default_prior, fit_prior, load_prior
@@ -186,19 +187,12 @@ class TransferEngine(AdversarialEngine):
         mom = [torch.zeros_like(p) for p in params]
         for p in params:
             p.requires_grad_(True)
-        keep_best = bool(self.opt("keep_best", True))
-        best_loss = torch.full((n,), -float("inf"), device=self.device)
-        best = [p.detach().clone() for p in params]
+        keep = KeepBest(params) if self.opt("keep_best", True) else None
+        steps = [st_a, st_t, st_a, st_t, linf / 4]
 
         def composite():
             xa = ens.prep(self.paste_full(g, les, lays, a1, t1, a2, t2))
             return (xa + delta * out_box) if linf > 0 else xa
-
-        def remember(lv):  # keep each image's maps from the iterate with the highest loss so far
-            better = lv > best_loss
-            best_loss[better] = lv[better]
-            for b, p in zip(best, params):
-                b[better] = p.detach()[better]
 
         for _ in range(iters):
             xc, total = composite(), 0  # full-resolution paste once; each EOT sample transforms it
@@ -207,21 +201,16 @@ class TransferEngine(AdversarialEngine):
                 total = total + lossf(xa, avoid, f_clean).sum()
             grads = torch.autograd.grad(total, params)
             with torch.no_grad():
-                if keep_best:  # the iterate before this step, untransformed
-                    remember(lossf(xc.detach().clamp(0, 1), avoid, f_clean))
-                for j, (p, gr) in enumerate(zip(params, grads)):
-                    gr = gr / gr.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (gr.dim() - 1))
-                    mom[j] = mu * mom[j] + gr
-                    step = st_a if j in (0, 2) else (linf / 4 if j == 4 else st_t)
-                    p.add_(step * mom[j].sign())
+                if keep is not None:  # the iterate before this step, untransformed
+                    keep.see(lossf(xc.detach().clamp(0, 1), avoid, f_clean))
+                momentum_step(params, grads, mom, steps, mu)
                 clamp_maps(a1, t1, a2, t2, a_min, a_max, p_max, s_min, contrast)
                 if linf > 0:
                     delta.clamp_(-linf, linf)
-        if keep_best:
+        if keep is not None:
             with torch.no_grad():
-                remember(lossf(composite().clamp(0, 1), avoid, f_clean))
-                for b, p in zip(best, params):
-                    p.copy_(b)
+                keep.see(lossf(composite().clamp(0, 1), avoid, f_clean))
+                keep.restore()
 
         with torch.no_grad():
             a1, t1, a2, t2, delta = (p.detach() for p in (a1, t1, a2, t2, delta))
