@@ -125,12 +125,13 @@ def mark_support(strokes: torch.Tensor, lesion: torch.Tensor, widen_px: int, cov
     (2r+1)-square one exactly, at 9 reads a pixel each instead of (2r+1)^2."""
     free = ~lesion
     out = torch.zeros_like(lesion)
-    todo = torch.ones(len(lesion), dtype=torch.bool)
+    todo = torch.ones(len(lesion), dtype=torch.bool, device=lesion.device)
     for level in (0.05, 0.25, 0.5, 0.75, 0.9):
         idx = torch.nonzero(todo).flatten()
         grown = (strokes[idx] > level).float()[:, None]
-        growing = torch.ones(len(idx), dtype=torch.bool)  # coverage grows with r: the first r over the bound
-        for r in range(max(0, widen_px) + 1):               # ends that image's search at the r before it
+        # coverage grows with r: the first r over the bound ends that image's search at the r before it
+        growing = torch.ones(len(idx), dtype=torch.bool, device=lesion.device)
+        for r in range(max(0, widen_px) + 1):
             if r:
                 grown = F.max_pool2d(grown, 3, 1, 1)
             band = (grown[:, 0] > 0) & free[idx]
