@@ -1,8 +1,13 @@
-"""C-STORE sending for both adapters: one association per batch, TCP_NODELAY, statuses classified.
+"""C-STORE sending for both adapters: one association per batch, TCP_NODELAY, quick ACKs, statuses classified.
 
 pynetdicom never sets TCP_NODELAY: a small PDU (a C-STORE response, the last fragment of a dataset)
 then waits for the peer's delayed ACK (~40 ms), which caps one association near 10 instances/s.
 Every association made here sets it when the connection opens (EVT_CONN_OPEN).
+The same stall the other way round: a peer that leaves Nagle on (Orthanc 1.10 / DCMTK answer a
+C-STORE in two writes, a 12-byte PDU header and the rest) holds its second write until our ACK
+of the first, and Linux delays that ACK ~40 ms: measured 51 ms per C-STORE to a loopback Orthanc,
+the whole of its time. So the socket also ACKs at once (TCP_QUICKACK, Linux; Linux drops it
+again after a while, so it is set before every read).
 """
 
 from __future__ import annotations
@@ -25,14 +30,35 @@ log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose (PS3.8 9.3.2.2: odd IDs 1..255)
 
 
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
 def set_nodelay(event) -> None:
-    """EVT_CONN_OPEN handler: TCP_NODELAY on the association's socket."""
+    """EVT_CONN_OPEN handler: TCP_NODELAY on the association's socket, and its ACKs sent at once."""
     try:
         sock = event.assoc.dul.socket.socket
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ack_at_once(event.assoc.dul.socket)
     except (AttributeError, OSError) as exc:  # pragma: no cover - a closed socket
         log.debug("TCP_NODELAY not set: %s", exc)
+
+
+def ack_at_once(assoc_socket) -> None:
+    """TCP_QUICKACK before every read of a pynetdicom AssociationSocket: an ACK the kernel is holding
+    back goes out now, so a Nagle-bound peer sends the rest of its PDU without waiting ~40 ms."""
+    recv = getattr(assoc_socket, "recv", None)
+    if QUICKACK is None or recv is None:
+        return
+
+    def recv_acked(nr_bytes: int):
+        try:
+            assoc_socket.socket.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        except (AttributeError, OSError):  # closed meanwhile: the read says so
+            pass
+        return recv(nr_bytes)
+
+    assoc_socket.recv = recv_acked
 
 
 NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, set_nodelay)]

@@ -29,6 +29,7 @@ from pathlib import Path
 import pydicom
 
 from dicomnet.outcome import RetryPolicy
+from miadmark import loaded
 from miadmark.audit import (DEAD_LETTER, PROTECT_DEFERRED, QUARANTINED, SEND_FAILED, SENT, AuditLog, export_fields,
                             outcome_fields, recipient_names)
 from miadmark.config import RetryConfig
@@ -72,6 +73,7 @@ class Delivery:
     # ------------------------------------------------------------------------------ the thread
     def _loop(self) -> None:
         self._started.wait()
+        start_thread("warm", self._warm)  # beside the deliveries: a clean export does not wait for it
         while True:
             try:
                 worked = self.step()
@@ -84,6 +86,18 @@ class Delivery:
                 wait = 5.0 if due is None or self.settings.config is None else min(5.0, max(0.05, due - time.time()))
                 self._wake.wait(wait)
                 self._wake.clear()
+
+    def _warm(self) -> None:
+        """Load the engines of the protect rules in force now, not in the first export's first batch while
+        its destination waits (miadmark.loaded.warm; a delivery that needs one meanwhile waits for it)."""
+        cfg = self.settings.current()
+        profiles = [rule.profile for rule in cfg.rules if rule.action == PROTECT] if cfg is not None else []
+        if not profiles:
+            return
+        try:
+            loaded.warm(profiles, str(self.settings.option("device", "auto")))
+        except Exception as exc:  # noqa: BLE001 - loaded (or refused, with its reason) at the first export
+            self.log(f"watermark engines not loaded ahead ({type(exc).__name__}: {exc})")
 
     def step(self) -> bool:
         """Deliver the due rows of the oldest job that has some; False when nothing was due."""

@@ -101,6 +101,30 @@ def test_set_nodelay_on_the_association_socket():
         listener.close()
 
 
+def test_quick_acks_before_every_read_of_the_association_socket():
+    """A peer that leaves Nagle on answers a C-STORE in two writes and holds the second until our ACK:
+    the ACK must not be delayed (TCP_QUICKACK set again before each read, Linux drops it on its own)."""
+    from dicomnet.dimse import QUICKACK, ack_at_once
+    if QUICKACK is None:
+        pytest.skip("TCP_QUICKACK is Linux only")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        wrapped = SimpleNamespace(socket=client, recv=lambda n: client.recv(n))
+        ack_at_once(wrapped)
+        for _ in range(2):
+            client.setsockopt(socket.IPPROTO_TCP, QUICKACK, 0)
+            server.sendall(b"abc")
+            assert wrapped.recv(3) == b"abc"
+            assert client.getsockopt(socket.IPPROTO_TCP, QUICKACK) == 1
+    finally:
+        for s in (server, client, listener):
+            s.close()
+
+
 def test_nodelay_set_on_both_ends_of_a_real_association():
     from pynetdicom import evt
 

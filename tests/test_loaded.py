@@ -56,3 +56,11 @@ def test_an_engine_is_built_once_per_profile_and_device():
     assert type(plain).__name__ == "PlainLogoEngine"
     with pytest.raises(ValueError, match="unknown profile"):
         loaded.engine("plian", "cpu")
+
+
+def test_warm_builds_each_profile_once_before_the_first_protect():
+    from miadmark.engine import DEFAULT_PROFILE, resolve_profile
+    loaded.warm(["plain", None, "plain"], "cpu")
+    assert set(loaded._engines) == {(resolve_profile(p, "cpu"), "cpu") for p in ("plain", DEFAULT_PROFILE)}
+    with pytest.raises(ValueError, match="unknown profile"):  # a wrong profile is said, not hidden
+        loaded.warm(["plian"], "cpu")
