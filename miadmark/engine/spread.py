@@ -91,6 +91,19 @@ def _cell(pattern: str, logo: str | None, mark_scale: float, height: int) -> tor
                          align_corners=False)[0, 0]
 
 
+@lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> tuple[torch.Tensor, ...]:
+    """The pixel centres (y, x) of an h x w image about its centre, and the bicubic weights (h, K) and (K, w)
+    that interpolate a K x K grid of knots over it (align_corners, as F.interpolate's bicubic)."""
+    ys = torch.arange(h, dtype=torch.float32) + 0.5 - h / 2
+    xs = torch.arange(w, dtype=torch.float32) + 0.5 - w / 2
+    py, px = torch.meshgrid(ys, xs, indexing="ij")
+    eye = torch.eye(WARP_KNOTS).view(WARP_KNOTS, 1, WARP_KNOTS, 1)
+    by = F.interpolate(eye, size=(h, 1), mode="bicubic", align_corners=True)[:, 0, :, 0].T
+    bx = F.interpolate(eye, size=(w, 1), mode="bicubic", align_corners=True)[:, 0, :, 0]
+    return py, px, by.contiguous(), bx.contiguous()
+
+
 def render_strokes(g: Geometry, h: int, w: int, tile: float, mark_scale: float, logo: str | None = None,
                    device=None, pattern: str = "text") -> torch.Tensor:
     """(H, W) in [0, 1]: the lattice of geometry g at full resolution (sub-pixel, bilinear); tile: the cell's
@@ -98,11 +111,9 @@ def render_strokes(g: Geometry, h: int, w: int, tile: float, mark_scale: float, 
     period = max(MIN_CELL_PX, tile * min(h, w) * g.scale)
     cell = _cell(pattern, logo, mark_scale, int(min(512, max(4, round(period)))))
     period_x = period * cell.shape[1] / cell.shape[0]
-    ys = torch.arange(h, dtype=torch.float32) + 0.5 - h / 2
-    xs = torch.arange(w, dtype=torch.float32) + 0.5 - w / 2
-    py, px = torch.meshgrid(ys, xs, indexing="ij")
-    knots = torch.tensor(g.warp, dtype=torch.float32).view(1, 2, WARP_KNOTS, WARP_KNOTS)
-    disp = F.interpolate(knots, size=(h, w), mode="bicubic", align_corners=True)[0] * period
+    py, px, by, bx = _grid(h, w)
+    knots = torch.tensor(g.warp, dtype=torch.float32).view(2, WARP_KNOTS, WARP_KNOTS)
+    disp = by @ knots @ bx * period  # the knots' bicubic interpolation, separable
     py, px = py + disp[0], px + disp[1]
     c, s = math.cos(g.rotation), math.sin(g.rotation)
     u = (c * px + s * py) / period_x + g.offset[1]
@@ -128,14 +139,14 @@ def mark_support(strokes: torch.Tensor, lesion: torch.Tensor, widen_px: int, cov
     todo = torch.ones(len(lesion), dtype=torch.bool, device=lesion.device)
     for level in (0.05, 0.25, 0.5, 0.75, 0.9):
         idx = torch.nonzero(todo).flatten()
-        grown = (strokes[idx] > level).float()[:, None]
+        grown = strokes[idx] > level
         # coverage grows with r: the first r over the bound ends that image's search at the r before it
         growing = torch.ones(len(idx), dtype=torch.bool, device=lesion.device)
         for r in range(max(0, widen_px) + 1):
             if r:
-                grown = F.max_pool2d(grown, 3, 1, 1)
-            band = (grown[:, 0] > 0) & free[idx]
-            growing &= band.flatten(1).float().mean(1) <= coverage_max
+                grown = _dilate3(grown)
+            band = grown & free[idx]
+            growing &= torch.count_nonzero(band.flatten(1), 1).float() / band[0].numel() <= coverage_max
             if not bool(growing.any()):
                 break
             out[idx[growing]] = band[growing]
@@ -144,6 +155,17 @@ def mark_support(strokes: torch.Tensor, lesion: torch.Tensor, widen_px: int, cov
             return out
     cover = float(((strokes[todo] > 0.9) & free[todo]).flatten(1).float().mean(1).max())
     raise ValueError(f"the mark's strokes alone cover {cover:.3f} of the image, over {coverage_max:.3f}")
+
+
+def _dilate3(m: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool dilated by a 3x3 square (a 3x3 max filter, the border not extended), in two 1-D passes."""
+    rows = m.clone()
+    rows[:, 1:] |= m[:, :-1]
+    rows[:, :-1] |= m[:, 1:]
+    out = rows.clone()
+    out[:, :, 1:] |= rows[:, :, :-1]
+    out[:, :, :-1] |= rows[:, :, 1:]
+    return out
 
 
 @dataclass
