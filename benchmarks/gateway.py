@@ -93,8 +93,8 @@ def count_lines(path: Path, words: tuple[bytes, ...] = DELIVERED) -> int:
 
 def empty_store(store: Path) -> None:
     """The receiver's store emptied between steps: each step's instances are new to it, none a duplicate."""
-    for child in store.iterdir() if store.exists() else []:
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    for child in store.iterdir() if store.exists() else []:  # a file may be renamed meanwhile (its .part)
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
@@ -166,7 +166,9 @@ receiver:
         wait_port(gw_port, gw)
         send_files("127.0.0.1", rx_port, files[:2], called_ae="RESEARCH", calling_ae="BENCH")  # warm up
         send_files("127.0.0.1", gw_port, files[:2], called_ae="ARCHIVE", calling_ae="BENCH")
-        time.sleep(1.0)
+        end = time.monotonic() + 120  # the warm-up delivered, or its late lines would count in the first step
+        while count_lines(audit) < 4 and time.monotonic() < end:
+            time.sleep(0.05)
 
         batch = list(itertools.islice(itertools.cycle(files), args.count))
         results = {}
