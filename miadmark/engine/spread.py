@@ -146,7 +146,7 @@ def mark_support(strokes: torch.Tensor, lesion: torch.Tensor, widen_px: int, cov
             if r:
                 grown = _dilate3(grown)
             band = grown & free[idx]
-            growing &= torch.count_nonzero(band.flatten(1), 1).float() / band[0].numel() <= coverage_max
+            growing &= band.flatten(1).float().mean(1) <= coverage_max
             if not bool(growing.any()):
                 break
             out[idx[growing]] = band[growing]
