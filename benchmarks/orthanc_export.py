@@ -47,7 +47,12 @@ def main() -> int:
     if missing():
         print(missing(), file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="miadmark-orthanc-bench-"))
+    with tempfile.TemporaryDirectory(prefix="miadmark-orthanc-bench-") as folder:
+        return measure(args, Path(folder))
+
+
+def measure(args, tmp: Path) -> int:
+    """Both exports between two Orthancs in tmp: the result printed as JSON; 0 when the protect job succeeded."""
     new_identity("hospital", tmp)
     new_identity("research", tmp)
     (tmp / "hospital.yaml").write_text(
