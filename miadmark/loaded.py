@@ -73,8 +73,8 @@ def engine(profile: str | None, device: str):
 
 def warm(profiles, device: str) -> None:
     """Load now what a service's first protect would load: the protect step's modules and the engine of
-    each profile (None: the default). Measured in the Orthanc plugin: the first batch of an export took
-    1.3 s instead of 0.3 s (torch imported, the engine built) while the destination waited."""
+    each profile (None: the default), so that the first export does not import torch and build an engine
+    (about a second on a CPU) while its destination waits."""
     from . import protect  # noqa: F401 - its imports (pixels, records, signing)
     from .engine import DEFAULT_PROFILE
     for profile in dict.fromkeys(profiles):
