@@ -141,3 +141,22 @@ def test_translation_invariant_cloak_keeps_the_budget_and_changes_the_cloak():
     ti = get_engine(prof, "cpu").watermark(x, lesion, [])
     assert C.violations(x, ti.images, lesion, [ti.params[0]["box"]], C.Budget(), tol=1e-6) == []
     assert not torch.equal(off.images, ti.images)
+
+
+def test_compose_mark_without_autograd_gives_the_same_values_bit_for_bit():
+    """The in-place path (no autograd: fast, the final composite) and the differentiable one agree exactly."""
+    torch.manual_seed(1)
+    n, h, w = 3, 64, 48
+    budget = C.level_budget("strong", {}, 1 / 9)
+    for c, tc, cc in ((1, 1, 1), (3, 1, 1), (3, 3, 3), (3, 1, 3), (3, 3, 1)):
+        images, lesion, mark = torch.rand(n, c, h, w), torch.rand(n, h, w) > 0.9, torch.rand(n, h, w) > 0.5
+        alpha, texture = torch.rand(n, 1, h, w), torch.rand(n, tc, h, w) * 1.4 - 0.2
+        cloak, cmask = torch.rand(n, cc, h, w) * 3 - 1.5, torch.rand(n, 1, h, w)
+        inputs = [t.clone() for t in (images, alpha, texture, cloak, cmask)]
+        for cl in (cloak, None):
+            with torch.enable_grad():
+                want = C.compose_mark(images, lesion, mark, alpha, texture, cl, cmask, budget)
+            with torch.no_grad():
+                got = C.compose_mark(images, lesion, mark, alpha, texture, cl, cmask, budget)
+            assert torch.equal(want, got), (c, tc, cc, cl is None)
+        assert all(torch.equal(a, b) for a, b in zip(inputs, (images, alpha, texture, cloak, cmask)))  # untouched

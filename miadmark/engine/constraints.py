@@ -80,6 +80,8 @@ def compose_mark(images: torch.Tensor, lesion: torch.Tensor, mark: torch.Tensor,
     """`compose` for a mark of any shape: mark (N, H, W) bool, where the visible layer may go; alpha (N, 1, H, W)
     clamped to [0, alpha_cap] and zeroed off the mark; texture (N, 1 or C, H, W) clamped to [0, 1]; the cloak
     (N, 1 or C, H, W) in [-1, 1] times cloak_mask, scaled so that the PSNR outside the mark stays >= psnr_min."""
+    if not torch.is_grad_enabled():  # the same arithmetic in place: no fresh full-size tensor per step
+        return _compose_mark_in_place(images, lesion, mark, alpha, texture, cloak, cloak_mask, budget)
     on = mark[:, None].float()
     a = alpha.clamp(0, budget.alpha_cap) * on * (~lesion[:, None]).float()
     out = images + a * (texture.clamp(0, 1) - images)
@@ -91,6 +93,21 @@ def compose_mark(images: torch.Tensor, lesion: torch.Tensor, mark: torch.Tensor,
         out = out + d * scale.view(-1, 1, 1, 1)
     out = out.clamp(0, 1)
     return torch.where(lesion[:, None].expand_as(images), images, out)
+
+
+def _compose_mark_in_place(images, lesion, mark, alpha, texture, cloak, cloak_mask, budget: Budget) -> torch.Tensor:
+    """compose_mark's values, bit for bit, with the intermediate tensors reused (no autograd)."""
+    off = (~mark[:, None]).float()  # 1 - on, exactly
+    a = alpha.clamp(0, budget.alpha_cap).mul_(mark[:, None]).mul_((~lesion[:, None]).float())
+    out = texture.clamp(0, 1) - images
+    out = (out.mul_(a) if out.shape == a.shape else a * out).add_(images)
+    if cloak is not None:
+        d = cloak.clamp(-1, 1).mul_(cloak_mask).mul_(budget.cloak_linf / 255.0).mul_(off)
+        mse = (d * d).flatten(1).sum(1) / (off.flatten(1).sum(1) * d.shape[1]).clamp_min(1)
+        target = 10 ** (-(budget.psnr_min + budget.psnr_margin) / 10)
+        scale = (target / mse.clamp_min(1e-12)).sqrt().clamp(max=1.0)
+        out.add_(d.mul_(scale.view(-1, 1, 1, 1)))
+    return torch.where(lesion[:, None].expand_as(images), images, out.clamp_(0, 1))
 
 
 def violations_mark(images: torch.Tensor, out: torch.Tensor, lesion: torch.Tensor, mark: torch.Tensor,
