@@ -135,7 +135,7 @@ def main() -> int:
             "torch": torch.__version__, "device": str(dev),
             "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
             "load_average_start": [round(v, 2) for v in os.getloadavg()],
-            "note": "shared machine: other engineers' jobs ran at the same time; compare ratios within this run"}
+            "note": "other jobs may share the machine (see load_average_start): compare ratios within one run"}
     print(json.dumps(info), flush=True)
     engines = {name: get_engine(Profile(name=name), dev) for name in args.engines}
     ens = Ensemble.get(None, dev)
