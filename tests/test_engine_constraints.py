@@ -160,3 +160,18 @@ def test_compose_mark_without_autograd_gives_the_same_values_bit_for_bit():
                 got = C.compose_mark(images, lesion, mark, alpha, texture, cl, cmask, budget)
             assert torch.equal(want, got), (c, tc, cc, cl is None)
         assert all(torch.equal(a, b) for a, b in zip(inputs, (images, alpha, texture, cloak, cmask)))  # untouched
+
+
+def test_mark_layers_without_autograd_give_the_same_values_bit_for_bit():
+    from miadmark.engine.spread import Marks, mark_layers
+
+    torch.manual_seed(2)
+    strokes = torch.rand(3, 1, 40, 56)
+    marks = Marks(strokes, strokes[:, 0] > 0.3, [])
+    budget = C.level_budget("standard", {}, 1 / 9)
+    low = [torch.rand(3, 1, 8, 8) * 1.4 - 0.2 for _ in range(2)]
+    with torch.enable_grad():
+        want = mark_layers(marks, *low, (40, 56), budget, 1.0, 0.5)
+    with torch.no_grad():
+        got = mark_layers(marks, *low, (40, 56), budget, 1.0, 0.5)
+    assert all(torch.equal(w, g) for w, g in zip(want, got))

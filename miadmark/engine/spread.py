@@ -201,8 +201,13 @@ def mark_layers(marks: Marks, alpha_low: torch.Tensor, texture_low: torch.Tensor
     """The mark's opacity and texture at full resolution from low-resolution maps (smooth after upsampling):
     opacity within [stroke_floor x cap on the strokes, cap], texture at least stroke_min on the strokes."""
     cap = budget.alpha_cap
-    a = torch.maximum(C.upsample(alpha_low, size).clamp(0, cap), stroke_floor * cap * marks.strokes)
-    t = torch.maximum(C.upsample(texture_low, size).clamp(0, 1), stroke_min * (marks.strokes > 0.5).float())
+    floor, bright = marks.strokes * (stroke_floor * cap), (marks.strokes > 0.5).float().mul_(stroke_min)
+    if not torch.is_grad_enabled():  # the same values, the upsampled maps reused in place
+        a = C.upsample(alpha_low, size).clamp_(0, cap)
+        t = C.upsample(texture_low, size).clamp_(0, 1)
+        return torch.maximum(a, floor, out=a), torch.maximum(t, bright, out=t)
+    a = torch.maximum(C.upsample(alpha_low, size).clamp(0, cap), floor)
+    t = torch.maximum(C.upsample(texture_low, size).clamp(0, 1), bright)
     return a, t
 
 
