@@ -136,17 +136,13 @@ def train_generator(ens, xs: torch.Tensor, ys: torch.Tensor, *, steps: int = 300
                  "feature_weight": feature_weight}
 
 
-def make_generator(data: str, surrogates: list[str] | None, out: str, *, steps: int = 3000, max_minutes: float = 0,
-                   seed: int = 0, split_seed: int = 0, width: int = 16, device: str = "cpu", batch: int = 32,
-                   lr: float = 2e-3, p_eot: float = 1.0, command: str | None = None) -> dict:
-    """Train a generator on a dataset's training split (never its validation split) and save it with the
-    command and the ensemble's accuracy on 256 validation images: clean, watermarked, watermarked with the box
-    filled (white-box numbers: what the surrogates see, not a black-box result)."""
+def training_data(data: str, surrogates: list[str] | None, split_seed: int, seed: int, device: str):
+    """What a generator trains and is checked on: (dataset, its surrogates' ensemble, device, the training split
+    at the surrogates' input (x, y), 256 validation images chosen by `seed` (x, y), never trained on)."""
     from ..surrogates import DATASET_SURROGATES
     from ..surrogates.data import load_dataset, to_model_input
     from .base import resolve_device
     from .ensemble import Ensemble
-    from .logo import DEFAULT_LOGO_ID
 
     dev = resolve_device(device)
     ds = load_dataset(data, seed=split_seed)
@@ -155,12 +151,23 @@ def make_generator(data: str, surrogates: list[str] | None, out: str, *, steps: 
         raise ValueError(f"{data}: no default surrogates for dataset {ds.name!r}; name them with --surrogates")
     ens = Ensemble.get(list(names), dev)
     x_u8, y = ds.split(val=False)
-    xs = to_model_input(x_u8, ens.size, ens.in_ch).to(dev)
-    net, run = train_generator(ens, xs, y.to(dev), steps=steps, max_minutes=max_minutes, seed=seed, width=width,
-                               batch=batch, lr=lr, p_eot=p_eot)
     xv_u8, yv = ds.split(val=True)
     keep = torch.randperm(len(xv_u8), generator=torch.Generator().manual_seed(seed))[:256]
-    xv, yv = to_model_input(xv_u8[keep], ens.size, ens.in_ch).to(dev), yv[keep].to(dev)
+    return ds, ens, dev, (to_model_input(x_u8, ens.size, ens.in_ch).to(dev), y.to(dev)), \
+        (to_model_input(xv_u8[keep], ens.size, ens.in_ch).to(dev), yv[keep].to(dev))
+
+
+def make_generator(data: str, surrogates: list[str] | None, out: str, *, steps: int = 3000, max_minutes: float = 0,
+                   seed: int = 0, split_seed: int = 0, width: int = 16, device: str = "cpu", batch: int = 32,
+                   lr: float = 2e-3, p_eot: float = 1.0, command: str | None = None) -> dict:
+    """Train a generator on a dataset's training split (never its validation split) and save it with the
+    command and the ensemble's accuracy on 256 validation images: clean, watermarked, watermarked with the box
+    filled (white-box numbers: what the surrogates see, not a black-box result)."""
+    from .logo import DEFAULT_LOGO_ID
+
+    ds, ens, dev, (xs, y), (xv, yv) = training_data(data, surrogates, split_seed, seed, device)
+    net, run = train_generator(ens, xs, y, steps=steps, max_minutes=max_minutes, seed=seed, width=width,
+                               batch=batch, lr=lr, p_eot=p_eot)
     hs, ws = run["box_low"]
     cy, cx, top = candidate_boxes(xv, hs, ws)
     shape, budget = logo_shape_low(hs, ws).to(dev), C.Budget()

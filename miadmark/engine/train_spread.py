@@ -24,7 +24,7 @@ from .ascent import fill_box
 from .generator import WatermarkGenerator, save_generator, spread_maps
 from .options import SpreadOptions
 from .spread import Marks, draw_marks, mark_layers
-from .train_generator import adversarial_step
+from .train_generator import adversarial_step, training_data
 from .transfer import avoid_mask
 
 RENDER = 224  # the marks of the bank are drawn at this size, as on a typical image, then brought to S
@@ -96,26 +96,11 @@ def make_spread_generator(data: str, surrogates: list[str] | None, out: str, str
                           command: str | None = None) -> dict:
     """Train on a dataset's training split (never validation) and save with the command and the surrogates'
     accuracy on 256 validation images: clean, generated, generated with the mark filled (white-box numbers)."""
-    from ..surrogates import DATASET_SURROGATES
-    from ..surrogates.data import load_dataset, to_model_input
-    from .base import resolve_device
-    from .ensemble import Ensemble
-
     if C.level_of(strength).design != "spread":
         raise ValueError(f"strength {strength} is not a spread level")
-    dev = resolve_device(device)
-    ds = load_dataset(data, seed=split_seed)
-    names = surrogates or DATASET_SURROGATES.get(ds.name)
-    if not names:
-        raise ValueError(f"{data}: no default surrogates for dataset {ds.name!r}; name them with --surrogates")
-    ens = Ensemble.get(list(names), dev)
-    x_u8, y = ds.split(val=False)
-    xs = to_model_input(x_u8, ens.size, ens.in_ch).to(dev)
-    net, run, (budget, opts) = train_spread(ens, xs, y.to(dev), strength, steps=steps, max_minutes=max_minutes,
+    ds, ens, dev, (xs, y), (xv, yv) = training_data(data, surrogates, split_seed, seed, device)
+    net, run, (budget, opts) = train_spread(ens, xs, y, strength, steps=steps, max_minutes=max_minutes,
                                             seed=seed, width=width, batch=batch, lr=lr, p_eot=p_eot)
-    xv_u8, yv = ds.split(val=True)
-    keep = torch.randperm(len(xv_u8), generator=torch.Generator().manual_seed(seed))[:256]
-    xv, yv = to_model_input(xv_u8[keep], ens.size, ens.in_ch).to(dev), yv[keep].to(dev)
     strokes, support = (t.to(dev) for t in mark_bank(len(xv), ens.size, budget, opts, seed + 1))
     with torch.no_grad():
         made = generated(net, xv, strokes, support, budget, opts)
